@@ -1,0 +1,1 @@
+"""Decides what happens to each statement; plans and runs the ones that touch models."""

@@ -1,0 +1,107 @@
+"""``sievedb`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from server.app import ConfigError, ServerConfig, SieveServer
+
+log = logging.getLogger("sievedb.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sievedb", description="SieveDB: SQL over unstructured data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the PostgreSQL-wire server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5433, help="TCP port (default 5433; 0 picks a free one)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".sievedb"),
+        help="where the embedded Postgres keeps its data (default .sievedb/)",
+    )
+    serve.add_argument("--postgres-dsn", help="use this external Postgres instead of the embedded one")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: enables TLS for clients")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    serve.add_argument(
+        "--embedded-password-file",
+        type=Path,
+        help="file holding the embedded cluster's superuser password (enables SCRAM); "
+        "SIEVEDB_PASSWORD does the same",
+    )
+    serve.add_argument(
+        "--allow-trust-remote",
+        action="store_true",
+        help="listen beyond loopback even though the embedded Postgres trusts every role",
+    )
+    serve.add_argument(
+        "--max-backend-connections", type=int, default=300, help="max_connections of the embedded Postgres"
+    )
+    serve.add_argument("--log-level", default=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    password = os.environ.get("SIEVEDB_PASSWORD") or None
+    if args.embedded_password_file:
+        password = args.embedded_password_file.read_text().strip()
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        postgres_dsn=args.postgres_dsn,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        embedded_password=password,
+        allow_trust_remote=args.allow_trust_remote,
+        max_backend_connections=args.max_backend_connections,
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    server = SieveServer(config)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def on_signal(signame: str) -> None:
+        if not stopping:
+            log.info("received %s: shutting down", signame)
+            stopping.append(loop.create_task(server.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    await server.serve_until_stopped()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_from_args(args)
+        import uvloop
+
+        uvloop.run(serve(config))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

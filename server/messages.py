@@ -1,0 +1,76 @@
+"""PostgreSQL v3 message codes and the few backend messages SieveDB writes itself.
+
+Everything else crosses the server as raw frames; only what the server must say on its own
+behalf (errors, its own BackendKeyData, SSL answers) is encoded here.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Startup-phase request codes (sent in place of a protocol version).
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+STARTUP_MAX_LEN = 10_000  # Postgres's own MAX_STARTUP_PACKET_LENGTH
+FRAME_MAX_LEN = 0x3FFF_FFFF  # Postgres's PQ_LARGE_MESSAGE_LIMIT (1 GiB - 1)
+
+# Frontend message types after startup.
+FRONTEND_TYPES = frozenset(b"QPBEDCSHXdcfFp")
+QUERY = ord("Q")
+PARSE = ord("P")
+TERMINATE = ord("X")
+
+# Backend message types the startup relay looks at.
+AUTHENTICATION = ord("R")
+BACKEND_KEY_DATA = ord("K")
+READY_FOR_QUERY = ord("Z")
+ERROR_RESPONSE = ord("E")
+
+_HEADER = struct.Struct("!cI")
+
+
+def frame(kind: bytes, body: bytes) -> bytes:
+    return _HEADER.pack(kind, len(body) + 4) + body
+
+
+def error_response(
+    sqlstate: str,
+    message: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
+    """An ErrorResponse with S, V, C and M at least (clients branch on C)."""
+    fields = [b"S" + severity.encode(), b"V" + severity.encode(), b"C" + sqlstate.encode()]
+    fields.append(b"M" + message.encode())
+    if detail:
+        fields.append(b"D" + detail.encode())
+    if hint:
+        fields.append(b"H" + hint.encode())
+    body = b"\0".join(fields) + b"\0\0"
+    return frame(b"E", body)
+
+
+def fatal(sqlstate: str, message: str, hint: str | None = None) -> bytes:
+    return error_response(sqlstate, message, severity="FATAL", hint=hint)
+
+
+def backend_key_data(pid: int, key: bytes) -> bytes:
+    return frame(b"K", struct.pack("!I", pid) + key)
+
+
+def cancel_request(pid: int, key: bytes) -> bytes:
+    body = struct.pack("!II", CANCEL_REQUEST, pid) + key
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def parse_error_fields(body: bytes) -> dict[str, str]:
+    """Fields of an ErrorResponse/NoticeResponse body, keyed by their one-letter code."""
+    fields = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields
