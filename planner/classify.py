@@ -20,6 +20,7 @@ class Route(enum.Enum):
 class Decision:
     route: Route
     reason: str = ""
+    executes_itself: bool = False  # the planner answers the statement (DDL) instead of Postgres
 
 
 FORWARD = Decision(Route.FORWARD)

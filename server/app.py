@@ -55,13 +55,13 @@ class SieveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.classifier = Classifier()
+        self.planner = None  # set once models can be registered
         self.sessions: set[ClientSession] = set()
         self.max_message_bytes = config.max_message_bytes
         self.ssl_context = self._ssl_context()
         self.embedded: EmbeddedPostgres | None = None
         self.backend_target: BackendTarget | None = None
         self._cancel_keys: dict[tuple[int, bytes], ClientSession] = {}
-        self._next_pid = secrets.randbelow(1 << 20) + 1000
         self._listener: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
 
@@ -159,9 +159,8 @@ class SieveServer:
 
     # -- sessions and cancellation ------------------------------------------------------------
 
-    def register_cancel_key(self, session: ClientSession, key_length: int) -> tuple[int, bytes]:
-        self._next_pid = (self._next_pid + 1) & 0x7FFF_FFFF
-        key = (self._next_pid, secrets.token_bytes(key_length))
+    def register_cancel_key(self, session: ClientSession, pid: int, key_length: int) -> tuple[int, bytes]:
+        key = (pid, secrets.token_bytes(key_length))
         self._cancel_keys[key] = session
         return key
 

@@ -1,7 +1,9 @@
 """The client session's own connection to the backing Postgres.
 
 During startup the link frames what Postgres says so the session can relay authentication and
-swap in its own BackendKeyData; once the session is ready it passes bytes through untouched.
+swap in its own BackendKeyData. Once ready it passes bytes through untouched, only walking the
+message headers to count ReadyForQuery (so the session knows when Postgres is idle and in which
+transaction state). While the planner runs a statement of its own, replies are captured instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
     from server.session import ClientSession
 
 _HEADER = struct.Struct("!BI")
+_LEN = struct.Struct("!I")
+_READY = ord("Z")
+_IDLE = ord("I")
 
 
 class BackendLink(asyncio.Protocol):
@@ -25,6 +30,12 @@ class BackendLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.raw = False
         self._buf = bytearray()
+        self.ready_count = 0  # ReadyForQuery messages seen since passthrough began
+        self.status = _IDLE  # transaction status byte of the last ReadyForQuery
+        self._skip = 0  # bytes of the current message still to come in later chunks
+        self._partial = b""  # a header split across chunks
+        self._idle_waiter: tuple[int, asyncio.Future] | None = None
+        self._capture: asyncio.Queue | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -33,9 +44,43 @@ class BackendLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.raw:
             self.session.to_client(data)
+            self._count_ready(data)
             return
         self._buf += data
         self._drain_framed()
+
+    def _count_ready(self, data: bytes) -> None:
+        """Walk message headers only; the bytes themselves are already on their way."""
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        pos, size = self._skip, len(data)
+        while pos < size:
+            if size - pos < 6 and (size - pos < 5 or data[pos] == _READY):
+                self._partial = data[pos:]
+                pos = size
+                break
+            if data[pos] == _READY:
+                self.ready_count += 1
+                self.status = data[pos + 5]
+                self._wake_idle_waiter()
+            pos += 1 + _LEN.unpack_from(data, pos + 1)[0]
+        self._skip = pos - size
+
+    def _wake_idle_waiter(self) -> None:
+        if self._idle_waiter is not None and self.ready_count >= self._idle_waiter[0]:
+            future = self._idle_waiter[1]
+            self._idle_waiter = None
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_ready(self, count: int) -> None:
+        """Wait until Postgres has answered ``count`` Query/Sync messages in total."""
+        if self.ready_count >= count:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._idle_waiter = (count, future)
+        await future
 
     def _drain_framed(self) -> None:
         buf = self._buf
@@ -46,14 +91,27 @@ class BackendLink(asyncio.Protocol):
                 return
             message = bytes(buf[:end])
             del buf[:end]
-            self.session.on_startup_reply(kind, message)
+            if self._capture is not None:
+                self._capture.put_nowait(message)
+            else:
+                self.session.on_startup_reply(kind, message)
         if self.raw and buf:
             rest = bytes(buf)
             buf.clear()
-            self.session.to_client(rest)
+            self.data_received(rest)
 
     def start_passthrough(self) -> None:
-        """Called by the session once Postgres said ReadyForQuery for the first time."""
+        """Called once Postgres said ReadyForQuery: from now on bytes go straight to the client."""
+        self.raw = True
+
+    def start_capture(self) -> asyncio.Queue:
+        """Deliver whole messages to the returned queue instead of the client (planner use)."""
+        self._capture = asyncio.Queue()
+        self.raw = False
+        return self._capture
+
+    def stop_capture(self) -> None:
+        self._capture = None
         self.raw = True
 
     def write(self, data: bytes) -> None:
@@ -71,6 +129,8 @@ class BackendLink(asyncio.Protocol):
         self.session.resume_client_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._capture is not None:
+            self._capture.put_nowait(None)  # wakes a planner waiting on this backend
         self.session.on_backend_lost(exc)
 
 

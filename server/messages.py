@@ -20,6 +20,13 @@ FRAME_MAX_LEN = 0x3FFF_FFFF  # Postgres's PQ_LARGE_MESSAGE_LIMIT (1 GiB - 1)
 FRONTEND_TYPES = frozenset(b"QPBEDCSHXdcfFp")
 QUERY = ord("Q")
 PARSE = ord("P")
+BIND = ord("B")
+DESCRIBE = ord("D")
+EXECUTE = ord("E")
+CLOSE = ord("C")
+SYNC = ord("S")
+FLUSH = ord("H")
+FUNCTION_CALL = ord("F")
 TERMINATE = ord("X")
 
 # Backend message types the startup relay looks at.
@@ -56,6 +63,19 @@ def error_response(
 
 def fatal(sqlstate: str, message: str, hint: str | None = None) -> bytes:
     return error_response(sqlstate, message, severity="FATAL", hint=hint)
+
+
+def ready_for_query(status: int) -> bytes:
+    return frame(b"Z", bytes([status]))
+
+
+def command_complete(tag: str) -> bytes:
+    return frame(b"C", tag.encode() + b"\0")
+
+
+def notice(message: str) -> bytes:
+    body = b"SNOTICE\0VNOTICE\0C00000\0M" + message.encode() + b"\0\0"
+    return frame(b"N", body)
 
 
 def backend_key_data(pid: int, key: bytes) -> bytes:

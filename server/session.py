@@ -14,9 +14,10 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from planner.classify import Route
+from planner.classify import Decision, Route
 from server import messages, sqlstate, startup
 from server.backend import BackendLink
+from server.planned import PlannedJob, cstrings, run_planned
 
 if TYPE_CHECKING:
     from server.app import SieveServer
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sievedb.server.session")
 
 _LEN = struct.Struct("!I")
+HOLD_LIMIT = 1 << 20  # stop reading a client whose pipelined messages pile up behind a planned one
+
+
+class ProtocolViolation(Exception):
+    pass
 
 
 class State(enum.Enum):
@@ -32,6 +38,7 @@ class State(enum.Enum):
     CONNECTING = "connecting"
     AUTH = "auth"
     READY = "ready"
+    BUSY = "busy"  # the planner runs a statement; later client messages wait in order
     CLOSED = "closed"
 
 
@@ -44,11 +51,15 @@ class ClientSession(asyncio.Protocol):
         self.link: BackendLink | None = None
         self.peer = "?"
         self.user = ""
+        self.database = ""
         self.tls = False
         self.cancel_key: tuple[int, bytes] | None = None
         self.backend_key: tuple[int, bytes] | None = None
         self._terminating = False
         self._refused = False
+        self.syncs_sent = 0  # Query/Sync/FunctionCall frames forwarded: each earns a ReadyForQuery
+        self.planned_statements: dict[str, tuple[Decision, str]] = {}
+        self.job: PlannedJob | None = None
         self._paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -69,6 +80,12 @@ class ClientSession(asyncio.Protocol):
         elif self.state is State.STARTUP:
             self.inbuf += data
             self._drive_startup()
+        elif self.state is State.BUSY:
+            self.inbuf += data  # relayed once the planner is done with the held statement
+            if not self.job.started:
+                self._collect()
+            elif len(self.inbuf) > HOLD_LIMIT:
+                self.pause_client_reading()
         elif self.state is State.CONNECTING:
             self.inbuf += data  # relayed once the backend link is up
 
@@ -152,6 +169,7 @@ class ClientSession(asyncio.Protocol):
             )
             return
         self.user = packet.params.get("user", "")
+        self.database = packet.params.get("database", self.user)
         if not self.user:
             self.fail(sqlstate.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
             return
@@ -202,7 +220,9 @@ class ClientSession(asyncio.Protocol):
         (backend_pid,) = _LEN.unpack_from(message, 5)
         backend_secret = message[9:]
         self.backend_key = (backend_pid, backend_secret)
-        own = self.server.register_cancel_key(self, len(backend_secret))
+        # Keep Postgres's pid (clients match it against pg_backend_pid() and notifications);
+        # only the secret is ours, so a cancel must come through SieveDB's table.
+        own = self.server.register_cancel_key(self, backend_pid, len(backend_secret))
         self.cancel_key = own
         self._write(messages.backend_key_data(own[0], own[1]))
 
@@ -215,34 +235,107 @@ class ClientSession(asyncio.Protocol):
         else:
             view = data
         pos, size = 0, len(view)
-        limit = self.server.max_message_bytes
-        while size - pos >= 5:
-            kind = view[pos]
-            (length,) = _LEN.unpack_from(view, pos + 1)
-            if kind not in messages.FRONTEND_TYPES:
-                return self._violation(view, pos, f"invalid frontend message type {kind}")
-            if length < 4 or length > limit:
-                return self._violation(view, pos, f"invalid message length {length} for message type {kind}")
-            end = pos + 1 + length
-            if end > size:
-                break
-            if (kind == messages.QUERY or kind == messages.PARSE) and not self._forwardable(
-                kind, view, pos + 5, end
-            ):
-                return self._violation(
-                    view,
-                    pos,
-                    "statement needs the ML planner, which is not enabled",
-                    sqlstate.FEATURE_NOT_SUPPORTED,
-                )
-            elif kind == messages.TERMINATE:
-                self._terminating = True
-            pos = end
+        try:
+            while size - pos >= 5:
+                end = self._frame_end(view, pos, size)
+                if end is None:
+                    break
+                kind = view[pos]
+                if kind == messages.QUERY or kind == messages.PARSE or kind == messages.BIND:
+                    job = self._route(kind, view, pos, end)
+                    if job is not None:
+                        return self._hold(view, pos, job)
+                elif kind == messages.SYNC or kind == messages.FUNCTION_CALL:
+                    self.syncs_sent += 1
+                elif kind == messages.TERMINATE:
+                    self._terminating = True
+                pos = end
+        except ProtocolViolation as exc:
+            return self._violation(view, pos, str(exc))
         self._flush_frontend(view, pos)
+
+    def _frame_end(self, view: bytes | bytearray, pos: int, size: int) -> int | None:
+        """End offset of the frame at ``pos``; None while incomplete; raises on a bad header."""
+        kind = view[pos]
+        (length,) = _LEN.unpack_from(view, pos + 1)
+        if kind not in messages.FRONTEND_TYPES:
+            raise ProtocolViolation(f"invalid frontend message type {kind}")
+        if length < 4 or length > self.server.max_message_bytes:
+            raise ProtocolViolation(f"invalid message length {length} for message type {kind}")
+        end = pos + 1 + length
+        return end if end <= size else None
+
+    def _route(self, kind: int, view: bytes | bytearray, pos: int, end: int) -> PlannedJob | None:
+        """Return a job when this frame starts work for the planner; count it when forwarded."""
+        if kind == messages.BIND:
+            if self.planned_statements:
+                statement = cstrings(view, pos + 5, end, 2)[1]
+                if statement in self.planned_statements:
+                    return PlannedJob.extended(self.planned_statements[statement])
+            return None
+        if kind == messages.QUERY:
+            (sql,) = cstrings(view, pos + 5, end, 1)
+            decision = self.server.classifier.classify(sql)
+            if decision.route is Route.FORWARD:
+                self.syncs_sent += 1
+                return None
+            return PlannedJob.simple(decision, sql)
+        name, sql = cstrings(view, pos + 5, end, 2)
+        decision = self.server.classifier.classify(sql)
+        if decision.route is Route.FORWARD:
+            self.planned_statements.pop(name, None)
+            return None
+        if decision.executes_itself:
+            return PlannedJob.extended(decision, sql)
+        # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.
+        self.planned_statements[name] = (decision, sql)
+        return None
+
+    def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob) -> None:
+        """Forward what precedes a planned statement, then keep the rest until the job is done."""
+        self._flush_frontend(view[:pos], pos)
+        rest = bytes(view[pos:])
+        self.inbuf.clear()
+        self.inbuf += rest
+        self.state = State.BUSY
+        self.job = job
+        self._collect()
+
+    def _collect(self) -> None:
+        """Gather the held job's frames (through Sync for extended ones), then start it."""
+        view, pos, size = self.inbuf, 0, len(self.inbuf)
+        try:
+            while size - pos >= 5:
+                end = self._frame_end(view, pos, size)
+                if end is None:
+                    break
+                if self.job.take(view[pos], bytes(view[pos:end])):
+                    del view[:end]
+                    self.job.started = True
+                    asyncio.get_running_loop().create_task(self._run_job(self.job))
+                    return
+                pos = end
+        except ProtocolViolation as exc:
+            return self._violation(b"", 0, str(exc))
+        if size > HOLD_LIMIT:
+            self.pause_client_reading()
+
+    async def _run_job(self, job: PlannedJob) -> None:
+        await run_planned(self, job)
+        if self.state is not State.BUSY:
+            return
+        self.state = State.READY
+        self.job = None
+        self.resume_client_reading()
+        if self.inbuf:
+            pending = bytes(self.inbuf)
+            self.inbuf.clear()
+            self._relay_frontend(pending)
 
     def _flush_frontend(self, view: bytes | bytearray, pos: int) -> None:
         if pos == len(view):
-            self.link.write(view if view is not self.inbuf else bytes(view))
+            if pos:
+                self.link.write(view if view is not self.inbuf else bytes(view))
             self.inbuf.clear()
         elif pos:
             self.link.write(bytes(view[:pos]))
@@ -252,22 +345,12 @@ class ClientSession(asyncio.Protocol):
         elif view is not self.inbuf:
             self.inbuf += view
 
-    def _forwardable(self, kind: int, view: bytes | bytearray, start: int, end: int) -> bool:
-        if kind == messages.PARSE:
-            start = view.index(0, start, end) + 1  # skip the statement name
-        stop = view.index(0, start, end)
-        sql = bytes(view[start:stop]).decode("utf-8", "replace")
-        # Until the planner executes statements itself, anything routed elsewhere is refused
-        # rather than forwarded to a Postgres that cannot answer it.
-        return self.server.classifier.classify(sql).route is Route.FORWARD
-
-    def _violation(
-        self, view: bytes | bytearray, pos: int, message: str, code: str = sqlstate.PROTOCOL_VIOLATION
-    ) -> None:
+    def _violation(self, view: bytes | bytearray, pos: int, message: str) -> None:
         """Forward the well-formed frames before ``pos``, then end this session alone."""
-        self._flush_frontend(view[:pos], pos)
-        log.warning("protocol violation peer=%s sqlstate=%s: %s", self.peer, code, message)
-        self.fail(code, message)
+        if self.state is State.READY:
+            self._flush_frontend(view[:pos], pos)
+        log.warning("protocol violation peer=%s: %s", self.peer, message)
+        self.fail(sqlstate.PROTOCOL_VIOLATION, message)
 
     def to_client(self, data: bytes) -> None:
         if self.transport is not None:
@@ -308,6 +391,7 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self.server.forget(self)
         self._write(messages.fatal(code, message))
         if self.transport is not None:
             self.transport.close()

@@ -1,0 +1,68 @@
+"""What the planner answers for a statement, in terms the server turns into protocol messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the client's statement on to Postgres unchanged (its inputs are now materialized)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """The planner completed the statement itself; ``tag`` is its CommandComplete tag."""
+
+    tag: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The statement fails with this error; the session and its transaction state carry on."""
+
+    sqlstate: str
+    message: str
+    detail: str | None = None
+    hint: str | None = None
+
+
+Outcome = Forward | Done | Failed
+
+
+class PlanError(Exception):
+    """Raised inside the planner; becomes a ``Failed`` outcome."""
+
+    def __init__(self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+    def outcome(self) -> Failed:
+        return Failed(self.sqlstate, str(self), self.detail, self.hint)
+
+
+@dataclass
+class SqlResult:
+    """What running SQL in the client's own backend session produced."""
+
+    tags: list[str] = field(default_factory=list)
+    rows: list[list[str | None]] = field(default_factory=list)
+    error: Failed | None = None
+
+
+class SessionPort(Protocol):
+    """What the planner may do with the client's session (implemented by the server)."""
+
+    user: str
+    database: str
+
+    async def run_sql(self, sql: str) -> SqlResult:
+        """Run SQL (simple protocol, text results) in the client's own backend session."""
+        ...
+
+    def notice(self, message: str) -> None:
+        """Send the client a NOTICE."""
+        ...

@@ -1,0 +1,185 @@
+"""Running a statement the planner claimed, inside the client's own backend session.
+
+The session holds the statement's frames (a simple Query, or an extended batch through Sync),
+waits until Postgres has answered everything sent before it, lets the planner work, then either
+forwards the held frames or answers them itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from planner.classify import Decision
+from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SqlResult
+from server import messages, sqlstate
+
+if TYPE_CHECKING:
+    from server.session import ClientSession
+
+log = logging.getLogger("sievedb.server.planned")
+
+_SHORT = struct.Struct("!h")
+_LEN = struct.Struct("!i")
+_IN_TRANSACTION = (ord("T"), ord("E"))
+
+
+def cstrings(view: bytes | bytearray, start: int, end: int, count: int) -> list[str]:
+    """The first ``count`` NUL-terminated strings of a frame body."""
+    found = []
+    for _ in range(count):
+        stop = view.index(0, start, end)
+        found.append(bytes(view[start:stop]).decode("utf-8", "replace"))
+        start = stop + 1
+    return found
+
+
+@dataclass
+class PlannedJob:
+    decision: Decision
+    sql: str
+    simple: bool
+    frames: list[bytes] = field(default_factory=list)
+    started: bool = False
+
+    @classmethod
+    def simple(cls, decision: Decision, sql: str) -> PlannedJob:
+        return cls(decision, sql, simple=True)
+
+    @classmethod
+    def extended(cls, planned: tuple[Decision, str] | Decision, sql: str | None = None) -> PlannedJob:
+        if isinstance(planned, tuple):
+            planned, sql = planned
+        return cls(planned, sql, simple=False)
+
+    def take(self, kind: int, frame: bytes) -> bool:
+        """Add a held frame; True once the job has everything it needs to run."""
+        self.frames.append(frame)
+        if self.simple:
+            return True
+        return kind == messages.SYNC or (kind == messages.FLUSH and not self.decision.executes_itself)
+
+    @property
+    def syncs(self) -> int:
+        return sum(1 for f in self.frames if f[0] in (messages.QUERY, messages.SYNC))
+
+
+class SessionPortImpl:
+    """The planner's view of the client session (see planner.outcome.SessionPort)."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+        self.user = session.user
+        self.database = session.database
+
+    def notice(self, message: str) -> None:
+        self._session.to_client(messages.notice(message))
+
+    async def run_sql(self, sql: str) -> SqlResult:
+        link = self._session.link
+        queue = link.start_capture()
+        result = SqlResult()
+        try:
+            link.write(messages.frame(b"Q", sql.encode() + b"\0"))
+            while True:
+                message = await queue.get()
+                if message is None:
+                    raise ConnectionError("the backing Postgres closed the connection")
+                if self._absorb(message, result):
+                    return result
+        finally:
+            link.stop_capture()
+
+    def _absorb(self, message: bytes, result: SqlResult) -> bool:
+        kind, body = message[0], message[5:]
+        if kind == ord("D"):
+            result.rows.append(_data_row(body))
+        elif kind == ord("C"):
+            result.tags.append(body.rstrip(b"\0").decode())
+        elif kind == ord("E") and result.error is None:
+            fields = messages.parse_error_fields(body)
+            result.error = Failed(
+                fields.get("C", sqlstate.INTERNAL_ERROR),
+                fields.get("M", ""),
+                fields.get("D"),
+                fields.get("H"),
+            )
+        elif kind in (ord("N"), ord("S"), ord("A")):
+            self._session.to_client(message)  # notices, parameter changes, notifications
+        elif kind == ord("Z"):
+            self._session.link.status = body[0]
+            return True
+        return False
+
+
+def _data_row(body: bytes) -> list[str | None]:
+    (count,) = _SHORT.unpack_from(body)
+    pos, row = 2, []
+    for _ in range(count):
+        (length,) = _LEN.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            row.append(None)
+        else:
+            row.append(body[pos : pos + length].decode())
+            pos += length
+    return row
+
+
+async def run_planned(session: ClientSession, job: PlannedJob) -> None:
+    link = session.link
+    await link.wait_ready(session.syncs_sent)
+    port = SessionPortImpl(session)
+    try:
+        outcome: Outcome = await session.server.planner.run(job.decision, job.sql, port)
+    except PlanError as exc:
+        outcome = exc.outcome()
+    except ConnectionError:
+        return  # the session is already failing
+    except Exception as exc:  # a planner bug must not take the session down with it
+        log.exception("planner failed on statement: %.200s", job.sql)
+        outcome = Failed(sqlstate.INTERNAL_ERROR, f"SieveDB internal error: {exc}")
+    if isinstance(outcome, Forward):
+        link.write(b"".join(job.frames))
+        session.syncs_sent += job.syncs
+        return
+    if isinstance(outcome, Failed):
+        await _fail_transaction(port, link)
+    session.to_client(_answer(job, outcome, link.status))
+
+
+async def _fail_transaction(port: SessionPortImpl, link) -> None:
+    """Inside a transaction block an error must abort it, as Postgres itself would."""
+    if link.status in _IN_TRANSACTION:
+        await port.run_sql("DO $$BEGIN RAISE EXCEPTION 'SieveDB statement failed'; END$$")
+
+
+def _answer(job: PlannedJob, outcome: Done | Failed, status: int) -> bytes:
+    if isinstance(outcome, Failed):
+        error = messages.error_response(
+            outcome.sqlstate, outcome.message, detail=outcome.detail, hint=outcome.hint
+        )
+        return error + messages.ready_for_query(status)
+    if job.simple:
+        return messages.command_complete(outcome.tag) + messages.ready_for_query(status)
+    return b"".join(_extended_reply(frame, outcome.tag, status) for frame in job.frames)
+
+
+def _extended_reply(frame: bytes, tag: str, status: int) -> bytes:
+    kind = frame[0]
+    if kind == messages.PARSE:
+        return messages.frame(b"1", b"")
+    if kind == messages.BIND:
+        return messages.frame(b"2", b"")
+    if kind == messages.DESCRIBE:
+        no_params = messages.frame(b"t", b"\0\0") if frame[5] == ord("S") else b""
+        return no_params + messages.frame(b"n", b"")
+    if kind == messages.EXECUTE:
+        return messages.command_complete(tag)
+    if kind == messages.CLOSE:
+        return messages.frame(b"3", b"")
+    if kind == messages.SYNC:
+        return messages.ready_for_query(status)
+    return b""
