@@ -1,13 +1,14 @@
 """The one hook every statement passes through on its way to Postgres.
 
-Today no model or approximate clause is known, so every statement is forwarded untouched.
-Later the hook recognises statements that reference model functions (directly or through views)
-or carry an approximate clause, and routes them to the planner instead.
+A cheap pre-filter keeps plain traffic on the forward path: only statements that mention
+``onnx`` (model DDL) or call a registered model by name are sent to the planner, which parses
+them and may still decide to forward.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -24,12 +25,40 @@ class Decision:
 
 
 FORWARD = Decision(Route.FORWARD)
+MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True)
+MODEL_CALL = Decision(Route.PLAN, "model call")
+
+_DROP_FUNCTION = re.compile(r"\bdrop\s+function\b", re.IGNORECASE)
+_ONNX = re.compile("onnx", re.IGNORECASE)
+_LANGUAGE_ONNX = re.compile(r"\blanguage\s+onnx\b", re.IGNORECASE)
 
 
 class Classifier:
     """Routes statements; keeps the forward path to one cheap call."""
 
+    def __init__(self) -> None:
+        self._calls: re.Pattern | None = None
+        self._names: frozenset[str] = frozenset()
+
+    def set_models(self, names: set[str]) -> None:
+        self._names = frozenset(names)
+        if not names:
+            self._calls = None
+            return
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        self._calls = re.compile(rf'(?<![\w$])"?(?:{alternatives})"?\s*\(', re.IGNORECASE)
+
     def classify(self, sql: str) -> Decision:
         """Decide the route of one statement text (a simple Query string or a Parse)."""
-        del sql  # nothing to plan until models exist
+        has_onnx = _ONNX.search(sql) is not None
+        if self._calls is None and not has_onnx:
+            return FORWARD
+        if has_onnx and _LANGUAGE_ONNX.search(sql):
+            return MODEL_DDL
+        if self._calls is not None and self._calls.search(sql):
+            if _DROP_FUNCTION.search(sql):
+                return MODEL_DDL
+            return MODEL_CALL
+        if self._names and _DROP_FUNCTION.search(sql) and any(n in sql for n in self._names):
+            return MODEL_DDL
         return FORWARD

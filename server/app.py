@@ -7,12 +7,14 @@ import ipaddress
 import logging
 import secrets
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from planner.classify import Classifier
+from planner.lazy_pool import LazyInferencePool
+from planner.planner import Planner
 from server import messages
 from server.backend import send_cancel
 from server.session import ClientSession
@@ -39,7 +41,8 @@ class ServerConfig:
     allow_trust_remote: bool = False
     max_message_bytes: int = messages.FRAME_MAX_LEN
     max_backend_connections: int = 300
-    extra: dict = field(default_factory=dict)
+    models_dir: Path = Path("models")
+    inference_workers: int | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -55,7 +58,9 @@ class SieveServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.classifier = Classifier()
-        self.planner = None  # set once models can be registered
+        self.planner: Planner | None = None
+        self.inference: LazyInferencePool | None = None
+        self.db: asyncpg.Pool | None = None
         self.sessions: set[ClientSession] = set()
         self.max_message_bytes = config.max_message_bytes
         self.ssl_context = self._ssl_context()
@@ -71,6 +76,7 @@ class SieveServer:
         self._check_open_door()
         self.backend_target = await asyncio.to_thread(self._start_storage)
         await self._migrate()
+        await self._start_planner()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
             lambda: ClientSession(self),
@@ -121,6 +127,12 @@ class SieveServer:
             await conn.close()
         log.info("sieve catalog at schema version %d", version)
 
+    async def _start_planner(self) -> None:
+        self.db = await asyncpg.create_pool(**self.backend_target.asyncpg_kwargs(), min_size=1, max_size=8)
+        self.inference = LazyInferencePool(workers=self.config.inference_workers)
+        self.planner = Planner(self.db, self.inference, self.classifier, self.config.models_dir.resolve())
+        await self.planner.start()
+
     def _check_open_door(self) -> None:
         if self.config.postgres_dsn or is_loopback(self.config.host):
             return
@@ -152,6 +164,10 @@ class SieveServer:
         for session in list(self.sessions):
             session.shutdown()
         await asyncio.sleep(0.05)  # let the closes flush
+        if self.inference is not None:
+            await self.inference.close()
+        if self.db is not None:
+            await self.db.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
         self._stopped.set()

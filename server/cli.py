@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-backend-connections", type=int, default=300, help="max_connections of the embedded Postgres"
     )
+    serve.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="where relative paths of CREATE FUNCTION ... LANGUAGE onnx point (default models/)",
+    )
+    serve.add_argument(
+        "--inference-workers",
+        type=int,
+        default=None,
+        help="inference worker processes (default: one per GPU, else cores - 1)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO"))
     return parser
 
@@ -62,6 +74,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         embedded_password=password,
         allow_trust_remote=args.allow_trust_remote,
         max_backend_connections=args.max_backend_connections,
+        models_dir=args.models_dir,
+        inference_workers=args.inference_workers,
     )
 
 

@@ -1,0 +1,193 @@
+"""Finding model calls in a statement and the inputs each one can reach.
+
+For every call site the planner derives an *input query*: the call's arguments over the FROM
+clause of the statement level that contains it, filtered by the WHERE conjuncts that involve no
+model call and no parameter. That set is a superset of the rows that reach the call, so running
+the model over it (minus cached inputs) is always enough; the original statement then runs
+unchanged in Postgres, reading outputs through the installed functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pglast import ast, parse_sql
+from pglast.stream import RawStream
+
+from planner.outcome import PlanError
+
+FEATURE_NOT_SUPPORTED = "0A000"
+_LEVELS = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
+_SKIP = (ast.ViewStmt, ast.CreateFunctionStmt)  # defining, not running: nothing to materialize
+
+
+@dataclass(frozen=True)
+class CallSite:
+    model: str
+    args: tuple[str, ...]  # SQL text of each argument
+    from_sql: str  # "" when the level has no FROM
+    where_sql: str  # "" when nothing could be pushed down
+    depth: int  # nesting of model calls: inner calls (arguments of others) are deeper
+
+    def input_query(self, digest_sql: str, arg_types: list[str], cache_table: str) -> str:
+        """Distinct-able rows (digest, cached?, arguments-when-not-cached) reaching this call."""
+        pairs = list(zip(self.args, arg_types, strict=True))
+        args = ", ".join(f"({a})::{t} AS a{i}" for i, (a, t) in enumerate(pairs))
+        inner = f"SELECT {digest_sql} AS sieve_digest, {args}"
+        if self.from_sql:
+            inner += f" FROM {self.from_sql}"
+        if self.where_sql:
+            inner += f" WHERE {self.where_sql}"
+        hit = f"EXISTS (SELECT 1 FROM {cache_table} c WHERE c.digest = i.sieve_digest)"
+        outer_args = ", ".join(f"CASE WHEN h.hit THEN NULL ELSE h.a{i} END" for i in range(len(pairs)))
+        return (
+            f"SELECT h.sieve_digest, h.hit, {outer_args} FROM "
+            f"(SELECT i.*, {hit} AS hit FROM ({inner}) AS i WHERE i.sieve_digest IS NOT NULL) AS h"
+        )
+
+
+def find_call_sites(sql: str, models: set[str]) -> list[CallSite]:
+    """Model call sites of every statement in ``sql``, innermost calls first."""
+    sites: list[CallSite] = []
+    for raw in parse_sql(sql):
+        _walk(raw.stmt, models, level=None, depth=0, out=sites)
+    unique = list(dict.fromkeys(sites))  # ORDER BY f(x) repeats the SELECT list's f(x)
+    return sorted(unique, key=lambda s: -s.depth)
+
+
+def _children(node: ast.Node):
+    for name in node.__slots__:
+        yield from _nodes_in(getattr(node, name, None))
+
+
+def _nodes_in(value):
+    if isinstance(value, ast.Node):
+        yield value
+    elif isinstance(value, tuple | list):  # RangeFunction.functions nests lists in a list
+        for item in value:
+            yield from _nodes_in(item)
+
+
+def _walk(node: ast.Node, models: set[str], level, depth: int, out: list[CallSite]) -> None:
+    if isinstance(node, _SKIP):
+        return
+    if isinstance(node, _LEVELS):
+        level = node
+    if isinstance(node, ast.FuncCall) and _model_name(node, models):
+        if level is None:
+            raise PlanError(FEATURE_NOT_SUPPORTED, "model calls are supported in SELECT, UPDATE and DELETE")
+        out.append(_site(node, models, level, depth))
+        depth += 1
+    for child in _children(node):
+        _walk(child, models, level, depth, out)
+
+
+def _model_name(call: ast.FuncCall, models: set[str]) -> str | None:
+    names = [n.sval for n in call.funcname]
+    if len(names) == 2 and names[0] != "public":
+        return None
+    return names[-1] if names[-1] in models else None
+
+
+def _site(call: ast.FuncCall, models: set[str], level, depth: int) -> CallSite:
+    if call.agg_star or call.over is not None:
+        raise PlanError(FEATURE_NOT_SUPPORTED, f"model {_model_name(call, models)} is not an aggregate")
+    args = tuple(RawStream()(a) for a in call.args or ())
+    items = _from_items(level)
+    hidden = _model_function_aliases(items, models)
+    kept = [i for i in (_relax_joins(item, models, hidden) for item in items) if i is not None]
+    return CallSite(
+        model=_model_name(call, models),
+        args=args,
+        from_sql=", ".join(RawStream()(i) for i in kept),
+        where_sql=_pushable(level.whereClause, models, hidden),
+        depth=depth,
+    )
+
+
+def _from_items(level) -> list[ast.Node]:
+    if isinstance(level, ast.SelectStmt):
+        return list(level.fromClause or ())
+    if isinstance(level, ast.UpdateStmt):
+        return [level.relation, *(level.fromClause or ())]
+    return [level.relation, *(level.usingClause or ())]
+
+
+def _is_model_function(item: ast.Node, models: set[str]) -> bool:
+    return isinstance(item, ast.RangeFunction) and _mentions(item, models)
+
+
+def _model_function_aliases(items: list[ast.Node], models: set[str]) -> set[str]:
+    """Names under which ``FROM model(x) AS s`` (LATERAL) rows are visible: s, or the model's name."""
+    aliases: set[str] = set()
+    for item in items:
+        stack = [item]
+        while stack:
+            node = stack.pop()
+            if _is_model_function(node, models):
+                if node.alias is not None:
+                    aliases.add(node.alias.aliasname)
+                for func in node.functions or ():
+                    for part in func:
+                        if isinstance(part, ast.FuncCall):
+                            aliases.add(part.funcname[-1].sval)
+            elif isinstance(node, ast.JoinExpr):
+                stack += [node.larg, node.rarg]
+    return aliases
+
+
+def _relax_joins(item: ast.Node, models: set[str], hidden: set[str]) -> ast.Node | None:
+    """The FROM item with model functions left out and join conditions calling models dropped:
+    it then yields a superset of the rows that reach each call."""
+    if _is_model_function(item, models):
+        return None
+    if not isinstance(item, ast.JoinExpr):
+        return item
+    larg, rarg = _relax_joins(item.larg, models, hidden), _relax_joins(item.rarg, models, hidden)
+    if larg is None or rarg is None:
+        return larg if rarg is None else rarg
+    quals = item.quals
+    if quals is not None and _mentions(quals, models, hidden):
+        kept = _pushable(quals, models, hidden)
+        quals = parse_sql(f"SELECT 1 WHERE {kept or 'true'}")[0].stmt.whereClause
+    return ast.JoinExpr(
+        jointype=item.jointype,
+        isNatural=item.isNatural,
+        larg=larg,
+        rarg=rarg,
+        usingClause=item.usingClause,
+        quals=quals,
+        alias=item.alias,
+    )
+
+
+def _pushable(where: ast.Node | None, models: set[str], hidden: frozenset | set = frozenset()) -> str:
+    if where is None:
+        return ""
+    kept = [c for c in _conjuncts(where) if not _mentions(c, models, hidden)]
+    return " AND ".join(f"({RawStream()(c)})" for c in kept)
+
+
+def _conjuncts(node: ast.Node) -> list[ast.Node]:
+    from pglast.enums import BoolExprType
+
+    if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
+        out = []
+        for arg in node.args:
+            out.extend(_conjuncts(arg))
+        return out
+    return [node]
+
+
+def _mentions(node: ast.Node, models: set[str], hidden: frozenset | set = frozenset()) -> bool:
+    """True when ``node`` calls a model, reads a model function's rows (``hidden`` aliases), or
+    uses a parameter (unknown while planning)."""
+    if isinstance(node, ast.ParamRef):
+        return True
+    if isinstance(node, ast.FuncCall) and _model_name(node, models):
+        return True
+    if hidden and isinstance(node, ast.ColumnRef) and len(node.fields) > 1:
+        first = node.fields[0]
+        if isinstance(first, ast.String) and first.sval in hidden:
+            return True
+    return any(_mentions(child, models, hidden) for child in _children(node))

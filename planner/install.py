@@ -1,0 +1,116 @@
+"""The Postgres side of a model function: its cache table and the SQL function that reads it.
+
+The installed function has the model's own signature, so psql ``\\df``, views and BI tools see a
+real function; its body looks the input's digest up in the cache table of the model version.
+"""
+
+from __future__ import annotations
+
+from planner.model_spec import SCALAR_COLUMN, ModelSpec
+
+BODY_TAG = "$sieve$"
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def digest_sql(spec: ModelSpec, arg_exprs: list[str]) -> str:
+    """Content address of one input: md5 over the binary send form of each argument."""
+    parts = [t.digest_bytes(f"({e})::{t.sql}") for (_, t), e in zip(spec.args, arg_exprs, strict=True)]
+    if len(parts) == 1:
+        return f"md5({parts[0]})::uuid"
+    framed = " || ".join(f"int4send(octet_length({p})) || {p}" for p in parts)
+    return f"md5({framed})::uuid"
+
+
+def signature_sql(spec: ModelSpec, with_names: bool = True) -> str:
+    if with_names:
+        args = ", ".join(f"{quote_ident(n)} {t.sql}" for n, t in spec.args)
+    else:
+        args = ", ".join(t.sql for _, t in spec.args)
+    return f"public.{quote_ident(spec.name)}({args})"
+
+
+def cache_table_sql(spec: ModelSpec) -> str:
+    columns = ", ".join(f"{quote_ident(b.column)} {b.sql_type.sql}" for b in spec.bindings)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {spec.cache_table} (digest uuid NOT NULL, "
+        f"ordinal integer NOT NULL DEFAULT 0, {columns}, PRIMARY KEY (digest, ordinal))"
+    )
+
+
+def function_sql(spec: ModelSpec, or_replace: bool = False) -> str:
+    params = [f"${i + 1}" for i in range(len(spec.args))]
+    digest = digest_sql(spec, params)
+    missing = f"sieve.not_materialized({quote_literal(spec.name)}, {spec.version})"
+    if spec.returns_table:
+        cols = ", ".join(f"c.{quote_ident(b.column)}" for b in spec.bindings)
+        nulls = ", ".join(f"NULL::{b.sql_type.sql}" for b in spec.bindings)
+        returns = (
+            "TABLE (" + ", ".join(f"{quote_ident(b.column)} {b.sql_type.sql}" for b in spec.bindings) + ")"
+        )
+        body = (
+            f"SELECT {cols} FROM {spec.cache_table} c WHERE c.digest = {digest} AND c.ordinal >= 0 "
+            f"UNION ALL SELECT {nulls} FROM (SELECT {missing}) m WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {spec.cache_table} c WHERE c.digest = {digest})"
+        )
+    else:
+        sql_type = spec.bindings[0].sql_type.sql
+        returns = sql_type
+        body = (
+            f"SELECT coalesce((SELECT c.{SCALAR_COLUMN} FROM {spec.cache_table} c "
+            f"WHERE c.digest = {digest} AND c.ordinal = 0), {missing}::{sql_type})"
+        )
+    create = "CREATE OR REPLACE FUNCTION" if or_replace else "CREATE FUNCTION"
+    return (
+        f"{create} {signature_sql(spec)} RETURNS {returns} LANGUAGE sql STABLE STRICT "
+        f"PARALLEL SAFE AS {BODY_TAG} {body} {BODY_TAG}"
+    )
+
+
+def install_sql(spec: ModelSpec, previous: ModelSpec | None) -> str:
+    """Everything CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx does in Postgres, as one script."""
+    row = spec.to_row()
+    steps = []
+    # Same argument and result types: replace in place, so views over the function survive.
+    in_place = previous is not None and _shape(previous) == _shape(spec)
+    if previous is not None and not in_place:
+        steps.append(f"DROP FUNCTION IF EXISTS {signature_sql(previous, with_names=False)}")
+    steps += [
+        cache_table_sql(spec),
+        function_sql(spec, or_replace=in_place),
+        f"COMMENT ON FUNCTION {signature_sql(spec, with_names=False)} IS "
+        + quote_literal(f"SieveDB model {spec.name} v{spec.version}: {spec.path}"),
+        "INSERT INTO sieve.models (name, path, content_hash, version, signature, options) VALUES ("
+        + ", ".join(quote_literal(str(row[k])) for k in ("name", "path", "content_hash"))
+        + f", {spec.version}, {quote_literal(row['signature'])}::jsonb, "
+        f"{quote_literal(row['options'])}::jsonb) "
+        "ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path, content_hash = EXCLUDED.content_hash, "
+        "version = EXCLUDED.version, signature = EXCLUDED.signature, options = EXCLUDED.options, "
+        "updated_at = now()",
+    ]
+    return ";\n".join(steps)
+
+
+def _shape(spec: ModelSpec) -> tuple:
+    return (
+        [t for _, t in spec.args],
+        spec.returns_table,
+        [(b.column, b.sql_type) for b in spec.bindings],
+    )
+
+
+def drop_sql(spec: ModelSpec) -> str:
+    tables = [f'DROP TABLE IF EXISTS sieve_cache."{spec.name}_v{v}"' for v in range(1, spec.version + 1)]
+    return ";\n".join(
+        [
+            f"DROP FUNCTION {signature_sql(spec, with_names=False)}",
+            *tables,
+            f"DELETE FROM sieve.models WHERE name = {quote_literal(spec.name)}",
+        ]
+    )

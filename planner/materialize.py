@@ -1,0 +1,191 @@
+"""Running a model over the inputs a call site can reach, and writing the outputs to its cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+import numpy as np
+
+from inference.model import ModelRef
+from inference.preprocess import apply_post_ops
+from planner.calls import CallSite
+from planner.install import digest_sql, quote_ident
+from planner.model_spec import ModelSpec
+from planner.outcome import PlanError, SessionPort
+
+log = logging.getLogger("sievedb.planner.materialize")
+
+BATCH_ROWS = 1024
+NOTICE_EVERY_S = 3.0
+INVALID_PARAMETER = "22023"
+_DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "int32": np.int32,
+    "int64": np.int64,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "float16": np.float16,
+}
+
+
+@dataclass
+class Materialized:
+    model_calls: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+
+    def add(self, model: str, runs: int, hits: int) -> None:
+        self.model_calls[model] = self.model_calls.get(model, 0) + runs
+        self.cache_hits += hits
+
+
+def model_ref(spec: ModelSpec) -> ModelRef:
+    outputs = tuple(dict.fromkeys(b.output for b in spec.bindings))
+    if spec.row_index:
+        first = spec.signature["outputs"][0]["name"]
+        outputs = (first, *[o for o in outputs if o != first])
+    return ModelRef(
+        key=spec.key,
+        path=spec.path,
+        preprocess=spec.preprocess() or None,
+        outputs=outputs,
+        split="row_index" if spec.row_index else "rows",
+    )
+
+
+async def materialize_site(
+    site: CallSite, spec: ModelSpec, db: asyncpg.Pool, pool, port: SessionPort, result: Materialized
+) -> None:
+    query = site.input_query(
+        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
+    )
+    seen: set = set()
+    hits = runs = 0
+    started = last_notice = time.monotonic()
+    async with db.acquire() as reader:
+        try:
+            async with reader.transaction(readonly=True):
+                batch: list = []
+                async for record in reader.cursor(query, prefetch=BATCH_ROWS):
+                    digest = record[0]
+                    if digest in seen:
+                        continue
+                    seen.add(digest)
+                    if record[1]:
+                        hits += 1
+                        continue
+                    batch.append(record)
+                    if len(batch) >= BATCH_ROWS:
+                        runs += await _run_batch(spec, batch, db, pool)
+                        batch = []
+                        if time.monotonic() - last_notice > NOTICE_EVERY_S:
+                            last_notice = time.monotonic()
+                            rate = runs / (last_notice - started)
+                            port.notice(f"model {spec.name}: {runs} inputs run so far ({rate:.0f}/s)")
+                if batch:
+                    runs += await _run_batch(spec, batch, db, pool)
+        except asyncpg.PostgresError as exc:
+            raise PlanError(
+                getattr(exc, "sqlstate", None) or "XX000",
+                f"could not collect the inputs of model {spec.name}: {exc}",
+                hint="model calls inside correlated subqueries are not supported yet",
+            ) from None
+    log.info(
+        "materialized model=%s runs=%d cache_hits=%d ms=%.1f",
+        spec.key,
+        runs,
+        hits,
+        1000 * (time.monotonic() - started),
+    )
+    result.add(spec.name, runs, hits)
+
+
+async def _run_batch(spec: ModelSpec, batch: list, db: asyncpg.Pool, pool) -> int:
+    inputs = {}
+    for i, info in enumerate(spec.signature["inputs"]):
+        inputs[info["name"]] = _tensor([r[2 + i] for r in batch], spec, i, info)
+    outputs = await pool.infer(model_ref(spec), inputs)
+    rows = _cache_rows(spec, [r[0] for r in batch], outputs)
+    await _write_cache(spec, rows, db)
+    return len(batch)
+
+
+def _tensor(values: list, spec: ModelSpec, index: int, info: dict) -> np.ndarray:
+    name, sql_type = spec.args[index]
+    shape = info["shape"]
+    if sql_type.base in ("bytea", "text"):
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        return arr.reshape(-1, 1) if sql_type.base == "text" and shape and len(shape) == 2 else arr
+    dtype = _DTYPES.get(info["elem"], np.float32)
+    try:
+        arr = np.asarray(values, dtype=dtype)
+    except (ValueError, TypeError):
+        raise PlanError(
+            INVALID_PARAMETER,
+            f'argument "{name}" of model {spec.name}: arrays of different '
+            "lengths or NULL elements cannot form one tensor",
+        ) from None
+    if not sql_type.is_array and shape is not None and len(shape) == 2:
+        arr = arr.reshape(-1, 1)
+    if sql_type.is_array and arr.ndim != 2:
+        raise PlanError(INVALID_PARAMETER, f'argument "{name}" of model {spec.name} must be a 1-D array')
+    if sql_type.is_array and shape and isinstance(shape[1], int) and arr.shape[1] != shape[1]:
+        raise PlanError(
+            INVALID_PARAMETER,
+            f'argument "{name}" of model {spec.name} has {arr.shape[1]} elements; the model takes {shape[1]}',
+        )
+    return arr
+
+
+def _cache_rows(spec: ModelSpec, digests: list, outputs: dict) -> list[tuple]:
+    columns = [_column_values(b, outputs) for b in spec.bindings]
+    if not spec.row_index:
+        return [(d, 0, *(col[i] for col in columns)) for i, d in enumerate(digests)]
+    index = np.asarray(outputs[spec.signature["outputs"][0]["name"]])
+    owners = index[:, 0] if index.ndim == 2 else index
+    rows, ordinals = [], {}
+    for m, owner in enumerate(owners.astype(int)):
+        ordinal = ordinals.get(owner, 0)
+        ordinals[owner] = ordinal + 1
+        rows.append((digests[owner], ordinal, *(col[m] for col in columns)))
+    empty = (None,) * len(columns)
+    rows += [(d, -1, *empty) for i, d in enumerate(digests) if i not in ordinals]
+    return rows
+
+
+def _column_values(binding, outputs: dict) -> list:
+    arr = np.asarray(outputs[binding.output])
+    if binding.post:
+        arr = apply_post_ops(arr, list(binding.post))
+    sql_type = binding.sql_type
+    if sql_type.is_array:
+        return [list(map(float, row)) for row in arr.reshape(len(arr), -1)]
+    flat = arr.reshape(len(arr), -1)[:, 0] if arr.ndim > 1 else arr
+    if sql_type.base == "text":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    if sql_type.base == "bool":
+        return [bool(v) for v in flat.tolist()]
+    if sql_type.base in ("int2", "int4", "int8"):
+        return [int(v) for v in flat.tolist()]
+    return [float(v) for v in flat.tolist()]
+
+
+async def _write_cache(spec: ModelSpec, rows: list[tuple], db: asyncpg.Pool) -> None:
+    """One transaction per batch; concurrent queries may race to fill the same inputs."""
+    columns = ["digest", "ordinal", *[b.column for b in spec.bindings]]
+    stage = f"sieve_stage_{spec.name}_v{spec.version}"
+    async with db.acquire() as writer, writer.transaction():
+        await writer.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} (LIKE {spec.cache_table}) "
+            "ON COMMIT DELETE ROWS"
+        )
+        await writer.copy_records_to_table(stage, records=rows, columns=columns)
+        await writer.execute(
+            f"INSERT INTO {spec.cache_table} SELECT * FROM {quote_ident(stage)} ON CONFLICT DO NOTHING"
+        )

@@ -1,0 +1,187 @@
+"""The planner: model DDL, and materializing what a statement's model calls need."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import asyncpg
+from pglast import parse_sql
+from pglast.parser import ParseError
+
+from inference.errors import InferenceLayerError, ModelLoadError, ModelNotFoundError
+from inference.signature import load_signature
+from planner.calls import find_call_sites
+from planner.catalog import ModelCatalog
+from planner.classify import Classifier, Decision
+from planner.install import drop_sql, install_sql
+from planner.materialize import Materialized, materialize_site
+from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
+from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
+from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
+
+log = logging.getLogger("sievedb.planner")
+
+SYNTAX_ERROR = "42601"
+DUPLICATE_FUNCTION = "42723"
+UNDEFINED_FUNCTION = "42883"
+FEATURE_NOT_SUPPORTED = "0A000"
+INTERNAL_ERROR = "XX000"
+
+
+class Planner:
+    def __init__(self, db: asyncpg.Pool, inference_pool, classifier: Classifier, models_dir: Path) -> None:
+        self.db = db
+        self.inference = inference_pool
+        self.classifier = classifier
+        self.models_dir = models_dir
+        self.catalog = ModelCatalog(db)
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        await self.catalog.reload()
+        self.classifier.set_models(self.catalog.names)
+
+    async def run(self, decision: Decision, sql: str, port: SessionPort) -> Outcome:
+        try:
+            statements = [raw.stmt for raw in parse_sql(sql)]
+        except ParseError as exc:
+            if decision.executes_itself:
+                return Failed(SYNTAX_ERROR, str(exc))
+            return Forward()  # Postgres reports the syntax error in its own words
+        if decision.executes_itself:
+            return await self._ddl(statements, port)
+        return await self._query(sql, port)
+
+    # -- DDL ----------------------------------------------------------------------------------
+
+    async def _ddl(self, statements: list, port: SessionPort) -> Outcome:
+        if len(statements) != 1:
+            return Failed(
+                FEATURE_NOT_SUPPORTED, "put CREATE/DROP FUNCTION of a model in a statement of its own"
+            )
+        stmt = statements[0]
+        if is_onnx_function(stmt):
+            return await self._create(stmt, port)
+        drop = read_drop(stmt)
+        if drop is not None:
+            return await self._drop(drop, port)
+        return Forward()
+
+    async def _create(self, stmt, port: SessionPort) -> Outcome:
+        await self.catalog.reload()
+        request = read_create(stmt)
+        spec = request.spec
+        previous = self.catalog.get(spec.name)
+        if previous is not None and not request.replace:
+            raise PlanError(
+                DUPLICATE_FUNCTION,
+                f"function {spec.name} already exists",
+                hint="use CREATE OR REPLACE FUNCTION to load a new version",
+            )
+        path = resolve_path(spec.path, self.models_dir)
+        spec.path = str(path)
+        try:
+            signature = load_signature(path)
+        except ModelNotFoundError:
+            raise PlanError(
+                UNDEFINED_FILE,
+                f'could not open model file "{path}": no such file',
+                hint=f"paths are relative to --models-dir ({self.models_dir})",
+            ) from None
+        except ModelLoadError as exc:
+            raise PlanError(
+                INVALID_DEFINITION, f"model file {path} is not a loadable ONNX model: {exc}"
+            ) from None
+        spec.content_hash = signature.sha256
+        bind_signature(spec, signature)
+        spec.version = _next_version(previous, spec)
+        result = await port.run_sql(install_sql(spec, previous))
+        if result.error is not None:
+            return result.error
+        await self.refresh()
+        log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
+        return Done("CREATE FUNCTION")
+
+    async def _drop(self, drop: DropModel, port: SessionPort) -> Outcome:
+        await self.catalog.reload()
+        specs = [self.catalog.get(n) for n in drop.names]
+        if not any(specs):
+            return Forward()  # not a model: an ordinary DROP FUNCTION for Postgres
+        if not all(specs):
+            return Failed(FEATURE_NOT_SUPPORTED, "drop model functions in a statement of their own")
+        for spec in specs:
+            result = await port.run_sql(drop_sql(spec))
+            if result.error is not None:
+                return result.error
+        await self.refresh()
+        return Done("DROP FUNCTION")
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def _query(self, sql: str, port: SessionPort) -> Outcome:
+        started = time.monotonic()
+        sites = find_call_sites(sql, self.catalog.names)
+        if not sites:
+            return Forward()
+        done = Materialized()
+        for site in sites:
+            spec = self.catalog.get(site.model)
+            try:
+                await materialize_site(site, spec, self.db, self.inference, port, done)
+            except InferenceLayerError as exc:
+                raise PlanError(INTERNAL_ERROR, f"model {spec.name} failed: {exc}") from None
+        await self._log(sql, done, started)
+        await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
+        return Forward()
+
+    async def _record_costs(self, specs: list[ModelSpec]) -> None:
+        """Persist what the pool measured: cost per row per device, and batch sizes."""
+        pool = self.inference.pool
+        if pool is None:
+            return
+        for spec in specs:
+            stats = pool.stats(spec.key)
+            summary = {
+                "requests": stats.requests,
+                "batches": stats.batches,
+                "rows": stats.rows,
+                "max_batch_rows": stats.max_batch_rows,
+                "mean_batch_rows": stats.mean_batch_rows,
+                "recent_batch_sizes": list(stats.recent_batch_sizes[-64:]),
+            }
+            await self.db.execute(
+                "UPDATE sieve.models SET cost_ms_per_row = $1::jsonb, stats = $2::jsonb "
+                "WHERE name = $3 AND version = $4",
+                json.dumps(stats.ms_per_row),
+                json.dumps(summary),
+                spec.name,
+                spec.version,
+            )
+
+    async def _log(self, sql: str, done: Materialized, started: float) -> None:
+        elapsed_ms = 1000 * (time.monotonic() - started)
+        await self.db.execute(
+            "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms) "
+            "VALUES ($1, 'exact', $2::jsonb, $3, $4)",
+            sql,
+            json.dumps(done.model_calls),
+            done.cache_hits,
+            elapsed_ms,
+        )
+
+
+def _next_version(previous: ModelSpec | None, spec: ModelSpec) -> int:
+    if previous is None:
+        return 1
+    same = (
+        previous.content_hash == spec.content_hash
+        and previous.options == spec.options
+        and previous.args == spec.args
+        and previous.bindings == spec.bindings
+    )
+    return previous.version if same else previous.version + 1
