@@ -34,6 +34,15 @@ _DTYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Databases:
+    """Readers stream inputs while writers store outputs: separate pools, so that many
+    concurrent materializations holding readers can never starve the writers (a deadlock)."""
+
+    read: asyncpg.Pool
+    write: asyncpg.Pool
+
+
 @dataclass
 class Materialized:
     model_calls: dict[str, int] = field(default_factory=dict)
@@ -59,7 +68,7 @@ def model_ref(spec: ModelSpec) -> ModelRef:
 
 
 async def materialize_site(
-    site: CallSite, spec: ModelSpec, db: asyncpg.Pool, pool, port: SessionPort, result: Materialized
+    site: CallSite, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, result: Materialized
 ) -> None:
     query = site.input_query(
         digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
@@ -67,7 +76,7 @@ async def materialize_site(
     seen: set = set()
     hits = runs = 0
     started = last_notice = time.monotonic()
-    async with db.acquire() as reader:
+    async with dbs.read.acquire() as reader:
         try:
             async with reader.transaction(readonly=True):
                 batch: list = []
@@ -81,14 +90,14 @@ async def materialize_site(
                         continue
                     batch.append(record)
                     if len(batch) >= BATCH_ROWS:
-                        runs += await _run_batch(spec, batch, db, pool)
+                        runs += await _run_batch(spec, batch, dbs.write, pool)
                         batch = []
                         if time.monotonic() - last_notice > NOTICE_EVERY_S:
                             last_notice = time.monotonic()
                             rate = runs / (last_notice - started)
                             port.notice(f"model {spec.name}: {runs} inputs run so far ({rate:.0f}/s)")
                 if batch:
-                    runs += await _run_batch(spec, batch, db, pool)
+                    runs += await _run_batch(spec, batch, dbs.write, pool)
         except asyncpg.PostgresError as exc:
             raise PlanError(
                 getattr(exc, "sqlstate", None) or "XX000",

@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import asyncpg
 from pglast import parse_sql
 from pglast.parser import ParseError
 
@@ -17,7 +16,7 @@ from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.install import drop_sql, install_sql
-from planner.materialize import Materialized, materialize_site
+from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
@@ -32,12 +31,13 @@ INTERNAL_ERROR = "XX000"
 
 
 class Planner:
-    def __init__(self, db: asyncpg.Pool, inference_pool, classifier: Classifier, models_dir: Path) -> None:
-        self.db = db
+    def __init__(self, dbs: Databases, inference_pool, classifier: Classifier, models_dir: Path) -> None:
+        self.dbs = dbs
+        self.db = dbs.read
         self.inference = inference_pool
         self.classifier = classifier
         self.models_dir = models_dir
-        self.catalog = ModelCatalog(db)
+        self.catalog = ModelCatalog(dbs.read)
 
     async def start(self) -> None:
         await self.refresh()
@@ -132,7 +132,7 @@ class Planner:
         for site in sites:
             spec = self.catalog.get(site.model)
             try:
-                await materialize_site(site, spec, self.db, self.inference, port, done)
+                await materialize_site(site, spec, self.dbs, self.inference, port, done)
             except InferenceLayerError as exc:
                 raise PlanError(INTERNAL_ERROR, f"model {spec.name} failed: {exc}") from None
         await self._log(sql, done, started)

@@ -1,0 +1,53 @@
+"""Statistics core of SieveDB: approximate selection and aggregation with guarantees.
+
+Pure numpy/scipy: proxy scores and an oracle callable in, row indices and estimates out. The
+oracle is wrapped in :class:`BudgetedOracle`, so it never sees more than ``budget`` distinct rows.
+"""
+
+from .aggregate import estimate_aggregate
+from .auto_proxy import fit_logistic, predict_logistic, train_proxy
+from .bounds import (
+    FINITE_SAMPLE_METHODS,
+    METHODS,
+    interval,
+    lower_bound,
+    mean_bound,
+    upper_bound,
+    weighted_mean_bound,
+    weighted_mean_interval,
+)
+from .cascade import select_cascade
+from .importance import RankedProxy, rank_proxy
+from .limit_search import limit_search
+from .oracle import BudgetedOracle, BudgetExceededError
+from .precision import select_precision_target
+from .recall import select_recall_target
+from .results import AggregateResult, AutoProxy, GroupEstimate, LimitResult, SelectionResult
+
+__all__ = [
+    "FINITE_SAMPLE_METHODS",
+    "METHODS",
+    "AggregateResult",
+    "AutoProxy",
+    "BudgetExceededError",
+    "BudgetedOracle",
+    "GroupEstimate",
+    "LimitResult",
+    "RankedProxy",
+    "SelectionResult",
+    "estimate_aggregate",
+    "fit_logistic",
+    "interval",
+    "limit_search",
+    "lower_bound",
+    "mean_bound",
+    "predict_logistic",
+    "rank_proxy",
+    "select_cascade",
+    "select_precision_target",
+    "select_recall_target",
+    "train_proxy",
+    "upper_bound",
+    "weighted_mean_bound",
+    "weighted_mean_interval",
+]

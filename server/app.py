@@ -14,6 +14,7 @@ import asyncpg
 
 from planner.classify import Classifier
 from planner.lazy_pool import LazyInferencePool
+from planner.materialize import Databases
 from planner.planner import Planner
 from server import messages
 from server.backend import send_cancel
@@ -61,6 +62,7 @@ class SieveServer:
         self.planner: Planner | None = None
         self.inference: LazyInferencePool | None = None
         self.db: asyncpg.Pool | None = None
+        self.db_writer: asyncpg.Pool | None = None
         self.sessions: set[ClientSession] = set()
         self.max_message_bytes = config.max_message_bytes
         self.ssl_context = self._ssl_context()
@@ -128,9 +130,12 @@ class SieveServer:
         log.info("sieve catalog at schema version %d", version)
 
     async def _start_planner(self) -> None:
-        self.db = await asyncpg.create_pool(**self.backend_target.asyncpg_kwargs(), min_size=1, max_size=8)
+        connect = self.backend_target.asyncpg_kwargs()
+        self.db = await asyncpg.create_pool(**connect, min_size=1, max_size=16)
+        self.db_writer = await asyncpg.create_pool(**connect, min_size=1, max_size=4)
         self.inference = LazyInferencePool(workers=self.config.inference_workers)
-        self.planner = Planner(self.db, self.inference, self.classifier, self.config.models_dir.resolve())
+        dbs = Databases(read=self.db, write=self.db_writer)
+        self.planner = Planner(dbs, self.inference, self.classifier, self.config.models_dir.resolve())
         await self.planner.start()
 
     def _check_open_door(self) -> None:
@@ -166,8 +171,9 @@ class SieveServer:
         await asyncio.sleep(0.05)  # let the closes flush
         if self.inference is not None:
             await self.inference.close()
-        if self.db is not None:
-            await self.db.close()
+        for pool in (self.db, self.db_writer):
+            if pool is not None:
+                await pool.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
         self._stopped.set()

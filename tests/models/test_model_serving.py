@@ -1,0 +1,143 @@
+"""Serving behaviour of model functions: text models, concurrency and batching, worker crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import asyncpg
+import numpy as np
+import psutil
+import psycopg
+import pytest
+
+from tests.inference.models import (
+    SHARED_REVIEWS,
+    amazon_reviews,
+    generated_sentences,
+    row_index_model,
+    text_pipeline,
+    wide_mlp,
+)
+from tests.models.conftest import direct_run
+
+
+def _load_texts(conn, table: str, texts) -> None:
+    conn.execute(f"create table {table} (id int primary key, review text)")
+    with conn.cursor().copy(f"copy {table} (id, review) from stdin") as copy:
+        for i, text in enumerate(texts):
+            copy.write_row((i, text))
+
+
+def _check_text_model(world, name: str, path, table: str, texts) -> None:
+    with world.connect() as conn:
+        _load_texts(conn, table, texts)
+        conn.execute(
+            f"create function {name}(review text) returns table (label bigint, p_bad real) "
+            f"language onnx as '{path.name}', '{{\"outputs\": {{\"p_bad\": "
+            f'{{"output": "probabilities", "post": {{"op": "index", "index": 1}}}}}}}}\''
+        )
+        rows = conn.execute(
+            f"select r.id, s.label, s.p_bad from {table} r, lateral {name}(r.review) s order by r.id"
+        ).fetchall()
+    expected = direct_run(path, {"text": np.array(texts, dtype=object).reshape(-1, 1)})
+    assert [r[1] for r in rows] == expected["label"].tolist()
+    np.testing.assert_allclose([r[2] for r in rows], expected["probabilities"][:, 1], rtol=1e-5)
+
+
+def test_text_model_on_generated_reviews(world):
+    texts, labels = generated_sentences(300, seed=3)
+    path = text_pipeline(texts, labels, world.models_dir / "sentiment_generated.onnx")
+    _check_text_model(world, "is_bad_generated", path, "generated_reviews", list(texts))
+
+
+@pytest.mark.skipif(not SHARED_REVIEWS.exists(), reason="../shared/data/amazon_reviews.csv is absent")
+def test_text_model_on_real_amazon_reviews(world):
+    texts, one_star = amazon_reviews()
+    path = text_pipeline(texts, one_star, world.models_dir / "one_star.onnx", max_features=5000)
+    _check_text_model(world, "is_one_star", path, "amazon_reviews", list(texts[:1500]))
+
+
+def test_several_rows_per_input_from_a_row_index_output(world):
+    path = row_index_model(world.models_dir)
+    rng = np.random.default_rng(5)
+    x = rng.random((120, 4)).astype(np.float32)
+    with world.connect() as conn:
+        conn.execute("create table boxes_in (id int primary key, x real[])")
+        for i, row in enumerate(x):
+            conn.execute("insert into boxes_in values (%s, %s)", (i, row.tolist()))
+        conn.execute(
+            f"create function detect(x real[]) returns table (det_row bigint, score real) language onnx "
+            f"as '{path.name}', '{{\"rows\": \"row_index\", \"outputs\": {{\"det_row\": \"row\"}}}}'"
+        )
+        rows = conn.execute(
+            "select b.id, d.score from boxes_in b, lateral detect(b.x) d order by b.id"
+        ).fetchall()
+    expected = [(i, float(x[i, 1])) for i in range(len(x)) if x[i, 0] > 0.5]
+    assert [r[0] for r in rows] == [e[0] for e in expected]
+    np.testing.assert_allclose([r[1] for r in rows], [e[1] for e in expected], rtol=1e-6)
+
+
+def test_eight_concurrent_clients_share_batches(world):
+    """Each client asks for 60 rows; the pool must form batches larger than any one request."""
+    path = wide_mlp(world.models_dir, width=512, seed=11)
+    with world.connect() as conn:
+        conn.execute(
+            f"create function wide_label(x real[]) returns bigint language onnx "
+            f"as '{path.name}', '{{\"output\": \"label\"}}'"
+        )
+
+    async def client(k: int) -> list:
+        conn = await asyncpg.connect(world.server.dsn())
+        try:
+            # A literal, not $1: parameters are not pushed down yet (each client would run all 480).
+            return await conn.fetch(
+                f"select id, wide_label(pixels) as label from digits where id % 8 = {k} and id < 480 order by id"
+            )
+        finally:
+            await conn.close()
+
+    async def everyone() -> list:
+        return await asyncio.gather(*(client(k) for k in range(8)))
+
+    results = asyncio.run(everyone())
+    expected = direct_run(path, {"X": world.digits.x[:480]})["label"]
+    for k, rows in enumerate(results):
+        assert [r["id"] for r in rows] == list(range(k, 480, 8))
+        assert [r["label"] for r in rows] == expected[k:480:8].tolist()
+    with world.connect() as conn:
+        stats = conn.execute("select stats from sieve.models where name = 'wide_label'").fetchone()[0]
+    assert stats["rows"] == 480
+    assert stats["max_batch_rows"] > 60, f"no cross-query batch formed: {stats}"
+
+
+def _inference_workers(server_pid: int) -> list[psutil.Process]:
+    children = psutil.Process(server_pid).children(recursive=True)
+    return [c for c in children if "postgres" not in c.name()]
+
+
+def test_killing_a_worker_fails_that_query_only_and_the_next_succeeds(world):
+    path = wide_mlp(world.models_dir, width=3072, seed=12)
+    with world.connect() as conn:
+        conn.execute(
+            f"create function heavy_label(x real[]) returns bigint language onnx "
+            f"as '{path.name}', '{{\"output\": \"label\"}}'"
+        )
+        bystander = world.connect()
+
+        def kill_soon() -> None:
+            time.sleep(0.4)
+            for proc in _inference_workers(world.server.proc.pid):
+                proc.kill()
+
+        threading.Thread(target=kill_soon).start()
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("select count(heavy_label(pixels)) from digits")
+        assert caught.value.sqlstate == "XX000"
+        assert "heavy_label" in str(caught.value)
+        assert bystander.execute("select 3").fetchone() == (3,)
+        got = conn.execute("select id, heavy_label(pixels) from digits where id < 30 order by id").fetchall()
+        bystander.close()
+    expected = direct_run(path, {"X": world.digits.x[:30]})["label"]
+    assert [r[1] for r in got] == expected.tolist()
