@@ -35,7 +35,7 @@ def _check_text_model(world, name: str, path, table: str, texts) -> None:
         _load_texts(conn, table, texts)
         conn.execute(
             f"create function {name}(review text) returns table (label bigint, p_bad real) "
-            f"language onnx as '{path.name}', '{{\"outputs\": {{\"p_bad\": "
+            f'language onnx as \'{path.name}\', \'{{"outputs": {{"p_bad": '
             f'{{"output": "probabilities", "post": {{"op": "index", "index": 1}}}}}}}}\''
         )
         rows = conn.execute(
@@ -69,7 +69,7 @@ def test_several_rows_per_input_from_a_row_index_output(world):
             conn.execute("insert into boxes_in values (%s, %s)", (i, row.tolist()))
         conn.execute(
             f"create function detect(x real[]) returns table (det_row bigint, score real) language onnx "
-            f"as '{path.name}', '{{\"rows\": \"row_index\", \"outputs\": {{\"det_row\": \"row\"}}}}'"
+            f'as \'{path.name}\', \'{{"rows": "row_index", "outputs": {{"det_row": "row"}}}}\''
         )
         rows = conn.execute(
             "select b.id, d.score from boxes_in b, lateral detect(b.x) d order by b.id"
@@ -93,7 +93,8 @@ def test_eight_concurrent_clients_share_batches(world):
         try:
             # A literal, not $1: parameters are not pushed down yet (each client would run all 480).
             return await conn.fetch(
-                f"select id, wide_label(pixels) as label from digits where id % 8 = {k} and id < 480 order by id"
+                "select id, wide_label(pixels) as label from digits "
+                f"where id % 8 = {k} and id < 480 order by id"
             )
         finally:
             await conn.close()
