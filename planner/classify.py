@@ -28,9 +28,9 @@ FORWARD = Decision(Route.FORWARD)
 MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
 
-_DROP_FUNCTION = re.compile(r"\bdrop\s+function\b", re.IGNORECASE)
-_ONNX = re.compile("onnx", re.IGNORECASE)
-_LANGUAGE_ONNX = re.compile(r"\blanguage\s+onnx\b", re.IGNORECASE)
+_DROP_FUNCTION = re.compile(rb"\bdrop\s+function\b", re.IGNORECASE)
+_ONNX = re.compile(b"onnx", re.IGNORECASE)
+_LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
 
 
 class Classifier:
@@ -38,18 +38,21 @@ class Classifier:
 
     def __init__(self) -> None:
         self._calls: re.Pattern | None = None
-        self._names: frozenset[str] = frozenset()
+        self._names: frozenset[bytes] = frozenset()
 
     def set_models(self, names: set[str]) -> None:
-        self._names = frozenset(names)
+        self._names = frozenset(n.encode() for n in names)
         if not names:
             self._calls = None
             return
-        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        self._calls = re.compile(rf'(?<![\w$])"?(?:{alternatives})"?\s*\(', re.IGNORECASE)
+        alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
+        self._calls = re.compile(rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\(', re.IGNORECASE)
 
-    def classify(self, sql: str) -> Decision:
-        """Decide the route of one statement text (a simple Query string or a Parse)."""
+    def classify(self, sql: bytes | str) -> Decision:
+        """Decide the route of one statement (a simple Query string or a Parse), given as the
+        UTF-8 bytes of the frame so that the forward path never decodes it."""
+        if isinstance(sql, str):
+            sql = sql.encode()
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
             return FORWARD

@@ -43,7 +43,7 @@ class BackendLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.raw:
-            self.session.to_client(data)
+            self._client_write(data)
             self._count_ready(data)
             return
         self._buf += data
@@ -102,6 +102,7 @@ class BackendLink(asyncio.Protocol):
 
     def start_passthrough(self) -> None:
         """Called once Postgres said ReadyForQuery: from now on bytes go straight to the client."""
+        self._client_write = self.session.transport.write
         self.raw = True
 
     def start_capture(self) -> asyncio.Queue:

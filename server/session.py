@@ -274,17 +274,18 @@ class ClientSession(asyncio.Protocol):
                     return PlannedJob.extended(self.planned_statements[statement])
             return None
         if kind == messages.QUERY:
-            (sql,) = cstrings(view, pos + 5, end, 1)
-            decision = self.server.classifier.classify(sql)
+            decision = self.server.classifier.classify(view[pos + 5 : end - 1])
             if decision.route is Route.FORWARD:
                 self.syncs_sent += 1
                 return None
-            return PlannedJob.simple(decision, sql)
-        name, sql = cstrings(view, pos + 5, end, 2)
-        decision = self.server.classifier.classify(sql)
+            return PlannedJob.simple(decision, cstrings(view, pos + 5, end, 1)[0])
+        name_end = view.index(0, pos + 5, end)
+        decision = self.server.classifier.classify(view[name_end + 1 : view.index(0, name_end + 1, end)])
         if decision.route is Route.FORWARD:
-            self.planned_statements.pop(name, None)
+            if self.planned_statements:
+                self.planned_statements.pop(bytes(view[pos + 5 : name_end]).decode(), None)
             return None
+        name, sql = cstrings(view, pos + 5, end, 2)
         if decision.executes_itself:
             return PlannedJob.extended(decision, sql)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.

@@ -113,28 +113,61 @@ def test_eight_concurrent_clients_share_batches(world):
     assert stats["max_batch_rows"] > 60, f"no cross-query batch formed: {stats}"
 
 
+def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 40):
+    """Many layers sharing one weight matrix: seconds of CPU per thousand rows, a small file."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.inference.models import OPSET, save
+
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, width)) / 8).astype(np.float32), "w_in"),
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w"
+        ),
+        numpy_helper.from_array((rng.standard_normal((width, 10))).astype(np.float32), "w_out"),
+    ]
+    nodes = [helper.make_node("MatMul", ["X", "w_in"], ["h0"])]
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{depth}", "w_out"], ["logits"]))
+    nodes.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "deep_shared",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return save(model, out_dir / "deep_shared.onnx")
+
+
 def _inference_workers(server_pid: int) -> list[psutil.Process]:
     children = psutil.Process(server_pid).children(recursive=True)
     return [c for c in children if "postgres" not in c.name()]
 
 
 def test_killing_a_worker_fails_that_query_only_and_the_next_succeeds(world):
-    path = wide_mlp(world.models_dir, width=3072, seed=12)
+    path = deep_shared_mlp(world.models_dir)
     with world.connect() as conn:
         conn.execute(
             f"create function heavy_label(x real[]) returns bigint language onnx "
             f"as '{path.name}', '{{\"output\": \"label\"}}'"
         )
         bystander = world.connect()
+        # Warm up: the worker exists and holds the model, so the kill lands mid-inference.
+        conn.execute("select heavy_label(pixels) from digits where id < 2")
 
         def kill_soon() -> None:
-            time.sleep(0.4)
+            time.sleep(0.3)
             for proc in _inference_workers(world.server.proc.pid):
                 proc.kill()
 
         threading.Thread(target=kill_soon).start()
         with pytest.raises(psycopg.Error) as caught:
-            conn.execute("select count(heavy_label(pixels)) from digits")
+            conn.execute("select count(heavy_label(pixels)) from digits where id >= 2")
         assert caught.value.sqlstate == "XX000"
         assert "heavy_label" in str(caught.value)
         assert bystander.execute("select 3").fetchone() == (3,)
