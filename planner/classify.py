@@ -39,14 +39,24 @@ class Classifier:
     def __init__(self) -> None:
         self._calls: re.Pattern | None = None
         self._names: frozenset[bytes] = frozenset()
+        self._prefilter = _ONNX
 
     def set_models(self, names: set[str]) -> None:
         self._names = frozenset(n.encode() for n in names)
         if not names:
             self._calls = None
+            self._prefilter = _ONNX
             return
         alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
-        self._calls = re.compile(rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\(', re.IGNORECASE)
+        calls = rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\('
+        self._calls = re.compile(calls, re.IGNORECASE)
+        # One pass over a chunk: DDL, a model call, or a DROP FUNCTION that may name a model.
+        self._prefilter = re.compile(rb"onnx|\bdrop\s+function\b|" + calls, re.IGNORECASE)
+
+    def may_plan(self, chunk: bytes | bytearray) -> bool:
+        """False when nothing in ``chunk`` (any number of whole or partial messages) could be
+        routed to the planner: lets the forward path skip per-statement checks."""
+        return self._prefilter.search(chunk) is not None
 
     def classify(self, sql: bytes | str) -> Decision:
         """Decide the route of one statement (a simple Query string or a Parse), given as the

@@ -42,19 +42,17 @@ class BackendLink(asyncio.Protocol):
         transport.set_write_buffer_limits(high=512 * 1024)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        if self.raw:
-            self._client_write(data)
-            self._count_ready(data)
+        if not self.raw:
+            self._buf += data
+            self._drain_framed()
             return
-        self._buf += data
-        self._drain_framed()
-
-    def _count_ready(self, data: bytes) -> None:
-        """Walk message headers only; the bytes themselves are already on their way."""
+        self._client_write(data)
+        # Walk the message headers only (hot path: kept inline, in locals).
         if self._partial:
             data = self._partial + data
             self._partial = b""
         pos, size = self._skip, len(data)
+        unpack = _LEN.unpack_from
         while pos < size:
             if size - pos < 6 and (size - pos < 5 or data[pos] == _READY):
                 self._partial = data[pos:]
@@ -63,8 +61,9 @@ class BackendLink(asyncio.Protocol):
             if data[pos] == _READY:
                 self.ready_count += 1
                 self.status = data[pos + 5]
-                self._wake_idle_waiter()
-            pos += 1 + _LEN.unpack_from(data, pos + 1)[0]
+                if self._idle_waiter is not None:
+                    self._wake_idle_waiter()
+            pos += 1 + unpack(data, pos + 1)[0]
         self._skip = pos - size
 
     def _wake_idle_waiter(self) -> None:

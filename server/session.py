@@ -234,19 +234,30 @@ class ClientSession(asyncio.Protocol):
             view: bytes | bytearray = self.inbuf
         else:
             view = data
+        # One scan of the whole chunk decides whether any statement in it needs a closer look.
+        inspect = self.server.classifier.may_plan(view) or bool(self.planned_statements)
         pos, size = 0, len(view)
+        limit, types, unpack = self.server.max_message_bytes, messages.FRONTEND_TYPES, _LEN.unpack_from
         try:
             while size - pos >= 5:
-                end = self._frame_end(view, pos, size)
-                if end is None:
-                    break
                 kind = view[pos]
-                if kind == messages.QUERY or kind == messages.PARSE or kind == messages.BIND:
+                length = unpack(view, pos + 1)[0]
+                if kind not in types or length < 4 or length > limit:
+                    self._frame_end(view, pos, size)  # raises with the precise complaint
+                end = pos + 1 + length
+                if end > size:
+                    break
+                if kind == messages.QUERY:
+                    job = self._route(kind, view, pos, end) if inspect else None
+                    if job is not None:
+                        return self._hold(view, pos, job)
+                    self.syncs_sent += 1
+                elif kind == messages.SYNC or kind == messages.FUNCTION_CALL:
+                    self.syncs_sent += 1
+                elif inspect and (kind == messages.PARSE or kind == messages.BIND):
                     job = self._route(kind, view, pos, end)
                     if job is not None:
                         return self._hold(view, pos, job)
-                elif kind == messages.SYNC or kind == messages.FUNCTION_CALL:
-                    self.syncs_sent += 1
                 elif kind == messages.TERMINATE:
                     self._terminating = True
                 pos = end
@@ -276,7 +287,6 @@ class ClientSession(asyncio.Protocol):
         if kind == messages.QUERY:
             decision = self.server.classifier.classify(view[pos + 5 : end - 1])
             if decision.route is Route.FORWARD:
-                self.syncs_sent += 1
                 return None
             return PlannedJob.simple(decision, cstrings(view, pos + 5, end, 1)[0])
         name_end = view.index(0, pos + 5, end)
