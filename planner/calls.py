@@ -46,26 +46,28 @@ class CallSite:
         )
 
 
-def find_call_sites(sql: str, models: set[str]) -> list[CallSite]:
-    """Model call sites of every statement in ``sql``, innermost calls first."""
+def find_call_sites(sql: str | list[ast.Node], models: set[str]) -> list[CallSite]:
+    """Model call sites of every statement (SQL text or parsed), innermost calls first."""
+    statements = [raw.stmt for raw in parse_sql(sql)] if isinstance(sql, str) else sql
     sites: list[CallSite] = []
-    for raw in parse_sql(sql):
-        _walk(raw.stmt, models, level=None, depth=0, out=sites)
+    for stmt in statements:
+        _walk(stmt, models, level=None, depth=0, out=sites)
     unique = list(dict.fromkeys(sites))  # ORDER BY f(x) repeats the SELECT list's f(x)
     return sorted(unique, key=lambda s: -s.depth)
 
 
 def _children(node: ast.Node):
     for name in node.__slots__:
-        yield from _nodes_in(getattr(node, name, None))
+        yield from nodes_in(getattr(node, name, None))
 
 
-def _nodes_in(value):
+def nodes_in(value):
+    """Every AST node in a field value (a node, or lists of nodes nested in lists)."""
     if isinstance(value, ast.Node):
         yield value
     elif isinstance(value, tuple | list):  # RangeFunction.functions nests lists in a list
         for item in value:
-            yield from _nodes_in(item)
+            yield from nodes_in(item)
 
 
 def _walk(node: ast.Node, models: set[str], level, depth: int, out: list[CallSite]) -> None:
@@ -164,19 +166,23 @@ def _relax_joins(item: ast.Node, models: set[str], hidden: set[str]) -> ast.Node
 def _pushable(where: ast.Node | None, models: set[str], hidden: frozenset | set = frozenset()) -> str:
     if where is None:
         return ""
-    kept = [c for c in _conjuncts(where) if not _mentions(c, models, hidden)]
+    kept = [c for c in conjuncts(where) if not _mentions(c, models, hidden)]
     return " AND ".join(f"({RawStream()(c)})" for c in kept)
 
 
-def _conjuncts(node: ast.Node) -> list[ast.Node]:
+def conjuncts(node: ast.Node) -> list[ast.Node]:
     from pglast.enums import BoolExprType
 
     if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
         out = []
         for arg in node.args:
-            out.extend(_conjuncts(arg))
+            out.extend(conjuncts(arg))
         return out
     return [node]
+
+
+def mentions_model(node: ast.Node, models: set[str]) -> bool:
+    return _mentions(node, models)
 
 
 def _mentions(node: ast.Node, models: set[str], hidden: frozenset | set = frozenset()) -> bool:

@@ -30,6 +30,7 @@ MODEL_CALL = Decision(Route.PLAN, "model call")
 
 _DROP_FUNCTION = re.compile(rb"\bdrop\s+function\b", re.IGNORECASE)
 _ONNX = re.compile(b"onnx", re.IGNORECASE)
+_VIEW_DDL = re.compile(rb"\b(?:create|alter|drop)\b[\s\w]*?\bview\b", re.IGNORECASE)
 _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
 
 
@@ -41,7 +42,7 @@ class Classifier:
         self._names: frozenset[bytes] = frozenset()
         self._prefilter = _ONNX
 
-    def set_models(self, names: set[str]) -> None:
+    def set_models(self, names: set[str], views: set[str] = frozenset()) -> None:
         self._names = frozenset(n.encode() for n in names)
         if not names:
             self._calls = None
@@ -49,9 +50,12 @@ class Classifier:
             return
         alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
         calls = rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\('
+        if views:
+            names_of_views = b"|".join(re.escape(v.encode()) for v in sorted(views, key=len, reverse=True))
+            calls += rb'|(?<![\w$])"?(?:' + names_of_views + rb')"?(?![\w$])'
         self._calls = re.compile(calls, re.IGNORECASE)
-        # One pass over a chunk: DDL, a model call, or a DROP FUNCTION that may name a model.
-        self._prefilter = re.compile(rb"onnx|\bdrop\s+function\b|" + calls, re.IGNORECASE)
+        # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
+        self._prefilter = re.compile(rb"onnx|\bdrop\s+function\b|\bview\b|" + calls, re.IGNORECASE)
 
     def may_plan(self, chunk: bytes | bytearray) -> bool:
         """False when nothing in ``chunk`` (any number of whole or partial messages) could be
@@ -74,4 +78,6 @@ class Classifier:
             return MODEL_CALL
         if self._names and _DROP_FUNCTION.search(sql) and any(n in sql for n in self._names):
             return MODEL_DDL
+        if self._names and _VIEW_DDL.search(sql):
+            return MODEL_CALL  # the planner checks whether it really changes a view
         return FORWARD

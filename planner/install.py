@@ -9,6 +9,7 @@ from __future__ import annotations
 from planner.model_spec import SCALAR_COLUMN, ModelSpec
 
 BODY_TAG = "$sieve$"
+FUNCTION_COST = 10000
 
 
 def quote_literal(text: str) -> str:
@@ -69,7 +70,9 @@ def function_sql(spec: ModelSpec, or_replace: bool = False) -> str:
     create = "CREATE OR REPLACE FUNCTION" if or_replace else "CREATE FUNCTION"
     return (
         f"{create} {signature_sql(spec)} RETURNS {returns} LANGUAGE sql STABLE STRICT "
-        f"PARALLEL SAFE AS {BODY_TAG} {body} {BODY_TAG}"
+        # A high cost makes Postgres test every cheaper qual first, so the function only sees
+        # rows that the materialized input set (cheap conjuncts pushed down) covers.
+        f"PARALLEL SAFE COST {FUNCTION_COST} AS {BODY_TAG} {body} {BODY_TAG}"
     )
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Forward:
-    """Send the client's statement on to Postgres unchanged (its inputs are now materialized)."""
+    """Send the client's statement on to Postgres unchanged (its inputs are now materialized).
+
+    ``after`` runs once Postgres has answered it, before the session reads on (e.g. to learn
+    about a view the statement created)."""
+
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

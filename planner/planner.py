@@ -7,7 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from pglast import parse_sql
+from pglast import ast, parse_sql
+from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
 from inference.errors import InferenceLayerError, ModelLoadError, ModelNotFoundError
@@ -20,6 +21,7 @@ from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
+from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
 
@@ -44,7 +46,7 @@ class Planner:
 
     async def refresh(self) -> None:
         await self.catalog.reload()
-        self.classifier.set_models(self.catalog.names)
+        self.classifier.set_models(self.catalog.names, set(self.catalog.views))
 
     async def run(self, decision: Decision, sql: str, port: SessionPort) -> Outcome:
         try:
@@ -55,7 +57,11 @@ class Planner:
             return Forward()  # Postgres reports the syntax error in its own words
         if decision.executes_itself:
             return await self._ddl(statements, port)
-        return await self._query(sql, port)
+        changes_views = any(_changes_views(stmt) for stmt in statements)
+        outcome = await self._query(sql, statements, port)
+        if changes_views and isinstance(outcome, Forward):
+            return Forward(after=self.refresh)  # learn the new view once Postgres has made it
+        return outcome
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -123,9 +129,13 @@ class Planner:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _query(self, sql: str, port: SessionPort) -> Outcome:
+    async def _query(self, sql: str, statements: list, port: SessionPort) -> Outcome:
         started = time.monotonic()
-        sites = find_call_sites(sql, self.catalog.names)
+        models = self.catalog.names
+        for stmt in statements:
+            inline_views(stmt, self.catalog.views)
+            push_down(stmt, models)
+        sites = find_call_sites(statements, models)
         if not sites:
             return Forward()
         done = Materialized()
@@ -173,6 +183,14 @@ class Planner:
             done.cache_hits,
             elapsed_ms,
         )
+
+
+def _changes_views(stmt) -> bool:
+    if isinstance(stmt, ast.ViewStmt):
+        return True
+    if isinstance(stmt, ast.DropStmt):
+        return stmt.removeType in (ObjectType.OBJECT_VIEW, ObjectType.OBJECT_TABLE, ObjectType.OBJECT_SCHEMA)
+    return isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt)
 
 
 def _next_version(previous: ModelSpec | None, spec: ModelSpec) -> int:

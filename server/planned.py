@@ -144,6 +144,9 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     if isinstance(outcome, Forward):
         link.write(b"".join(job.frames))
         session.syncs_sent += job.syncs
+        if outcome.after is not None:
+            await link.wait_ready(session.syncs_sent)
+            await outcome.after()
         return
     if isinstance(outcome, Failed):
         await _fail_transaction(port, link)

@@ -113,7 +113,7 @@ def test_eight_concurrent_clients_share_batches(world):
     assert stats["max_batch_rows"] > 60, f"no cross-query batch formed: {stats}"
 
 
-def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 40):
+def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 80):
     """Many layers sharing one weight matrix: seconds of CPU per thousand rows, a small file."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -146,7 +146,7 @@ def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 40):
 
 def _inference_workers(server_pid: int) -> list[psutil.Process]:
     children = psutil.Process(server_pid).children(recursive=True)
-    return [c for c in children if "postgres" not in c.name()]
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
 def test_killing_a_worker_fails_that_query_only_and_the_next_succeeds(world):
@@ -160,14 +160,23 @@ def test_killing_a_worker_fails_that_query_only_and_the_next_succeeds(world):
         # Warm up: the worker exists and holds the model, so the kill lands mid-inference.
         conn.execute("select heavy_label(pixels) from digits where id < 2")
 
-        def kill_soon() -> None:
-            time.sleep(0.3)
-            for proc in _inference_workers(world.server.proc.pid):
+        workers = _inference_workers(world.server.proc.pid)
+        busy_before = sum(sum(p.cpu_times()[:2]) for p in workers)
+
+        def kill_when_busy() -> None:
+            # Kill once the workers have burnt 0.15 s of CPU on the query: a batch is in flight.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if sum(sum(p.cpu_times()[:2]) for p in workers) - busy_before > 0.15:
+                    break
+                time.sleep(0.01)
+            for proc in workers:
                 proc.kill()
 
-        threading.Thread(target=kill_soon).start()
+        threading.Thread(target=kill_when_busy).start()
         with pytest.raises(psycopg.Error) as caught:
-            conn.execute("select count(heavy_label(pixels)) from digits where id >= 2")
+            # At most one batch (1,024 rows): the kill cannot fall between two batches.
+            conn.execute("select count(heavy_label(pixels)) from digits where id between 2 and 1000")
         assert caught.value.sqlstate == "XX000"
         assert "heavy_label" in str(caught.value)
         assert bystander.execute("select 3").fetchone() == (3,)

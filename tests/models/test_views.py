@@ -1,0 +1,88 @@
+"""Views over model functions: real Postgres views that run the model only where queried."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.models.conftest import direct_run
+
+
+def _latest_calls(conn, model: str) -> int:
+    row = conn.execute(
+        "select (model_calls->>%s)::int from sieve.query_log where model_calls ? %s "
+        "order by query_id desc limit 1",
+        (model, model),
+    ).fetchone()
+    return row[0]
+
+
+def _setup(conn) -> None:
+    conn.execute(
+        "create or replace function view_oracle(pixels real[]) returns int language onnx "
+        "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+    )
+    conn.execute(
+        "create or replace view view_predictions as select d.id, d.label as true_label, "
+        "view_oracle(d.pixels) as digit from digits d"
+    )
+
+
+def test_view_query_runs_the_model_only_for_rows_the_predicate_keeps(world):
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        _setup(conn)
+        rows = conn.execute(
+            "select id, digit from view_predictions where id < 100 and digit = 7 order by id"
+        ).fetchall()
+        assert rows == [(i, 7) for i in range(100) if expected[i] == 7]
+        assert _latest_calls(conn, "view_oracle") <= 100
+        again = conn.execute(
+            "select id, digit from view_predictions where id < 100 and digit = 7 order by id"
+        )
+        assert again.fetchall() == rows
+        assert _latest_calls(conn, "view_oracle") == 0
+
+
+def test_view_over_view_join_and_group_by_match_an_eager_baseline(world):
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        _setup(conn)
+        conn.execute(
+            "create or replace view view_sevens as select id, digit from view_predictions where digit = 7"
+        )
+        conn.execute("drop table if exists eager_predictions")
+        conn.execute("create table eager_predictions (id int primary key, digit int)")
+        with conn.cursor().copy("copy eager_predictions from stdin") as copy:
+            for i, label in enumerate(expected.tolist()):
+                copy.write_row((i, label))
+        sevens = conn.execute(
+            "select id from view_sevens where id between 500 and 700 order by id"
+        ).fetchall()
+        assert (
+            sevens
+            == conn.execute(
+                "select id from eager_predictions where digit = 7 and id between 500 and 700 order by id"
+            ).fetchall()
+        )
+        grouped = conn.execute(
+            "select v.digit, count(*) from view_predictions v join digits d on d.id = v.id "
+            "where v.id < 400 group by v.digit order by v.digit"
+        ).fetchall()
+        assert (
+            grouped
+            == conn.execute(
+                "select digit, count(*) from eager_predictions where id < 400 group by digit order by digit"
+            ).fetchall()
+        )
+
+
+def test_psql_describes_the_view(world, pg_bin):
+    with world.connect() as conn:
+        _setup(conn)
+    out = subprocess.run(
+        [str(pg_bin / "psql"), "-X", world.server.dsn(), "-c", r"\d view_predictions"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "true_label" in out and "digit" in out and "integer" in out
