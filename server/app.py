@@ -197,6 +197,8 @@ class SieveServer:
             log.info("cancel request for unknown key pid=%d ignored", pid)
             return
         log.info("cancel request pid=%d user=%s", pid, session.user)
+        if session.cancel_planned("user request"):
+            return
         asyncio.get_running_loop().create_task(self._send_cancel(*session.backend_key))
 
     async def _send_cancel(self, pid: int, key: bytes) -> None:

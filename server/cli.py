@@ -57,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference worker processes (default: one per GPU, else cores - 1)",
     )
     serve.add_argument("--log-level", default=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="once listening, load the demo data, models and model functions (idempotent)",
+    )
+    demo = sub.add_parser("demo", help="install the demo into a running SieveDB server")
+    demo.add_argument(
+        "--dsn",
+        default="postgresql://postgres@127.0.0.1:5433/postgres",
+        help="the SieveDB server to install into (default postgresql://postgres@127.0.0.1:5433/postgres)",
+    )
+    demo.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="that server's --models-dir: the demo writes its ONNX files there (default models/)",
+    )
+    demo.add_argument("--log-level", default=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO"))
     return parser
 
 
@@ -79,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, demo: bool = False) -> None:
     server = SieveServer(config)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
@@ -96,7 +114,16 @@ async def serve(config: ServerConfig) -> None:
     except BaseException:
         await server.stop()
         raise
-    await server.serve_until_stopped()
+    demo_task = None
+    if demo:
+        from server.demo import start_for_server
+
+        demo_task = start_for_server(server)
+    try:
+        await server.serve_until_stopped()
+    finally:
+        if demo_task is not None:
+            demo_task.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "demo":
+        from server.demo import run_standalone
+
+        return asyncio.run(run_standalone(args.dsn, args.models_dir))
     try:
         config = config_from_args(args)
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, demo=args.demo))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -7,6 +7,7 @@ forwards the held frames or answers them itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -77,10 +78,22 @@ class SessionPortImpl:
     def notice(self, message: str) -> None:
         self._session.to_client(messages.notice(message))
 
+    async def statement_timeout(self) -> float | None:
+        """The session's statement_timeout in seconds (None when off)."""
+        result = await self.run_sql(
+            "SELECT extract(epoch FROM current_setting('statement_timeout')::interval)"
+        )
+        if result.error is not None or not result.rows:
+            return None
+        seconds = float(result.rows[0][0])
+        return seconds or None
+
     async def run_sql(self, sql: str) -> SqlResult:
         link = self._session.link
         queue = link.start_capture()
         result = SqlResult()
+        # While Postgres works for us, a cancel goes to Postgres, not to the planner's task.
+        self._session.in_backend_sql = True
         try:
             link.write(messages.frame(b"Q", sql.encode() + b"\0"))
             while True:
@@ -90,6 +103,7 @@ class SessionPortImpl:
                 if self._absorb(message, result):
                     return result
         finally:
+            self._session.in_backend_sql = False
             link.stop_capture()
 
     def _absorb(self, message: bytes, result: SqlResult) -> bool:
@@ -132,8 +146,19 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     link = session.link
     await link.wait_ready(session.syncs_sent)
     port = SessionPortImpl(session)
+    loop = asyncio.get_running_loop()
+    timer = None
     try:
-        outcome: Outcome = await session.server.planner.run(job.decision, job.sql, port)
+        timeout = None if job.decision.executes_itself else await port.statement_timeout()
+        work = loop.create_task(session.server.planner.run(job.decision, job.sql, port))
+        session.planner_task = work
+        if timeout:
+            timer = loop.call_later(timeout, session.cancel_planned, "statement timeout")
+        outcome: Outcome = await work
+    except asyncio.CancelledError:
+        if session.cancel_reason is None or asyncio.current_task().cancelling():
+            raise
+        outcome = Failed(sqlstate.QUERY_CANCELED, f"canceling statement due to {session.cancel_reason}")
     except PlanError as exc:
         outcome = exc.outcome()
     except ConnectionError:
@@ -141,6 +166,13 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     except Exception as exc:  # a planner bug must not take the session down with it
         log.exception("planner failed on statement: %.200s", job.sql)
         outcome = Failed(sqlstate.INTERNAL_ERROR, f"SieveDB internal error: {exc}")
+    finally:
+        session.planner_task = None
+        session.cancel_reason = None
+        if timer is not None:
+            timer.cancel()
+    if session.closed:
+        return
     if isinstance(outcome, Forward):
         link.write(b"".join(job.frames))
         session.syncs_sent += job.syncs

@@ -60,6 +60,9 @@ class ClientSession(asyncio.Protocol):
         self.syncs_sent = 0  # Query/Sync/FunctionCall frames forwarded: each earns a ReadyForQuery
         self.planned_statements: dict[str, tuple[Decision, str]] = {}
         self.job: PlannedJob | None = None
+        self.planner_task: asyncio.Task | None = None  # the planner working on the held statement
+        self.cancel_reason: str | None = None
+        self.in_backend_sql = False  # the planner is running SQL in this session's backend
         self._paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -94,6 +97,7 @@ class ClientSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = State.CLOSED
+        self.cancel_planned("client disconnect")  # stop work nobody will read
         self.server.forget(self)
         if self.link is not None:
             if not self._terminating:
@@ -376,6 +380,21 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and self._paused:
             self._paused = False
             self.transport.resume_reading()
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def cancel_planned(self, reason: str) -> bool:
+        """Stop the planner's work on the held statement; False when there is none to stop here
+        (nothing planned, or Postgres is running SQL for it: cancel Postgres instead)."""
+        task = self.planner_task
+        if task is None or task.done() or self.in_backend_sql:
+            return False
+        self.cancel_reason = reason
+        task.cancel()
+        log.info("planned statement cancelled peer=%s reason=%s", self.peer, reason)
+        return True
 
     # -- endings ------------------------------------------------------------------------------
 
