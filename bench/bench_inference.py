@@ -204,15 +204,18 @@ async def bench_model(name: str, path: Path, x: np.ndarray, device: str, args) -
 
 
 async def ratio_by_batch(ref, path: Path, x: np.ndarray, session, device: str, args) -> dict[int, float]:
-    """Single-stream pool/bare at every candidate batch size (one pair of runs each)."""
+    """Single-stream pool/bare at every candidate batch size (median of 3 neighbouring pairs)."""
     from inference import InferencePool
 
     ratios = {}
     for b in (b for b in BATCH_CANDIDATES if b <= len(x)):
         async with InferencePool(workers=args.workers, max_batch_rows=b, device=device) as pool:
             await pool.infer(ref, {"X": x[:b]})
-            bare = bare_rate(session, x, b, args.seconds)
-            ratios[b] = await pool_rate(pool, ref, x, b, 1, args.seconds) / bare
+            pairs = []
+            for _ in range(3):
+                bare = bare_rate(session, x, b, args.seconds / 2)
+                pairs.append(await pool_rate(pool, ref, x, b, 1, args.seconds / 2) / bare)
+            ratios[b] = statistics.median(pairs)
     return ratios
 
 
