@@ -13,6 +13,7 @@ from pglast.parser import ParseError
 
 from inference.errors import InferenceLayerError, ModelLoadError, ModelNotFoundError
 from inference.signature import load_signature
+from planner.bound_params import bind_params
 from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
@@ -48,7 +49,11 @@ class Planner:
         await self.catalog.reload()
         self.classifier.set_models(self.catalog.names, set(self.catalog.views))
 
-    async def run(self, decision: Decision, sql: str, port: SessionPort) -> Outcome:
+    async def run(
+        self, decision: Decision, sql: str, port: SessionPort, params: list | None = None
+    ) -> Outcome:
+        """Plan one held statement; ``params`` are the bound values of an extended-protocol
+        execution (text with a type name, None where unknown)."""
         try:
             statements = [raw.stmt for raw in parse_sql(sql)]
         except ParseError as exc:
@@ -58,6 +63,8 @@ class Planner:
         if decision.executes_itself:
             return await self._ddl(statements, port)
         changes_views = any(_changes_views(stmt) for stmt in statements)
+        if params:
+            statements = [bind_params(stmt, params) for stmt in statements]
         outcome = await self._query(sql, statements, port)
         if changes_views and isinstance(outcome, Forward):
             return Forward(after=self.refresh)  # learn the new view once Postgres has made it

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from planner.classify import Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SqlResult
 from server import messages, sqlstate
+from server.params import Bind, ParamText, as_text, parse_bind
 
 if TYPE_CHECKING:
     from server.session import ClientSession
@@ -37,6 +38,15 @@ def cstrings(view: bytes | bytearray, start: int, end: int, count: int) -> list[
     return found
 
 
+@dataclass(frozen=True)
+class PreparedPlan:
+    """A statement the client prepared that calls models: planned again at every Bind."""
+
+    decision: Decision
+    sql: str
+    param_oids: list[int]
+
+
 @dataclass
 class PlannedJob:
     decision: Decision
@@ -44,16 +54,23 @@ class PlannedJob:
     simple: bool
     frames: list[bytes] = field(default_factory=list)
     started: bool = False
+    param_oids: list[int] = field(default_factory=list)  # from the statement's Parse
 
     @classmethod
     def simple(cls, decision: Decision, sql: str) -> PlannedJob:
         return cls(decision, sql, simple=True)
 
     @classmethod
-    def extended(cls, planned: tuple[Decision, str] | Decision, sql: str | None = None) -> PlannedJob:
-        if isinstance(planned, tuple):
-            planned, sql = planned
+    def extended(cls, planned: PreparedPlan | Decision, sql: str | None = None) -> PlannedJob:
+        if isinstance(planned, PreparedPlan):
+            return cls(planned.decision, planned.sql, simple=False, param_oids=planned.param_oids)
         return cls(planned, sql, simple=False)
+
+    def bind(self) -> Bind | None:
+        for frame in self.frames:
+            if frame[0] == messages.BIND:
+                return parse_bind(frame)
+        return None
 
     def take(self, kind: int, frame: bytes) -> bool:
         """Add a held frame; True once the job has everything it needs to run."""
@@ -87,6 +104,28 @@ class SessionPortImpl:
             return None
         seconds = float(result.rows[0][0])
         return seconds or None
+
+    async def describe_statement(self, name: str) -> list[int]:
+        """Parameter type OIDs of a statement prepared in this session (Describe + Sync)."""
+        link = self._session.link
+        queue = link.start_capture()
+        oids: list[int] = []
+        self._session.in_backend_sql = True
+        try:
+            link.write(messages.frame(b"D", b"S" + name.encode() + b"\0") + messages.frame(b"S", b""))
+            while True:
+                message = await queue.get()
+                if message is None:
+                    raise ConnectionError("the backing Postgres closed the connection")
+                if message[0] == ord("t"):
+                    (count,) = _SHORT.unpack_from(message, 5)
+                    oids = [_LEN.unpack_from(message, 7 + 4 * i)[0] for i in range(count)]
+                elif message[0] == ord("Z"):
+                    link.status = message[5]
+                    return oids
+        finally:
+            self._session.in_backend_sql = False
+            link.stop_capture()
 
     async def run_sql(self, sql: str) -> SqlResult:
         link = self._session.link
@@ -150,7 +189,8 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     timer = None
     try:
         timeout = None if job.decision.executes_itself else await port.statement_timeout()
-        work = loop.create_task(session.server.planner.run(job.decision, job.sql, port))
+        params = await _bound_values(job, port)
+        work = loop.create_task(session.server.planner.run(job.decision, job.sql, port, params))
         session.planner_task = work
         if timeout:
             timer = loop.call_later(timeout, session.cancel_planned, "statement timeout")
@@ -183,6 +223,17 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     if isinstance(outcome, Failed):
         await _fail_transaction(port, link)
     session.to_client(_answer(job, outcome, link.status))
+
+
+async def _bound_values(job: PlannedJob, port: SessionPortImpl) -> list[ParamText | None] | None:
+    bind = job.bind()
+    if bind is None or not bind.values:
+        return None
+    oids = job.param_oids
+    unknown = [i for i, f in enumerate(bind.formats) if f == 1 and (i >= len(oids) or oids[i] == 0)]
+    if unknown:  # binary values of types the Parse left to Postgres: ask it
+        oids = await port.describe_statement(bind.statement)
+    return as_text(bind, oids)
 
 
 async def _fail_transaction(port: SessionPortImpl, link) -> None:

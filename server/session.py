@@ -14,10 +14,11 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from planner.classify import Decision, Route
+from planner.classify import Route
 from server import messages, sqlstate, startup
 from server.backend import BackendLink
-from server.planned import PlannedJob, cstrings, run_planned
+from server.params import parse_param_types
+from server.planned import PlannedJob, PreparedPlan, cstrings, run_planned
 
 if TYPE_CHECKING:
     from server.app import SieveServer
@@ -58,7 +59,7 @@ class ClientSession(asyncio.Protocol):
         self._terminating = False
         self._refused = False
         self.syncs_sent = 0  # Query/Sync/FunctionCall frames forwarded: each earns a ReadyForQuery
-        self.planned_statements: dict[str, tuple[Decision, str]] = {}
+        self.planned_statements: dict[str, PreparedPlan] = {}
         self.job: PlannedJob | None = None
         self.planner_task: asyncio.Task | None = None  # the planner working on the held statement
         self.cancel_reason: str | None = None
@@ -300,10 +301,11 @@ class ClientSession(asyncio.Protocol):
                 self.planned_statements.pop(bytes(view[pos + 5 : name_end]).decode(), None)
             return None
         name, sql = cstrings(view, pos + 5, end, 2)
+        oids = parse_param_types(bytes(view[pos:end]))
         if decision.executes_itself:
             return PlannedJob.extended(decision, sql)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.
-        self.planned_statements[name] = (decision, sql)
+        self.planned_statements[name] = PreparedPlan(decision, sql, oids)
         return None
 
     def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob) -> None:

@@ -91,10 +91,10 @@ def test_eight_concurrent_clients_share_batches(world):
     async def client(k: int) -> list:
         conn = await asyncpg.connect(world.server.dsn())
         try:
-            # A literal, not $1: parameters are not pushed down yet (each client would run all 480).
+            # $1 is bound in binary: the planner decodes it and pushes the predicate down.
             return await conn.fetch(
-                "select id, wide_label(pixels) as label from digits "
-                f"where id % 8 = {k} and id < 480 order by id"
+                "select id, wide_label(pixels) as label from digits where id % 8 = $1 and id < 480 order by id",
+                k,
             )
         finally:
             await conn.close()

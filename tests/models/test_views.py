@@ -86,3 +86,18 @@ def test_psql_describes_the_view(world, pg_bin):
         check=True,
     ).stdout
     assert "true_label" in out and "digit" in out and "integer" in out
+
+
+def test_prepared_statement_parameters_are_pushed_down(world):
+    """Reused many times with different bounds: each execution runs only its own rows."""
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        _setup(conn)
+        for low in range(1000, 1600, 50):
+            rows = conn.execute(
+                "select id, digit from view_predictions where id >= %s and id < %s order by id",
+                (low, low + 50),
+                prepare=True,
+            ).fetchall()
+            assert rows == [(i, int(expected[i])) for i in range(low, low + 50)]
+            assert _latest_calls(conn, "view_oracle") <= 50
