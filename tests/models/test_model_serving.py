@@ -93,7 +93,8 @@ def test_eight_concurrent_clients_share_batches(world):
         try:
             # $1 is bound in binary: the planner decodes it and pushes the predicate down.
             return await conn.fetch(
-                "select id, wide_label(pixels) as label from digits where id % 8 = $1 and id < 480 order by id",
+                "select id, wide_label(pixels) as label from digits "
+                "where id % 8 = $1 and id < 480 order by id",
                 k,
             )
         finally:
