@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --models-dir $(DATA_DIR)/models --demo
 
 # Client drivers the tests use that do not come from PyPI (pgJDBC, psqlODBC, a JDK, pgbouncer).
 test-deps:

@@ -9,7 +9,7 @@ unchanged in Postgres, reading outputs through the installed functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pglast import ast, parse_sql
 from pglast.stream import RawStream
@@ -28,6 +28,7 @@ class CallSite:
     from_sql: str  # "" when the level has no FROM
     where_sql: str  # "" when nothing could be pushed down
     depth: int  # nesting of model calls: inner calls (arguments of others) are deeper
+    level: object = field(default=None, compare=False, hash=False, repr=False)  # its AST level
 
     def input_query(self, digest_sql: str, arg_types: list[str], cache_table: str) -> str:
         """Distinct-able rows (digest, cached?, arguments-when-not-cached) reaching this call."""
@@ -104,6 +105,7 @@ def _site(call: ast.FuncCall, models: set[str], level, depth: int) -> CallSite:
         from_sql=", ".join(RawStream()(i) for i in kept),
         where_sql=_pushable(level.whereClause, models, hidden),
         depth=depth,
+        level=level,
     )
 
 

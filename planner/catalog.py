@@ -41,6 +41,10 @@ class ModelCatalog:
     def names(self) -> set[str]:
         return set(self._models)
 
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return self._models
+
     def get(self, name: str) -> ModelSpec | None:
         return self._models.get(name)
 

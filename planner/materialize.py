@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -19,6 +20,7 @@ from planner.outcome import PlanError, SessionPort
 log = logging.getLogger("sievedb.planner.materialize")
 
 BATCH_ROWS = 1024
+FIRST_BATCH_ROWS = 64  # LIMIT queries start small and double: stop as soon as the answer is whole
 NOTICE_EVERY_S = 3.0
 INVALID_PARAMETER = "22023"
 _DTYPES = {
@@ -68,13 +70,22 @@ def model_ref(spec: ModelSpec) -> ModelRef:
 
 
 async def materialize_site(
-    site: CallSite, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, result: Materialized
+    site: CallSite,
+    spec: ModelSpec,
+    dbs: Databases,
+    pool,
+    port: SessionPort,
+    result: Materialized,
+    enough: Callable[[list], Awaitable[bool]] | None = None,
 ) -> None:
+    """Run the model over the call site's uncached inputs. With ``enough`` (LIMIT queries),
+    batches grow from FIRST_BATCH_ROWS and the work stops as soon as ``enough(new digests)``."""
     query = site.input_query(
         digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
     )
     seen: set = set()
     hits = runs = 0
+    size = FIRST_BATCH_ROWS if enough is not None else BATCH_ROWS
     started = last_notice = time.monotonic()
     async with dbs.read.acquire() as reader:
         try:
@@ -89,13 +100,17 @@ async def materialize_site(
                         hits += 1
                         continue
                     batch.append(record)
-                    if len(batch) >= BATCH_ROWS:
-                        runs += await _run_batch(spec, batch, dbs.write, pool)
+                    if len(batch) < size:
+                        continue
+                    runs += await _run_batch(spec, batch, dbs.write, pool)
+                    if enough is not None and await enough([r[0] for r in batch]):
                         batch = []
-                        if time.monotonic() - last_notice > NOTICE_EVERY_S:
-                            last_notice = time.monotonic()
-                            rate = runs / (last_notice - started)
-                            port.notice(f"model {spec.name}: {runs} inputs run so far ({rate:.0f}/s)")
+                        break
+                    batch, size = [], min(size * 2, BATCH_ROWS)
+                    if time.monotonic() - last_notice > NOTICE_EVERY_S:
+                        last_notice = time.monotonic()
+                        rate = runs / (last_notice - started)
+                        port.notice(f"model {spec.name}: {runs} inputs run so far ({rate:.0f}/s)")
                 if batch:
                     runs += await _run_batch(spec, batch, dbs.write, pool)
         except asyncpg.PostgresError as exc:

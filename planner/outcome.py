@@ -12,9 +12,12 @@ class Forward:
     """Send the client's statement on to Postgres unchanged (its inputs are now materialized).
 
     ``after`` runs once Postgres has answered it, before the session reads on (e.g. to learn
-    about a view the statement created)."""
+    about a view the statement created). ``sql`` replaces the statement text (simple protocol
+    only: the planner is told when that is allowed)."""
 
     after: Callable[[], Awaitable[None]] | None = None
+    sql: str | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # SET for this statement only
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.install import drop_sql, install_sql
+from planner.limit import plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
@@ -50,7 +51,12 @@ class Planner:
         self.classifier.set_models(self.catalog.names, set(self.catalog.views))
 
     async def run(
-        self, decision: Decision, sql: str, port: SessionPort, params: list | None = None
+        self,
+        decision: Decision,
+        sql: str,
+        port: SessionPort,
+        params: list | None = None,
+        rewritable: bool = False,
     ) -> Outcome:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
@@ -65,7 +71,7 @@ class Planner:
         changes_views = any(_changes_views(stmt) for stmt in statements)
         if params:
             statements = [bind_params(stmt, params) for stmt in statements]
-        outcome = await self._query(sql, statements, port)
+        outcome = await self._query(sql, statements, port, rewritable)
         if changes_views and isinstance(outcome, Forward):
             return Forward(after=self.refresh)  # learn the new view once Postgres has made it
         return outcome
@@ -136,7 +142,7 @@ class Planner:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _query(self, sql: str, statements: list, port: SessionPort) -> Outcome:
+    async def _query(self, sql: str, statements: list, port: SessionPort, rewritable: bool) -> Outcome:
         started = time.monotonic()
         models = self.catalog.names
         for stmt in statements:
@@ -146,6 +152,9 @@ class Planner:
         if not sites:
             return Forward()
         done = Materialized()
+        limit = plan_limit(statements, sites, self.catalog.models) if rewritable else None
+        if limit is not None:
+            return await self._limited(sql, limit, port, done, started)
         for site in sites:
             spec = self.catalog.get(site.model)
             try:
@@ -179,6 +188,34 @@ class Planner:
                 spec.name,
                 spec.version,
             )
+
+    async def _limited(
+        self, sql: str, plan, port: SessionPort, done: Materialized, started: float
+    ) -> Outcome:
+        """LIMIT k: count what the cache already answers, then materialize in growing batches
+        and count only the rows whose input is new, until k rows exist."""
+        found = await self._count(plan.count_sql(plan.cached_guard()))
+
+        async def enough(digests: list) -> bool:
+            nonlocal found
+            found += await self._count(plan.count_sql(plan.batch_guard(digests)))
+            return found >= plan.rows
+
+        if found < plan.rows:
+            try:
+                await materialize_site(plan.site, plan.spec, self.dbs, self.inference, port, done, enough)
+            except InferenceLayerError as exc:
+                raise PlanError(INTERNAL_ERROR, f"model {plan.spec.name} failed: {exc}") from None
+        done.model_calls.setdefault(plan.spec.name, 0)
+        await self._log(sql, done, started)
+        await self._record_costs([plan.spec] if done.model_calls[plan.spec.name] else [])
+        return Forward(sql=plan.guarded_sql(plan.cached_guard()), settings={"sieve.lenient": "on"})
+
+    async def _count(self, sql: str) -> int:
+        """Count under the guard; lenient reads because Postgres may test the guard last."""
+        async with self.db.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL sieve.lenient = on")
+            return await conn.fetchval(sql)
 
     async def _log(self, sql: str, done: Materialized, started: float) -> None:
         elapsed_ms = 1000 * (time.monotonic() - started)

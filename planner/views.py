@@ -112,7 +112,11 @@ def _simple(select: ast.SelectStmt) -> bool:
         return False
     if select.limitOffset or select.windowClause:
         return False
-    return not any(_aggregate_or_window(t) for t in select.targetList or ())
+    return not has_aggregates(select.targetList or ())
+
+
+def has_aggregates(targets) -> bool:
+    return any(_aggregate_or_window(t) for t in targets)
 
 
 def _aggregate_or_window(node: ast.Node) -> bool:

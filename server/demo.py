@@ -14,8 +14,8 @@ What it sets up:
   the TF-IDF model ``is_negative`` (1-star reviews), its cheap proxy ``negative_proxy`` and the view
   ``review_sentiment``.
 
-Training needs scikit-learn and skl2onnx; everything heavy runs in a thread, so the demo can run
-inside the server's own event loop.
+Training needs scikit-learn and skl2onnx and runs in a child process (``python -m server.demo
+train``), data preparation in a thread: the demo can run inside the server's own event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -436,7 +437,7 @@ def psql_command(host: str, port: int, user: str, database: str) -> str:
         candidate = client_bin_dir() / "psql"
         if candidate.exists():
             psql = str(candidate)
-    except Exception:  # noqa: BLE001 - no embedded binaries: fall back to whatever psql is on PATH
+    except Exception:  # no embedded binaries: fall back to whatever psql is on PATH
         pass
     return f"{psql} -h {host} -p {port} -U {user} {database}"
 
@@ -509,7 +510,7 @@ async def run_standalone(dsn: str, models_dir: Path, shared_data: Path | None = 
     """``sievedb demo``: install into a server that is already running elsewhere."""
     try:
         summary = await install_demo(dsn, models_dir, shared_data)
-    except (DemoError, OSError, asyncpg.PostgresError) as exc:
+    except (DemoError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.error("demo setup failed: %s", exc)
         return 1
     url = urlparse(dsn)
@@ -537,6 +538,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviews-csv", type=Path)
     parser.add_argument("models", nargs="+", choices=sorted(TRAINERS))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the server kills us
     logging.basicConfig(
         level=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

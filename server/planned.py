@@ -190,7 +190,8 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     try:
         timeout = None if job.decision.executes_itself else await port.statement_timeout()
         params = await _bound_values(job, port)
-        work = loop.create_task(session.server.planner.run(job.decision, job.sql, port, params))
+        run = session.server.planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
+        work = loop.create_task(run)
         session.planner_task = work
         if timeout:
             timer = loop.call_later(timeout, session.cancel_planned, "statement timeout")
@@ -214,15 +215,28 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     if session.closed:
         return
     if isinstance(outcome, Forward):
-        link.write(b"".join(job.frames))
-        session.syncs_sent += job.syncs
-        if outcome.after is not None:
-            await link.wait_ready(session.syncs_sent)
-            await outcome.after()
+        await _forward(session, job, outcome, port)
         return
     if isinstance(outcome, Failed):
         await _fail_transaction(port, link)
     session.to_client(_answer(job, outcome, link.status))
+
+
+async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, port: SessionPortImpl) -> None:
+    link = session.link
+    if outcome.sql is not None and job.simple:
+        job.frames = [messages.frame(b"Q", outcome.sql.encode() + b"\0")]
+    for name, value in outcome.settings.items():
+        await port.run_sql(f"SET {name} = '{value}'")
+    link.write(b"".join(job.frames))
+    session.syncs_sent += job.syncs
+    if outcome.after is None and not outcome.settings:
+        return
+    await link.wait_ready(session.syncs_sent)
+    for name in outcome.settings:
+        await port.run_sql(f"RESET {name}")  # in a failed transaction, its rollback undoes the SET
+    if outcome.after is not None:
+        await outcome.after()
 
 
 async def _bound_values(job: PlannedJob, port: SessionPortImpl) -> list[ParamText | None] | None:

@@ -18,7 +18,6 @@ from tests.inference.models import (
     generated_sentences,
     row_index_model,
     text_pipeline,
-    wide_mlp,
 )
 from tests.models.conftest import direct_run
 
@@ -81,7 +80,8 @@ def test_several_rows_per_input_from_a_row_index_output(world):
 
 def test_eight_concurrent_clients_share_batches(world):
     """Each client asks for 60 rows; the pool must form batches larger than any one request."""
-    path = wide_mlp(world.models_dir, width=512, seed=11)
+    # ~1 ms per row: while one client's rows run, the others' requests queue up and coalesce.
+    path = deep_shared_mlp(world.models_dir, depth=40)
     with world.connect() as conn:
         conn.execute(
             f"create function wide_label(x real[]) returns bigint language onnx "
@@ -142,7 +142,7 @@ def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 80):
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    return save(model, out_dir / "deep_shared.onnx")
+    return save(model, out_dir / f"deep_shared_{width}x{depth}.onnx")
 
 
 def _inference_workers(server_pid: int) -> list[psutil.Process]:

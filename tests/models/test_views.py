@@ -101,3 +101,40 @@ def test_prepared_statement_parameters_are_pushed_down(world):
             ).fetchall()
             assert rows == [(i, int(expected[i])) for i in range(low, low + 50)]
             assert _latest_calls(conn, "view_oracle") <= 50
+
+
+def test_limit_stops_early_and_returns_only_true_matches(world, pg_bin):
+    """~10% of digits are 7s: LIMIT 10 must not run the model over the whole table."""
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        conn.execute(
+            "create or replace function limit_oracle(pixels real[]) returns int language onnx "
+            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+        )
+        conn.execute(
+            "create or replace view limit_predictions as select d.id, limit_oracle(d.pixels) as digit "
+            "from digits d"
+        )
+    # psql speaks the simple protocol, where the planner may rewrite the statement it forwards.
+    import subprocess
+
+    done = subprocess.run(
+        [
+            str(pg_bin / "psql"),
+            "-X",
+            "-At",
+            world.server.dsn(),
+            "-c",
+            "select id, digit from limit_predictions where digit = 7 limit 10",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split()
+    rows = [tuple(map(int, line.split("|"))) for line in out]
+    assert len(rows) == 10 and len({r[0] for r in rows}) == 10
+    assert all(digit == 7 and expected[i] == 7 for i, digit in rows)
+    with world.connect() as conn:
+        calls = _latest_calls(conn, "limit_oracle")
+        assert 10 <= calls < 0.25 * len(expected), calls
