@@ -28,6 +28,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """The planner's own result set (text columns), e.g. EXPLAIN output."""
+
+    columns: list[str]
+    rows: list[list[str | None]]
+    tag: str
+
+
+@dataclass(frozen=True)
 class Failed:
     """The statement fails with this error; the session and its transaction state carry on."""
 
@@ -37,7 +46,7 @@ class Failed:
     hint: str | None = None
 
 
-Outcome = Forward | Done | Failed
+Outcome = Forward | Done | Rows | Failed
 
 
 class PlanError(Exception):

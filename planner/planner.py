@@ -17,12 +17,13 @@ from planner.bound_params import bind_params
 from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
+from planner.explain import SitePlan, count_sql, json_plan, read_explain, text_plan
 from planner.install import drop_sql, install_sql
 from planner.limit import plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
-from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
+from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SessionPort
 from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
@@ -68,6 +69,8 @@ class Planner:
             return Forward()  # Postgres reports the syntax error in its own words
         if decision.executes_itself:
             return await self._ddl(statements, port)
+        if rewritable and len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt):
+            return await self._explain(sql, statements[0], port)
         changes_views = any(_changes_views(stmt) for stmt in statements)
         if params:
             statements = [bind_params(stmt, params) for stmt in statements]
@@ -144,11 +147,7 @@ class Planner:
 
     async def _query(self, sql: str, statements: list, port: SessionPort, rewritable: bool) -> Outcome:
         started = time.monotonic()
-        models = self.catalog.names
-        for stmt in statements:
-            inline_views(stmt, self.catalog.views)
-            push_down(stmt, models)
-        sites = find_call_sites(statements, models)
+        sites = self._sites(statements)
         if not sites:
             return Forward()
         done = Materialized()
@@ -188,6 +187,47 @@ class Planner:
                 spec.name,
                 spec.version,
             )
+
+    def _sites(self, statements: list) -> list:
+        models = self.catalog.names
+        for stmt in statements:
+            inline_views(stmt, self.catalog.views)
+            push_down(stmt, models)
+        return find_call_sites(statements, models)
+
+    async def _explain(self, sql: str, stmt, port: SessionPort) -> Outcome:
+        request = read_explain(stmt)
+        sites = self._sites([request.statement])
+        request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in sites]
+        if request.analyze:
+            done = Materialized()
+            for plan in request.sites:
+                await self._analyze_site(plan, port, done)
+            await self._log(sql, done, request.started)
+        else:
+            for plan in request.sites:
+                row = await self.db.fetchrow(count_sql(plan))
+                plan.to_run, plan.cached = row[0], row[1]
+        result = await port.run_sql(sql)
+        if result.error is not None:
+            return result.error
+        lines = [r[0] for r in result.rows]
+        if request.json:
+            return Rows(["QUERY PLAN"], [[json_plan(request, "\n".join(lines))]], "EXPLAIN")
+        return Rows(["QUERY PLAN"], [[line] for line in text_plan(request, lines)], "EXPLAIN")
+
+    async def _analyze_site(self, plan: SitePlan, port: SessionPort, done: Materialized) -> None:
+        before = dict(done.model_calls), done.cache_hits
+        pool = self.inference.pool
+        seconds = pool.stats(plan.spec.key).inference_seconds if pool is not None else 0.0
+        await materialize_site(plan.site, plan.spec, self.dbs, self.inference, port, done)
+        plan.actual_calls = done.model_calls.get(plan.spec.name, 0) - before[0].get(plan.spec.name, 0)
+        plan.actual_hits = done.cache_hits - before[1]
+        pool = self.inference.pool
+        stats = pool.stats(plan.spec.key) if pool is not None else None
+        plan.inference_ms = 1000 * ((stats.inference_seconds if stats else 0.0) - seconds)
+        if stats and stats.rows_by_device:
+            plan.device = ",".join(sorted(stats.rows_by_device))
 
     async def _limited(
         self, sql: str, plan, port: SessionPort, done: Materialized, started: float

@@ -73,6 +73,25 @@ def command_complete(tag: str) -> bytes:
     return frame(b"C", tag.encode() + b"\0")
 
 
+def row_description(columns: list[str]) -> bytes:
+    """Text columns of type text (oid 25)."""
+    body = struct.pack("!h", len(columns))
+    for name in columns:
+        body += name.encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
+    return frame(b"T", body)
+
+
+def data_row(values: list[str | None]) -> bytes:
+    body = struct.pack("!h", len(values))
+    for value in values:
+        if value is None:
+            body += struct.pack("!i", -1)
+        else:
+            raw = value.encode()
+            body += struct.pack("!i", len(raw)) + raw
+    return frame(b"D", body)
+
+
 def notice(message: str) -> bytes:
     body = b"SNOTICE\0VNOTICE\0C00000\0M" + message.encode() + b"\0\0"
     return frame(b"N", body)

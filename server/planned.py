@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from planner.classify import Decision
-from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SqlResult
+from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
 from server import messages, sqlstate
 from server.params import Bind, ParamText, as_text, parse_bind
 
@@ -256,12 +256,17 @@ async def _fail_transaction(port: SessionPortImpl, link) -> None:
         await port.run_sql("DO $$BEGIN RAISE EXCEPTION 'SieveDB statement failed'; END$$")
 
 
-def _answer(job: PlannedJob, outcome: Done | Failed, status: int) -> bytes:
+def _answer(job: PlannedJob, outcome: Done | Rows | Failed, status: int) -> bytes:
     if isinstance(outcome, Failed):
         error = messages.error_response(
             outcome.sqlstate, outcome.message, detail=outcome.detail, hint=outcome.hint
         )
         return error + messages.ready_for_query(status)
+    if isinstance(outcome, Rows):  # only planned for simple-protocol statements
+        body = messages.row_description(outcome.columns) + b"".join(
+            messages.data_row(r) for r in outcome.rows
+        )
+        return body + messages.command_complete(outcome.tag) + messages.ready_for_query(status)
     if job.simple:
         return messages.command_complete(outcome.tag) + messages.ready_for_query(status)
     return b"".join(_extended_reply(frame, outcome.tag, status) for frame in job.frames)

@@ -1,0 +1,72 @@
+"""EXPLAIN and EXPLAIN ANALYZE show the ML operators above Postgres's own plan."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def explain_world(world):
+    with world.connect() as conn:
+        conn.execute(
+            "create or replace function explain_oracle(pixels real[]) returns int language onnx "
+            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+        )
+        conn.execute(
+            "create or replace view explain_predictions as select d.id, explain_oracle(d.pixels) as digit "
+            "from digits d"
+        )
+    return world
+
+
+def _psql(world, pg_bin, sql: str) -> str:
+    done = subprocess.run(
+        [str(pg_bin / "psql"), "-X", "-At", world.server.dsn(), "-c", sql], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_explain_shows_model_inputs_to_run_without_running_them(explain_world, pg_bin):
+    out = _psql(
+        explain_world, pg_bin, "explain select id from explain_predictions where id < 120 and digit = 3"
+    )
+    assert out.splitlines()[0].startswith("SieveDB ML Materialize")
+    assert re.search(r"Model Call explain_oracle v1 on \w+ +\(inputs to run: 120, cached inputs: 0", out)
+    assert "Seq Scan on digits" in out or "Index Scan" in out
+    with explain_world.connect() as conn:
+        cached = conn.execute('select count(*) from sieve_cache."explain_oracle_v1"').fetchone()[0]
+    assert cached == 0, "plain EXPLAIN must not run the model"
+
+
+def test_explain_analyze_counts_equal_the_query_log(explain_world, pg_bin):
+    sql = "explain analyze select id from explain_predictions where id between 200 and 289 and digit = 3"
+    out = _psql(explain_world, pg_bin, sql)
+    actual = re.search(r"Actual: model calls=(\d+) cache hits=(\d+)", out)
+    assert actual is not None, out
+    assert "Execution Time" in out
+    with explain_world.connect() as conn:
+        calls, hits = conn.execute(
+            "select model_calls->>'explain_oracle', cache_hits from sieve.query_log where query = %s "
+            "order by query_id desc limit 1",
+            (sql,),
+        ).fetchone()
+    assert (int(actual.group(1)), int(actual.group(2))) == (int(calls), hits) == (90, 0)
+    again = _psql(explain_world, pg_bin, sql)
+    assert "Actual: model calls=0 cache hits=90" in again
+
+
+def test_explain_format_json(explain_world, pg_bin):
+    out = _psql(
+        explain_world, pg_bin, "explain (format json) select id from explain_predictions where id < 10"
+    )
+    document = json.loads(out)
+    plan = document[0]["Plan"]
+    assert plan["Node Type"] == "SieveDB ML Materialize"
+    model, postgres = plan["Plans"]
+    assert model["Model"] == "explain_oracle" and model["Inputs To Run"] + model["Cached Inputs"] == 10
+    assert "Node Type" in postgres
