@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,25 @@ import pytest
 from tests.support.servers import SieveProcess, pg_bin_dir
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+_OWN_BASETEMP: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each run its own temp root outside /tmp/pytest-of-<user>.
+
+    Under root the embedded Postgres runs as 'pgserver', which must traverse the data dir's
+    parents; pytest resets /tmp/pytest-of-<user> to 0700 at every start, so a second run would
+    lock the first one's clusters out."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        base = Path(tempfile.mkdtemp(prefix="sievedb-tests-"))
+        config.option.basetemp = str(base)
+        _OWN_BASETEMP.append(base)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for base in _OWN_BASETEMP:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
