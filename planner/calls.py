@@ -29,6 +29,7 @@ class CallSite:
     where_sql: str  # "" when nothing could be pushed down
     depth: int  # nesting of model calls: inner calls (arguments of others) are deeper
     level: object = field(default=None, compare=False, hash=False, repr=False)  # its AST level
+    nesting: int = field(default=0, compare=False, hash=False)  # statement levels around it
 
     def input_query(self, digest_sql: str, arg_types: list[str], cache_table: str) -> str:
         """Distinct-able rows (digest, cached?, arguments-when-not-cached) reaching this call."""
@@ -54,7 +55,9 @@ def find_call_sites(sql: str | list[ast.Node], models: set[str]) -> list[CallSit
     for stmt in statements:
         _walk(stmt, models, level=None, depth=0, out=sites)
     unique = list(dict.fromkeys(sites))  # ORDER BY f(x) repeats the SELECT list's f(x)
-    return sorted(unique, key=lambda s: -s.depth)
+    # A call in a subquery (an inlined view) feeds the levels around it; an argument's call feeds
+    # the call it is an argument of: both run first.
+    return sorted(unique, key=lambda s: (-s.nesting, -s.depth))
 
 
 def _children(node: ast.Node):
@@ -71,18 +74,20 @@ def nodes_in(value):
             yield from nodes_in(item)
 
 
-def _walk(node: ast.Node, models: set[str], level, depth: int, out: list[CallSite]) -> None:
+def _walk(node: ast.Node, models: set[str], level, depth: int, out: list[CallSite], nesting: int = 0) -> None:
     if isinstance(node, _SKIP):
         return
     if isinstance(node, _LEVELS):
         level = node
+        nesting += 1
     if isinstance(node, ast.FuncCall) and _model_name(node, models):
         if level is None:
             raise PlanError(FEATURE_NOT_SUPPORTED, "model calls are supported in SELECT, UPDATE and DELETE")
-        out.append(_site(node, models, level, depth))
+        site = _site(node, models, level, depth)
+        out.append(CallSite(**{**site.__dict__, "nesting": nesting}))
         depth += 1
     for child in _children(node):
-        _walk(child, models, level, depth, out)
+        _walk(child, models, level, depth, out, nesting)
 
 
 def _model_name(call: ast.FuncCall, models: set[str]) -> str | None:

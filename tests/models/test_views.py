@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
+
 from tests.models.conftest import direct_run
 
 
@@ -138,3 +140,28 @@ def test_limit_stops_early_and_returns_only_true_matches(world, pg_bin):
     with world.connect() as conn:
         calls = _latest_calls(conn, "limit_oracle")
         assert 10 <= calls < 0.25 * len(expected), calls
+
+
+def test_chain_of_models_through_views_materializes_in_dependency_order(world):
+    """A view whose model reads another view's model output: inner outputs are made first."""
+    with world.connect() as conn:
+        _setup(conn)
+        conn.execute(
+            "create or replace function digit_probability(pixels real[]) returns real[] language onnx "
+            "as 'digits_mlp.onnx', '{\"output\": \"probabilities\"}'"
+        )
+        conn.execute(
+            "create or replace view chain_inner as select d.id, digit_probability(d.pixels) as probs "
+            "from digits d"
+        )
+        conn.execute(
+            "create or replace view chain_outer as select c.id, view_oracle(c.probs[1:10] || c.probs "
+            "|| c.probs || c.probs || c.probs || c.probs || array_fill(0::real, array[4])) as digit "
+            "from chain_inner c"
+        )
+        rows = conn.execute("select id, digit from chain_outer where id < 30 order by id").fetchall()
+    # the outer model's input: the inner model's 10 probabilities padded to the 64 pixels it takes
+    probs = direct_run(world.mlp_path, {"X": world.digits.x[:30]})["probabilities"]
+    padded = np.concatenate([probs, probs, probs, probs, probs, probs, np.zeros((30, 4))], axis=1)
+    expected = direct_run(world.mlp_path, {"X": padded.astype(np.float32)})["label"]
+    assert rows == [(i, int(expected[i])) for i in range(30)]
