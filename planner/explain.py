@@ -10,8 +10,7 @@ from pglast import ast
 from pglast.stream import RawStream
 
 from planner.calls import CallSite
-from planner.install import digest_sql
-from planner.materialize import BATCH_ROWS
+from planner.materialize import BATCH_ROWS, pending_inputs_sql
 from planner.model_spec import ModelSpec
 
 
@@ -53,15 +52,7 @@ def _truthy(arg) -> bool:
 
 
 def count_sql(plan: SitePlan) -> str:
-    """Distinct inputs reaching the call: how many are cached and how many would run."""
-    spec, site = plan.spec, plan.site
-    inputs = site.input_query(
-        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
-    )
-    return (
-        "SELECT count(*) FILTER (WHERE NOT hit), count(*) FILTER (WHERE hit) FROM "
-        f"(SELECT DISTINCT ON (sieve_digest) sieve_digest, hit FROM ({inputs}) AS i) AS d"
-    )
+    return pending_inputs_sql(plan.site, plan.spec)
 
 
 def text_plan(request: ExplainRequest, postgres_lines: list[str]) -> list[str]:

@@ -85,6 +85,7 @@ async def materialize_site(
     )
     seen: set = set()
     hits = runs = 0
+    total: int | None = None
     size = FIRST_BATCH_ROWS if enough is not None else BATCH_ROWS
     started = last_notice = time.monotonic()
     async with dbs.read.acquire() as reader:
@@ -109,8 +110,9 @@ async def materialize_site(
                     batch, size = [], min(size * 2, BATCH_ROWS)
                     if time.monotonic() - last_notice > NOTICE_EVERY_S:
                         last_notice = time.monotonic()
-                        rate = runs / (last_notice - started)
-                        port.notice(f"model {spec.name}: {runs} inputs run so far ({rate:.0f}/s)")
+                        if total is None:  # counted once, when the work turns out to be long
+                            total = runs + (await dbs.read.fetchrow(pending_inputs_sql(site, spec)))[0]
+                        port.notice(_progress(spec, runs, total, last_notice - started))
                 if batch:
                     runs += await _run_batch(spec, batch, dbs.write, pool)
         except asyncpg.PostgresError as exc:
@@ -127,6 +129,23 @@ async def materialize_site(
         1000 * (time.monotonic() - started),
     )
     result.add(spec.name, runs, hits)
+
+
+def pending_inputs_sql(site: CallSite, spec: ModelSpec) -> str:
+    """Distinct inputs reaching the call: (still to run, already cached)."""
+    inputs = site.input_query(
+        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
+    )
+    return (
+        "SELECT count(*) FILTER (WHERE NOT hit), count(*) FILTER (WHERE hit) FROM "
+        f"(SELECT DISTINCT ON (sieve_digest) sieve_digest, hit FROM ({inputs}) AS i) AS d"
+    )
+
+
+def _progress(spec: ModelSpec, done: int, total: int, elapsed: float) -> str:
+    rate = done / elapsed if elapsed > 0 else 0.0
+    left = (total - done) / rate if rate > 0 else float("nan")
+    return f"model {spec.name}: {done:,} of {total:,} inputs run ({rate:,.0f}/s, about {left:,.0f} s left)"
 
 
 async def _run_batch(spec: ModelSpec, batch: list, db: asyncpg.Pool, pool) -> int:

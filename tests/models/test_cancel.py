@@ -25,7 +25,7 @@ def slow_world(world):
             for i in range(20_000):
                 base = world.digits.x[i % len(world.digits.x)]
                 copy.write_row((i, (base + rng.normal(0, 0.01, 64)).astype(np.float32).tolist()))
-        for name in ("slow_a", "slow_b", "slow_c"):
+        for name in ("slow_a", "slow_b", "slow_c", "slow_d"):
             conn.execute(
                 f"create function {name}(x real[]) returns bigint language onnx "
                 f"as '{path.name}', '{{\"output\": \"label\"}}'"
@@ -82,3 +82,15 @@ def test_client_disconnect_stops_the_work(slow_world):
         first = _cached_rows(other, "slow_c")
         time.sleep(2.0)
         assert _cached_rows(other, "slow_c") == first < 20_000, "work went on after the client left"
+
+
+def test_long_materialization_reports_progress_notices(slow_world):
+    notices: list[str] = []
+    with slow_world.connect() as conn:
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+        conn.execute("set statement_timeout = '7s'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select count(*) from many_digits where slow_d(pixels) = 3")
+    progress = [n for n in notices if n.startswith("model slow_d:")]
+    assert progress, notices
+    assert "of 20,000 inputs run" in progress[0] and "s left" in progress[0]
