@@ -8,6 +8,7 @@ forwards the held frames or answers them itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -215,7 +216,9 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     if session.closed:
         return
     if isinstance(outcome, Forward):
-        await _forward(session, job, outcome, port)
+        # The backend going away mid-statement has already failed the session.
+        with contextlib.suppress(ConnectionError):
+            await _forward(session, job, outcome, port)
         return
     if isinstance(outcome, Failed):
         await _fail_transaction(port, link)
@@ -228,15 +231,38 @@ async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, po
         job.frames = [messages.frame(b"Q", outcome.sql.encode() + b"\0")]
     for name, value in outcome.settings.items():
         await port.run_sql(f"SET {name} = '{value}'")
-    link.write(b"".join(job.frames))
-    session.syncs_sent += job.syncs
-    if outcome.after is None and not outcome.settings:
+    if (outcome.after is None and not outcome.settings) or job.syncs != 1:
+        link.write(b"".join(job.frames))
+        session.syncs_sent += job.syncs
+        if outcome.after is not None:
+            await link.wait_ready(session.syncs_sent)
+            await outcome.after()
         return
-    await link.wait_ready(session.syncs_sent)
+    # Relay the reply but hold its ReadyForQuery until the settings are reset and the catalog
+    # knows what the statement changed: the client's next statement must find both done.
+    ready = await _relay_until_ready(session, job)
     for name in outcome.settings:
         await port.run_sql(f"RESET {name}")  # in a failed transaction, its rollback undoes the SET
     if outcome.after is not None:
         await outcome.after()
+    link.status = ready[5]
+    session.to_client(ready)
+
+
+async def _relay_until_ready(session: ClientSession, job: PlannedJob) -> bytes:
+    link = session.link
+    queue = link.start_capture()
+    try:
+        link.write(b"".join(job.frames))
+        while True:
+            message = await queue.get()
+            if message is None:
+                raise ConnectionError("the backing Postgres closed the connection")
+            if message[0] == ord("Z"):
+                return message
+            session.to_client(message)
+    finally:
+        link.stop_capture()
 
 
 async def _bound_values(job: PlannedJob, port: SessionPortImpl) -> list[ParamText | None] | None:
