@@ -27,11 +27,18 @@ class Decision:
 FORWARD = Decision(Route.FORWARD)
 MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
+APPROXIMATE = Decision(Route.PLAN, "approximate clause")
 
 _DROP_FUNCTION = re.compile(rb"\bdrop\s+function\b", re.IGNORECASE)
 _ONNX = re.compile(b"onnx", re.IGNORECASE)
 _VIEW_DDL = re.compile(rb"\b(?:create|alter|drop)\b[\s\w]*?\bview\b", re.IGNORECASE)
 _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
+# --- approximate queries (planner/approx): words a trailing approximate clause can start with;
+# a false positive only costs a parse (the planner forwards statements without a clause).
+_APPROX = rb"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b"
+_APPROX_CLAUSE = re.compile(_APPROX, re.IGNORECASE)
+_ONNX_OR_APPROX = re.compile(b"onnx|" + _APPROX, re.IGNORECASE)
+# --- end approximate queries
 
 
 class Classifier:
@@ -40,13 +47,13 @@ class Classifier:
     def __init__(self) -> None:
         self._calls: re.Pattern | None = None
         self._names: frozenset[bytes] = frozenset()
-        self._prefilter = _ONNX
+        self._prefilter = _ONNX_OR_APPROX
 
     def set_models(self, names: set[str], views: set[str] = frozenset()) -> None:
         self._names = frozenset(n.encode() for n in names)
         if not names:
             self._calls = None
-            self._prefilter = _ONNX
+            self._prefilter = _ONNX_OR_APPROX
             return
         alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
         calls = rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\('
@@ -55,7 +62,9 @@ class Classifier:
             calls += rb'|(?<![\w$])"?(?:' + names_of_views + rb')"?(?![\w$])'
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
-        self._prefilter = re.compile(rb"onnx|\bdrop\s+function\b|\bview\b|" + calls, re.IGNORECASE)
+        self._prefilter = re.compile(
+            rb"onnx|\bdrop\s+function\b|\bview\b|" + _APPROX + b"|" + calls, re.IGNORECASE
+        )
 
     def may_plan(self, chunk: bytes | bytearray) -> bool:
         """False when nothing in ``chunk`` (any number of whole or partial messages) could be
@@ -69,7 +78,7 @@ class Classifier:
             sql = sql.encode()
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
-            return FORWARD
+            return APPROXIMATE if _APPROX_CLAUSE.search(sql) else FORWARD
         if has_onnx and _LANGUAGE_ONNX.search(sql):
             return MODEL_DDL
         if self._calls is not None and self._calls.search(sql):
@@ -80,4 +89,6 @@ class Classifier:
             return MODEL_DDL
         if self._names and _VIEW_DDL.search(sql):
             return MODEL_CALL  # the planner checks whether it really changes a view
+        if _APPROX_CLAUSE.search(sql):
+            return APPROXIMATE
         return FORWARD

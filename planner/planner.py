@@ -61,6 +61,14 @@ class Planner:
     ) -> Outcome:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
+        # --- approximate queries (planner/approx): a trailing clause Postgres cannot parse
+        if not decision.executes_itself:
+            from planner.approx.run import run_approximate
+
+            approximate = await run_approximate(self, sql, port, rewritable)
+            if approximate is not None:
+                return approximate
+        # --- end approximate queries
         try:
             statements = [raw.stmt for raw in parse_sql(sql)]
         except ParseError as exc:

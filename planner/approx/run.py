@@ -1,0 +1,599 @@
+"""Approximate queries: a trailing clause turns a model predicate into a sampled, guaranteed answer.
+
+Supported shapes (simple query protocol only):
+
+* selection ``SELECT ... FROM <tables> WHERE <model predicate> [AND <plain conjuncts>]
+  RECALL TARGET r% | PRECISION TARGET p% | both ... [BUDGET n] USING PROXY <expr>``: candidate
+  rows (FROM + plain conjuncts) are keyed by the ``ctid`` of every FROM table; the oracle
+  materializes the model for the sampled rows only (cache + inference pool) and evaluates the
+  predicate there; the client's statement is then forwarded with the model predicate replaced by
+  ``<row key> = ANY(<selected keys>)``.
+* aggregates ``SELECT [g,] COUNT(*) | SUM(x) | AVG(x) ... FROM <tables> WHERE <model predicate>
+  [GROUP BY g] ERROR TARGET e% ... [USING PROXY <expr>]`` (``g`` and ``x`` model-free): the
+  estimates are returned as the planner's own result set.
+
+The sampling operators (``sampling/``) are synchronous; they run in a worker thread and their
+oracle hops back onto the event loop for each batch of rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+
+import asyncpg
+import numpy as np
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+from pglast.stream import RawStream
+
+from inference.errors import InferenceLayerError
+from planner.approx.clause import ApproxClause, split_clause
+from planner.calls import conjuncts, find_call_sites, mentions_model
+from planner.materialize import Materialized, materialize_site
+from planner.outcome import Forward, Outcome, PlanError, Rows, SessionPort
+
+log = logging.getLogger("sievedb.planner.approx")
+
+FEATURE_NOT_SUPPORTED = "0A000"
+INVALID_PARAMETER = "22023"
+SYNTAX_ERROR = "42601"
+INTERNAL_ERROR = "XX000"
+DEFAULT_BUDGET = 1000
+_NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean"}
+_AGGREGATES = {"count", "sum", "avg"}
+
+
+async def run_approximate(planner, sql: str, port: SessionPort, rewritable: bool) -> Outcome | None:
+    """The outcome of a statement carrying an approximate clause; None when it carries none."""
+    body, clause = split_clause(sql)
+    if clause is None:
+        return None
+    if not rewritable:
+        raise PlanError(
+            FEATURE_NOT_SUPPORTED,
+            "approximate clauses are supported with the simple query protocol only",
+            hint="send the statement without bind parameters",
+        )
+    try:
+        statements = [raw.stmt for raw in parse_sql(body)]
+    except ParseError as exc:
+        raise PlanError(SYNTAX_ERROR, f"{exc} (before the approximate clause)") from None
+    if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
+        raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate clause applies to a single SELECT")
+    query = ApproxQuery(planner, sql, statements[0], clause, port)
+    return await query.run()
+
+
+class ApproxQuery:
+    def __init__(self, planner, sql: str, stmt: ast.SelectStmt, clause: ApproxClause, port) -> None:
+        self.planner = planner
+        self.sql = sql
+        self.stmt = stmt
+        self.clause = clause
+        self.port = port
+        self.done = Materialized()
+        self.started = time.monotonic()
+        self.models = planner.catalog.names
+
+    # -- shape ----------------------------------------------------------------------------------
+
+    def _analyse(self) -> None:
+        stmt = self.stmt
+        if stmt.op.name != "SETOP_NONE":
+            raise PlanError(FEATURE_NOT_SUPPORTED, "approximate clauses do not apply to set operations")
+        parts = conjuncts(stmt.whereClause) if stmt.whereClause is not None else []
+        model_parts = [c for c in parts if mentions_model(c, self.models)]
+        if not model_parts:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "an approximate clause needs a model predicate in WHERE (a condition calling a model "
+                "function), and this query has none",
+                hint="approximate queries over model views are not supported yet: call the model "
+                "function in the WHERE clause of a query over the base table",
+            )
+        self.predicate = " AND ".join(f"({RawStream()(c)})" for c in model_parts)
+        self.free = [RawStream()(c) for c in parts if not mentions_model(c, self.models)]
+        self.relations = _relations(stmt.fromClause or ())
+        self.from_sql = ", ".join(RawStream()(i) for i in stmt.fromClause)
+        if len(self.relations) == 1:
+            self.key_sql = f"{self.relations[0]}.ctid::text"
+            self.key_type = "tid"
+            self.key_col = f"{self.relations[0]}.ctid"
+        else:
+            self.key_sql = "concat_ws(',', " + ", ".join(f"{r}.ctid::text" for r in self.relations) + ")"
+            self.key_type = "text"
+            self.key_col = self.key_sql
+        probe = parse_sql(f"SELECT 1 FROM {self.from_sql} WHERE {self._where(self.predicate)}")[0].stmt
+        sites = find_call_sites([probe], self.models)
+        if len({(s.model, s.args) for s in sites}) != 1 or sites[0].depth != 0:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "the model predicate of an approximate query must call exactly one model, once",
+            )
+        self.site = sites[0]
+        self.spec = self.planner.catalog.get(self.site.model)
+
+    def _where(self, *extra: str) -> str:
+        parts = [f"({c})" for c in self.free] + [e for e in extra if e]
+        return " AND ".join(parts) if parts else "true"
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        self._analyse()
+        if self.clause.selection and self.clause.error_target is not None:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "ERROR TARGET (aggregates) cannot be combined with RECALL/PRECISION TARGET (selections)",
+            )
+        aggregate = _has_aggregate(self.stmt)
+        if self.clause.selection:
+            if aggregate:
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    "RECALL/PRECISION TARGET select rows; use ERROR TARGET for aggregates",
+                )
+            return await self._selection()
+        if self.clause.error_target is None:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "this approximate clause names no target: add RECALL, PRECISION or ERROR TARGET",
+            )
+        if not aggregate:
+            raise PlanError(FEATURE_NOT_SUPPORTED, "ERROR TARGET applies to COUNT/SUM/AVG queries")
+        return await self._aggregate()
+
+    async def _rng(self) -> np.random.Generator:
+        result = await self.port.run_sql("SELECT current_setting('sieve.seed', true)")
+        value = result.rows[0][0] if result.error is None and result.rows else None
+        if value in (None, ""):
+            return np.random.default_rng()
+        try:
+            return np.random.default_rng(int(value))
+        except ValueError:
+            raise PlanError(INVALID_PARAMETER, f"sieve.seed must be an integer, got {value!r}") from None
+
+    async def _setting(self, name: str) -> str | None:
+        result = await self.port.run_sql(f"SELECT current_setting('{name}', true)")
+        return result.rows[0][0] if result.error is None and result.rows else None
+
+    def _budget(self) -> int:
+        return self.clause.budget if self.clause.budget is not None else DEFAULT_BUDGET
+
+    async def _materialize(self, site) -> None:
+        spec = self.planner.catalog.get(site.model)
+        try:
+            await materialize_site(site, spec, self.planner.dbs, self.planner.inference, self.port, self.done)
+        except InferenceLayerError as exc:
+            raise PlanError(INTERNAL_ERROR, f"model {spec.name} failed: {exc}") from None
+
+    async def _fetch(self, sql: str, *args, what: str) -> list:
+        """Run on the admin pool with lenient reads (unmaterialized outputs read as NULL)."""
+        try:
+            async with self.planner.db.acquire() as conn, conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL sieve.lenient = on")
+                return await conn.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            raise PlanError(
+                getattr(exc, "sqlstate", None) or INTERNAL_ERROR,
+                f"{what}: {exc}",
+                hint="approximate queries read FROM tables (and joins of tables), keyed by ctid",
+            ) from None
+
+    async def _proxy_scores(self, extra_columns: list[str]) -> tuple[list, np.ndarray | None]:
+        """Candidate rows: (key, proxy, *extra) and the proxy scores (checked to lie in [0, 1])."""
+        proxy = self.clause.proxy
+        if proxy is not None:
+            try:
+                probe = parse_sql(f"SELECT ({proxy}) FROM {self.from_sql} WHERE {self._where()}")[0].stmt
+            except ParseError as exc:
+                raise PlanError(
+                    SYNTAX_ERROR,
+                    f"USING PROXY {proxy}: {exc}",
+                    hint="the approximate clause comes after the whole SELECT (after ORDER BY/LIMIT)",
+                ) from None
+            proxy_sites = find_call_sites([probe], self.models)
+            if any(s.model == self.site.model for s in proxy_sites):
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    f"USING PROXY {proxy} calls the oracle model {self.site.model} itself",
+                    hint="the proxy must be a column, an expression or a cheaper model",
+                )
+            for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
+                await self._materialize(site)
+            kinds = await self._fetch(
+                f"SELECT DISTINCT pg_typeof({proxy})::text FROM {self.from_sql} WHERE {self._where()}",
+                what=f"USING PROXY {proxy}",
+            )
+            bad = [r[0] for r in kinds if r[0] not in _NUMERIC_TYPES]
+            if bad:
+                raise PlanError(INVALID_PARAMETER, f"USING PROXY {proxy} is not numeric (it is {bad[0]})")
+        proxy_col = f"({proxy})::float8" if proxy is not None else "NULL::float8"
+        columns = ", ".join([f"{self.key_sql}", proxy_col, *extra_columns])
+        rows = await self._fetch(
+            f"SELECT {columns} FROM {self.from_sql} WHERE {self._where()}", what="reading the candidate rows"
+        )
+        if proxy is None:
+            return rows, None
+        scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
+        if scores.size and (np.isnan(scores).any() or scores.min() < 0.0 or scores.max() > 1.0):
+            nulls = int(np.isnan(scores).sum())
+            finite = scores[~np.isnan(scores)]
+            seen = f"from {finite.min():g} to {finite.max():g}" if finite.size else "only NULLs"
+            raise PlanError(
+                INVALID_PARAMETER,
+                f"USING PROXY {proxy} must score every candidate row in [0, 1]; it gives values {seen}"
+                + (f" and {nulls} NULLs" if nulls else ""),
+            )
+        return rows, scores
+
+    def _oracle(self, keys: list[str], cache: dict[int, bool]):
+        """A synchronous oracle (for the sampling thread): candidate positions -> predicate."""
+        loop = asyncio.get_running_loop()
+        state = {"cancelled": False}
+
+        async def label(idx: np.ndarray) -> np.ndarray:
+            wanted = sorted({int(i) for i in idx} - cache.keys())
+            if wanted:
+                listed = [keys[i] for i in wanted]
+                guard = f"{self.key_sql} = ANY('{_array(listed)}'::text[])"
+                restricted = dataclasses.replace(
+                    self.site, where_sql=" AND ".join(p for p in (self.site.where_sql, f"({guard})") if p)
+                )
+                await self._materialize(restricted)
+                rows = await self._fetch(
+                    f"SELECT {self.key_sql}, coalesce(({self.predicate})::bool, false) "
+                    f"FROM {self.from_sql} WHERE {self._where(guard)}",
+                    what="evaluating the model predicate",
+                )
+                found: dict[str, bool] = {}
+                for k, v in rows:
+                    found[k] = found.get(k, False) or bool(v)
+                for i in wanted:
+                    cache[i] = found.get(keys[i], False)
+            return np.array([cache[int(i)] for i in idx], dtype=bool)
+
+        def oracle(idx: np.ndarray) -> np.ndarray:
+            if state["cancelled"]:
+                raise asyncio.CancelledError()
+            return asyncio.run_coroutine_threadsafe(label(np.asarray(idx)), loop).result()
+
+        return oracle, state
+
+    async def _in_thread(self, state: dict, fn, *args, **kwargs):
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except asyncio.CancelledError:
+            state["cancelled"] = True
+            raise
+        except ValueError as exc:  # the operator refused its inputs
+            raise PlanError(INVALID_PARAMETER, str(exc)) from None
+
+    # -- selection --------------------------------------------------------------------------------
+
+    async def _selection(self) -> Outcome:
+        from sampling import select_cascade, select_precision_target, select_recall_target
+
+        clause = self.clause
+        if clause.proxy is None:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "RECALL/PRECISION TARGET queries need USING PROXY <expression> (automatic proxies are "
+                "not available in SQL yet)",
+            )
+        rows, scores = await self._proxy_scores([])
+        keys = [r[0] for r in rows]
+        budget = self._budget()
+        rng = await self._rng()
+        cache: dict[int, bool] = {}
+        oracle, state = self._oracle(keys, cache)
+        if not keys:
+            selected, result = [], None
+        else:
+            common = {"budget": budget, "rng": rng, "confidence": clause.confidence}
+            if clause.recall_target is not None and clause.precision_target is not None:
+                fn, kw = (
+                    select_cascade,
+                    {
+                        "recall_target": clause.recall_target,
+                        "precision_target": clause.precision_target,
+                    },
+                )
+            elif clause.recall_target is not None:
+                fn, kw = select_recall_target, {"target": clause.recall_target}
+            else:
+                fn, kw = select_precision_target, {"target": clause.precision_target}
+            result = await self._in_thread(state, fn, scores, oracle, **kw, **common)
+            selected = [keys[int(i)] for i in result.indices]
+        calls = self.done.model_calls.get(self.spec.name, 0)
+        mode, target = _selection_mode(clause)
+        bound = _selection_bound(result, mode)
+        self.port.notice(_selection_notice(clause, result, len(keys), budget, calls))
+        estimate = None
+        if result is not None:
+            estimate = result.estimates.get("recall" if mode != "precision" else "precision")
+        await self._log(mode, target, estimate, bound, None)
+        guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
+        level = self.stmt
+        level.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
+        return Forward(sql=RawStream()(self.stmt), settings={"sieve.lenient": "on"})
+
+    # -- aggregates -------------------------------------------------------------------------------
+
+    async def _aggregate(self) -> Outcome:
+        from sampling import estimate_aggregate
+
+        stmt = self.stmt
+        if stmt.havingClause is not None or stmt.windowClause or stmt.distinctClause:
+            raise PlanError(FEATURE_NOT_SUPPORTED, "ERROR TARGET queries support no HAVING/DISTINCT/windows")
+        groups = [RawStream()(g) for g in stmt.groupClause or ()]
+        if len(groups) > 1:
+            raise PlanError(FEATURE_NOT_SUPPORTED, "ERROR TARGET queries support one GROUP BY expression")
+        group = groups[0] if groups else None
+        if group is not None and _mentions_text(group, self.models):
+            raise PlanError(FEATURE_NOT_SUPPORTED, "GROUP BY a model output is not supported yet")
+        outputs = []  # (column name, "group" | agg, value expression or None)
+        for target in stmt.targetList:
+            name, kind, expr = _output(target, group)
+            if expr is not None and _mentions_text(expr, self.models):
+                raise PlanError(FEATURE_NOT_SUPPORTED, f"{kind.upper()} of a model output: not supported yet")
+            outputs.append((name, kind, expr))
+        aggs = [o for o in outputs if o[1] in _AGGREGATES]
+        extra = [f"({group})::text" if group is not None else "NULL::text"]
+        extra += [f"({expr})::float8" if expr else "1::float8" for _, _, expr in aggs]
+        rows, scores = await self._proxy_scores(extra)
+        keys = [r[0] for r in rows]
+        group_of = np.array(["\\N" if r[2] is None else r[2] for r in rows], dtype=object)
+        budget = self._budget()
+        rng = await self._rng()
+        cache: dict[int, bool] = {}
+        oracle, state = self._oracle(keys, cache)
+        share = max(1, budget // len(aggs))
+        results = []
+        for j, (_, kind, expr) in enumerate(aggs):
+            values = np.array([np.nan if r[3 + j] is None else r[3 + j] for r in rows], dtype=np.float64)
+            local = np.flatnonzero(~np.isnan(values)) if expr else np.arange(len(rows))
+            results.append(
+                await self._estimate(
+                    estimate_aggregate,
+                    kind,
+                    local,
+                    values,
+                    group_of,
+                    scores,
+                    oracle,
+                    state,
+                    share,
+                    rng,
+                    group,
+                )
+            )
+        return await self._aggregate_rows(outputs, aggs, results, budget)
+
+    async def _estimate(
+        self, estimate_aggregate, kind, local, values, group_of, scores, oracle, state, budget, rng, group
+    ):
+        if local.size == 0:
+            return None
+        lvals = values[local] if kind != "count" else np.ones(local.size)
+        lgroups = group_of[local]
+
+        def local_oracle(idx):
+            idx = np.asarray(idx, dtype=np.int64)
+            matches = oracle(local[idx])
+            if group is None:
+                return matches, lvals[idx]
+            return matches, lvals[idx], lgroups[idx]
+
+        kwargs = {
+            "agg": kind,
+            "error_target": self.clause.error_target,
+            "budget": budget,
+            "rng": rng,
+            "confidence": self.clause.confidence,
+            "proxy": scores[local] if scores is not None else None,
+            "group_keys": sorted(set(lgroups.tolist())) if group is not None else None,
+        }
+        if kind != "count":
+            kwargs["value_bounds"] = (min(float(lvals.min()), 0.0), max(float(lvals.max()), 0.0))
+        return await self._in_thread(state, estimate_aggregate, local.size, local_oracle, **kwargs)
+
+    async def _aggregate_rows(self, outputs, aggs, results, budget) -> Rows:
+        bounds = (await self._setting("sieve.bounds")) == "on"
+        keys: list = [None]
+        if any(o[1] == "group" for o in outputs) or self.stmt.groupClause:
+            keys = sorted({k for r in results if r is not None for k in r.groups})
+        columns = []
+        for name, kind, _ in outputs:
+            columns.append(name)
+            if bounds and kind in _AGGREGATES:
+                columns += [f"{name}_ci_low", f"{name}_ci_high"]
+        table = []
+        for key in keys:
+            line: list[str | None] = []
+            j = 0
+            for _, kind, _ in outputs:
+                if kind == "group":
+                    line.append(None if key == "\\N" else key)
+                    continue
+                result = results[j]
+                j += 1
+                est = result.groups.get(key) if result is not None else None
+                if est is None:
+                    cells = [0.0, 0.0, 0.0] if kind != "avg" else [None, None, None]
+                else:
+                    cells = [est.estimate, est.ci_low, est.ci_high]
+                line += [_num(c) for c in (cells if bounds else cells[:1])]
+            table.append(line)
+        calls = self.done.model_calls.get(self.spec.name, 0)
+        first = results[0] if results else None
+        for (name, kind, _), result in zip(aggs, results, strict=True):
+            self.port.notice(_aggregate_notice(name, kind, result, self.clause, budget, calls))
+        await self._log(
+            f"approx_{aggs[0][1]}",
+            self.clause.error_target,
+            first.estimate if first is not None else None,
+            first.ci_low if first is not None else None,
+            first.ci_high if first is not None else None,
+        )
+        return Rows(columns, table, f"SELECT {len(table)}")
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    async def _log(self, mode: str, target, estimate, ci_low, ci_high) -> None:
+        self.done.model_calls.setdefault(self.spec.name, 0)
+        await self.planner.db.execute(
+            "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms, target, "
+            "confidence, estimate, ci_low, ci_high) VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+            self.sql,
+            mode,
+            json.dumps(self.done.model_calls),
+            self.done.cache_hits,
+            1000 * (time.monotonic() - self.started),
+            _finite(target),
+            self.clause.confidence,
+            _finite(estimate),
+            _finite(ci_low),
+            _finite(ci_high),
+        )
+
+
+def _relations(items) -> list[str]:
+    """SQL names (alias or table) of every table in FROM; anything else is not supported."""
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, ast.JoinExpr):
+            out += _relations([item.larg, item.rarg])
+        elif isinstance(item, ast.RangeVar):
+            if item.alias is not None:
+                out.append(_ident(item.alias.aliasname))
+            else:
+                out.append(".".join(_ident(p) for p in (item.schemaname, item.relname) if p))
+        else:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "approximate queries read FROM tables and joins of tables only (no subqueries, "
+                "functions or model views yet)",
+            )
+    if not out:
+        raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate query needs a FROM clause")
+    return out
+
+
+def _ident(name: str) -> str:
+    return name if name.islower() and name.replace("_", "").isalnum() else '"' + name.replace('"', '""') + '"'
+
+
+def _array(values: list[str]) -> str:
+    """A text[] literal body (the values hold no quotes or backslashes: ctids)."""
+    return "{" + ",".join(f'"{v}"' for v in values) + "}"
+
+
+def _has_aggregate(stmt: ast.SelectStmt) -> bool:
+    from planner.views import has_aggregates
+
+    return bool(stmt.groupClause) or has_aggregates(stmt.targetList or ())
+
+
+def _mentions_text(expr: str, models: set[str]) -> bool:
+    return mentions_model(parse_sql(f"SELECT {expr}")[0].stmt, models)
+
+
+def _output(target: ast.ResTarget, group: str | None) -> tuple[str, str, str | None]:
+    val = target.val
+    text = RawStream()(val)
+    if group is not None and text == group:
+        name = target.name or (val.fields[-1].sval if isinstance(val, ast.ColumnRef) else "?column?")
+        return name, "group", None
+    if isinstance(val, ast.FuncCall) and len(val.funcname) == 1:
+        fname = val.funcname[0].sval.lower()
+        if fname in _AGGREGATES and not val.agg_distinct and val.agg_filter is None:
+            if fname == "count" and val.agg_star:
+                return target.name or "count", "count", None
+            if fname != "count" and val.args and len(val.args) == 1:
+                return target.name or fname, fname, RawStream()(val.args[0])
+    raise PlanError(
+        FEATURE_NOT_SUPPORTED,
+        f"ERROR TARGET queries may select COUNT(*), SUM(x), AVG(x) and the GROUP BY expression, not {text}",
+    )
+
+
+def _selection_mode(clause: ApproxClause) -> tuple[str, float]:
+    if clause.recall_target is not None and clause.precision_target is not None:
+        return "cascade", clause.recall_target
+    if clause.recall_target is not None:
+        return "recall", clause.recall_target
+    return "precision", clause.precision_target
+
+
+def _selection_bound(result, mode: str) -> float | None:
+    if result is None:
+        return None
+    key = "precision_lower_bound" if mode == "precision" else "recall_lower_bound"
+    return result.achieved_bound.get(key)
+
+
+def _selection_notice(clause: ApproxClause, result, candidates: int, budget: int, calls: int) -> str:
+    targets = []
+    if clause.recall_target is not None:
+        targets.append(f"recall target {_pct(clause.recall_target)}")
+    if clause.precision_target is not None:
+        targets.append(f"precision target {_pct(clause.precision_target)}")
+    head = f"approximate selection: {' and '.join(targets)} at confidence {_pct(clause.confidence)}"
+    if result is None:
+        return f"{head}: no candidate rows, 0 oracle calls"
+    text = (
+        f"{head}: {result.size} of {candidates} rows returned; {result.oracle_calls} oracle rows labelled "
+        f"({calls} model calls) of budget {budget}"
+    )
+    achieved = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in result.achieved_bound.items())
+    if achieved:
+        text += f"; certified {achieved}"
+    if not result.target_met:
+        text += "; TARGET NOT MET"
+    if result.budget_hint:
+        text += f" ({result.budget_hint})"
+    return text
+
+
+def _aggregate_notice(name: str, kind: str, result, clause: ApproxClause, budget: int, calls: int) -> str:
+    target, confidence = _pct(clause.error_target), _pct(clause.confidence)
+    head = f"approximate {kind.upper()} ({name}): error target {target} at confidence {confidence}"
+    if result is None:
+        return f"{head}: no candidate rows"
+    if math.isnan(result.estimate):
+        spans = "; ".join(
+            f"{g}: {e.estimate:.6g} [{e.ci_low:.6g}, {e.ci_high:.6g}]"
+            for g, e in sorted(result.groups.items())
+        )
+        text = f"{head}: per group {spans}"
+    else:
+        text = f"{head}: estimate {result.estimate:.6g}, interval [{result.ci_low:.6g}, {result.ci_high:.6g}]"
+    text += f"; {result.oracle_calls} oracle rows labelled ({calls} model calls in all) of budget {budget}"
+    if not result.target_met:
+        text += "; TARGET NOT MET"
+        if result.budget_needed:
+            text += f" (a budget of about {result.budget_needed} would meet it)"
+    return text
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def _num(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return repr(float(value))
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
