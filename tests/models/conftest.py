@@ -48,6 +48,19 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+def label_function(conn, name: str, model_file: str = "digits_mlp.onnx", returns: str = "int") -> None:
+    """(Re)create ``name(pixels real[])`` returning the model's ``label`` output."""
+    conn.execute(
+        f"create or replace function {name}(pixels real[]) returns {returns} language onnx "
+        f"as '{model_file}', '{{\"output\": \"label\"}}'"
+    )
+
+
+def label_view(conn, view: str, function: str) -> None:
+    """(Re)create ``view`` as (id, digit) over digits through ``function``."""
+    conn.execute(f"create or replace view {view} as select d.id, {function}(d.pixels) as digit from digits d")
+
+
 def direct_run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 

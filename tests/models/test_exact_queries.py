@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from tests.models.conftest import direct_run
+from tests.models.conftest import direct_run, label_function, label_view
 
 QUERIES = [
     # join between two virtual tables (two models over the same blobs)
@@ -29,17 +29,9 @@ def eager(world):
     oracle = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
     proxy = direct_run(world.logreg_path, {"X": world.digits.x})["label"]
     with world.connect() as conn:
-        conn.execute(
-            "create or replace function exact_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create or replace function exact_proxy(pixels real[]) returns int language onnx "
-            "as 'digits_logreg.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create or replace view exact_v as select d.id, exact_oracle(d.pixels) as digit from digits d"
-        )
+        label_function(conn, "exact_oracle")
+        label_function(conn, "exact_proxy", "digits_logreg.onnx")
+        label_view(conn, "exact_v", "exact_oracle")
         conn.execute(
             "create or replace view exact_p as select d.id, exact_proxy(d.pixels) as proxy_digit "
             "from digits d"

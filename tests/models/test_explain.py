@@ -8,18 +8,14 @@ import subprocess
 
 import pytest
 
+from tests.models.conftest import label_function, label_view
+
 
 @pytest.fixture(scope="module")
 def explain_world(world):
     with world.connect() as conn:
-        conn.execute(
-            "create or replace function explain_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create or replace view explain_predictions as select d.id, explain_oracle(d.pixels) as digit "
-            "from digits d"
-        )
+        label_function(conn, "explain_oracle")
+        label_view(conn, "explain_predictions", "explain_oracle")
     return world
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.models.conftest import direct_run
+from tests.models.conftest import direct_run, label_function, label_view
 
 JAR = "/usr/share/java/postgresql.jar"
 
@@ -40,16 +41,11 @@ public class ViewJdbc {
 
 def test_jdbc_sees_the_view_and_runs_prepared_queries(world, tmp_path):
     javac = shutil.which("javac")
-    if not javac or not shutil.os.path.exists(JAR):
+    if not javac or not Path(JAR).exists():
         pytest.skip("no JDK or pgJDBC jar (make test installs them when run as root)")
     with world.connect() as conn:
-        conn.execute(
-            "create or replace function jdbc_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create or replace view jdbc_v as select d.id, jdbc_oracle(d.pixels) as digit from digits d"
-        )
+        label_function(conn, "jdbc_oracle")
+        label_view(conn, "jdbc_v", "jdbc_oracle")
     (tmp_path / "ViewJdbc.java").write_text(PROGRAM)
     subprocess.run([javac, "-cp", JAR, "-d", str(tmp_path), str(tmp_path / "ViewJdbc.java")], check=True)
     url = (

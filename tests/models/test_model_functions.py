@@ -96,10 +96,6 @@ def test_image_model_over_png_bytea(world):
 
 def test_extended_protocol_and_parameters(world):
     with world.connect() as conn:
-        conn.execute(
-            "create function if_seven(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        ) if False else None
         for low in (300, 310, 320, 330, 340, 350, 360):
             got = conn.execute(
                 "select id, digit_oracle(pixels) from digits where id >= %s and id < %s order by id",

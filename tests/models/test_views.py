@@ -6,7 +6,7 @@ import subprocess
 
 import numpy as np
 
-from tests.models.conftest import direct_run
+from tests.models.conftest import direct_run, label_function, label_view
 
 
 def _latest_calls(conn, model: str) -> int:
@@ -19,10 +19,7 @@ def _latest_calls(conn, model: str) -> int:
 
 
 def _setup(conn) -> None:
-    conn.execute(
-        "create or replace function view_oracle(pixels real[]) returns int language onnx "
-        "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-    )
+    label_function(conn, "view_oracle")
     conn.execute(
         "create or replace view view_predictions as select d.id, d.label as true_label, "
         "view_oracle(d.pixels) as digit from digits d"
@@ -109,14 +106,8 @@ def test_limit_stops_early_and_returns_only_true_matches(world, pg_bin):
     """~10% of digits are 7s: LIMIT 10 must not run the model over the whole table."""
     expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
     with world.connect() as conn:
-        conn.execute(
-            "create or replace function limit_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create or replace view limit_predictions as select d.id, limit_oracle(d.pixels) as digit "
-            "from digits d"
-        )
+        label_function(conn, "limit_oracle")
+        label_view(conn, "limit_predictions", "limit_oracle")
     # psql speaks the simple protocol, where the planner may rewrite the statement it forwards.
     import subprocess
 
