@@ -40,11 +40,15 @@ class CallSite:
             inner += f" FROM {self.from_sql}"
         if self.where_sql:
             inner += f" WHERE {self.where_sql}"
-        hit = f"EXISTS (SELECT 1 FROM {cache_table} c WHERE c.digest = i.sieve_digest)"
-        outer_args = ", ".join(f"CASE WHEN h.hit THEN NULL ELSE h.a{i} END" for i in range(len(pairs)))
+        outer_args = ", ".join(f"CASE WHEN c.hit THEN NULL ELSE i.a{i} END" for i in range(len(pairs)))
+        # OFFSET 0 keeps the digest a computed column (not re-evaluated per reference); one
+        # cache probe per row, by index.
         return (
-            f"SELECT h.sieve_digest, h.hit, {outer_args} FROM "
-            f"(SELECT i.*, {hit} AS hit FROM ({inner}) AS i WHERE i.sieve_digest IS NOT NULL) AS h"
+            f"SELECT i.sieve_digest, c.hit IS NOT NULL AS hit, {outer_args} "
+            f"FROM ({inner} OFFSET 0) AS i "
+            f"LEFT JOIN LATERAL (SELECT true AS hit FROM {cache_table} c "
+            f"WHERE c.digest = i.sieve_digest LIMIT 1) AS c ON true "
+            f"WHERE i.sieve_digest IS NOT NULL"
         )
 
 

@@ -103,6 +103,7 @@ async def materialize_site(
                     batch.append(record)
                     if len(batch) < size:
                         continue
+                    await port.arm_statement_timeout()
                     runs += await _run_batch(spec, batch, dbs.write, pool)
                     if enough is not None and await enough([r[0] for r in batch]):
                         batch = []
@@ -114,6 +115,7 @@ async def materialize_site(
                             total = runs + (await dbs.read.fetchrow(pending_inputs_sql(site, spec)))[0]
                         port.notice(_progress(spec, runs, total, last_notice - started))
                 if batch:
+                    await port.arm_statement_timeout()
                     runs += await _run_batch(spec, batch, dbs.write, pool)
         except asyncpg.PostgresError as exc:
             raise PlanError(

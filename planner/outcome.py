@@ -84,3 +84,7 @@ class SessionPort(Protocol):
     def notice(self, message: str) -> None:
         """Send the client a NOTICE."""
         ...
+
+    async def arm_statement_timeout(self) -> None:
+        """Start enforcing the session's statement_timeout (call before expensive work)."""
+        ...

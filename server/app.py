@@ -26,6 +26,14 @@ from storage.target import BackendTarget, parse_dsn
 log = logging.getLogger("sievedb.server")
 
 
+class PlannerConnection(asyncpg.Connection):
+    """The planner's own connections never LISTEN, take advisory locks or change settings
+    outside transactions, so the pool's reset on release (a round trip per statement) is moot."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class ConfigError(Exception):
     """The server was asked to start in a way it refuses to."""
 
@@ -131,8 +139,12 @@ class SieveServer:
 
     async def _start_planner(self) -> None:
         connect = self.backend_target.asyncpg_kwargs()
-        self.db = await asyncpg.create_pool(**connect, min_size=1, max_size=16)
-        self.db_writer = await asyncpg.create_pool(**connect, min_size=1, max_size=4)
+        self.db = await asyncpg.create_pool(
+            **connect, min_size=1, max_size=16, connection_class=PlannerConnection
+        )
+        self.db_writer = await asyncpg.create_pool(
+            **connect, min_size=1, max_size=4, connection_class=PlannerConnection
+        )
         self.inference = LazyInferencePool(workers=self.config.inference_workers)
         dbs = Databases(read=self.db, write=self.db_writer)
         self.planner = Planner(dbs, self.inference, self.classifier, self.config.models_dir.resolve())

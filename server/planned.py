@@ -90,11 +90,30 @@ class SessionPortImpl:
 
     def __init__(self, session: ClientSession) -> None:
         self._session = session
+        self._started = asyncio.get_running_loop().time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False
         self.user = session.user
         self.database = session.database
 
     def notice(self, message: str) -> None:
         self._session.to_client(messages.notice(message))
+
+    async def arm_statement_timeout(self) -> None:
+        """Called before the first expensive step: statement_timeout then counts from the
+        statement's start. Cached statements never pay for reading the setting."""
+        if self._armed:
+            return
+        self._armed = True
+        timeout = await self.statement_timeout()
+        if timeout:
+            loop = asyncio.get_running_loop()
+            remaining = max(timeout - (loop.time() - self._started), 0.0)
+            self._timer = loop.call_later(remaining, self._session.cancel_planned, "statement timeout")
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     async def statement_timeout(self) -> float | None:
         """The session's statement_timeout in seconds (None when off)."""
@@ -187,15 +206,11 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     await link.wait_ready(session.syncs_sent)
     port = SessionPortImpl(session)
     loop = asyncio.get_running_loop()
-    timer = None
     try:
-        timeout = None if job.decision.executes_itself else await port.statement_timeout()
         params = await _bound_values(job, port)
         run = session.server.planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
         work = loop.create_task(run)
         session.planner_task = work
-        if timeout:
-            timer = loop.call_later(timeout, session.cancel_planned, "statement timeout")
         outcome: Outcome = await work
     except asyncio.CancelledError:
         if session.cancel_reason is None or asyncio.current_task().cancelling():
@@ -211,8 +226,7 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     finally:
         session.planner_task = None
         session.cancel_reason = None
-        if timer is not None:
-            timer.cancel()
+        port.disarm()
     if session.closed:
         return
     if isinstance(outcome, Forward):

@@ -15,7 +15,7 @@ comments and string literals whole, so keywords inside them are never mistaken f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pglast.parser import scan
 
@@ -27,7 +27,8 @@ DEFAULT_CONFIDENCE = 0.95
 
 # Cheap test before scanning: any word the clause can start with.
 MAY_HAVE_CLAUSE = re.compile(
-    r"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b", re.IGNORECASE
+    r"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b|\bbudget\s+[+-]?\d",
+    re.IGNORECASE,
 )
 _COMMENTS = {"C_COMMENT", "SQL_COMMENT"}
 
@@ -41,6 +42,9 @@ class ApproxClause:
     budget: int | None = None
     proxy: str | None = None  # SQL expression text
     text: str = ""  # the clause as written
+    # which items were written (not defaulted): "error", "recall", "precision", "confidence",
+    # "budget", "proxy"; session settings (sieve.*) fill in the others
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def selection(self) -> bool:
@@ -178,6 +182,7 @@ def _parse_items(sql: str, toks: list[_Tok], starts: list[tuple[int, str]]) -> A
         confidence=confidence,
         budget=values.get("budget"),
         proxy=values.get("proxy"),
+        given=frozenset(values),
     )
 
 

@@ -33,6 +33,8 @@ from pglast.stream import RawStream
 
 from inference.errors import InferenceLayerError
 from planner.approx.clause import ApproxClause, split_clause
+from planner.approx.flatten import flatten_views
+from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
 from planner.calls import conjuncts, find_call_sites, mentions_model
 from planner.materialize import Materialized, materialize_site
 from planner.outcome import Forward, Outcome, PlanError, Rows, SessionPort
@@ -49,10 +51,12 @@ _AGGREGATES = {"count", "sum", "avg"}
 
 
 async def run_approximate(planner, sql: str, port: SessionPort, rewritable: bool) -> Outcome | None:
-    """The outcome of a statement carrying an approximate clause; None when it carries none."""
+    """The outcome of a statement carrying an approximate clause, or (with no clause) of a SELECT
+    calling a model while the session sets a target (``SET sieve.recall_target = 0.9``, ...);
+    None when the statement is not approximate."""
     body, clause = split_clause(sql)
     if clause is None:
-        return None
+        return await _from_settings(planner, sql, port, rewritable)
     if not rewritable:
         raise PlanError(
             FEATURE_NOT_SUPPORTED,
@@ -65,13 +69,48 @@ async def run_approximate(planner, sql: str, port: SessionPort, rewritable: bool
         raise PlanError(SYNTAX_ERROR, f"{exc} (before the approximate clause)") from None
     if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate clause applies to a single SELECT")
-    query = ApproxQuery(planner, sql, statements[0], clause, port)
+    settings = await read_settings(port)
+    stmt = statements[0]
+    flatten_views(stmt, planner.catalog.views)
+    query = ApproxQuery(planner, sql, stmt, settings.fill(clause), port, settings)
+    return await query.run()
+
+
+async def _from_settings(planner, sql: str, port: SessionPort, rewritable: bool) -> Outcome | None:
+    """Session targets apply to a single SELECT (simple protocol) whose WHERE calls a model: row
+    selections take sieve.recall_target / precision_target, COUNT/SUM/AVG sieve.error_target.
+    Anything else runs exactly."""
+    if not rewritable:
+        return None
+    try:
+        statements = [raw.stmt for raw in parse_sql(sql)]
+    except ParseError:
+        return None
+    if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
+        return None
+    stmt = statements[0]
+    if stmt.op.name != "SETOP_NONE" or not stmt.fromClause:
+        return None
+    settings = await read_settings(port)
+    if not settings.has_target:
+        return None
+    flatten_views(stmt, planner.catalog.views)
+    models = planner.catalog.names
+    if stmt.whereClause is None or not any(mentions_model(c, models) for c in conjuncts(stmt.whereClause)):
+        return None
+    clause = settings.clause_for(aggregate=_has_aggregate(stmt))
+    if clause is None:
+        return None
+    query = ApproxQuery(planner, sql, stmt, clause, port, settings)
     return await query.run()
 
 
 class ApproxQuery:
-    def __init__(self, planner, sql: str, stmt: ast.SelectStmt, clause: ApproxClause, port) -> None:
+    def __init__(
+        self, planner, sql: str, stmt: ast.SelectStmt, clause: ApproxClause, port, settings: SessionSettings
+    ) -> None:
         self.planner = planner
+        self.settings = settings
         self.sql = sql
         self.stmt = stmt
         self.clause = clause
@@ -93,8 +132,7 @@ class ApproxQuery:
                 FEATURE_NOT_SUPPORTED,
                 "an approximate clause needs a model predicate in WHERE (a condition calling a model "
                 "function), and this query has none",
-                hint="approximate queries over model views are not supported yet: call the model "
-                "function in the WHERE clause of a query over the base table",
+                hint="filter on a model function call, or on a model output column of a view",
             )
         self.predicate = " AND ".join(f"({RawStream()(c)})" for c in model_parts)
         self.free = [RawStream()(c) for c in parts if not mentions_model(c, self.models)]
@@ -140,27 +178,25 @@ class ApproxQuery:
                 )
             return await self._selection()
         if self.clause.error_target is None:
+            if self.stmt.limitCount is not None and not aggregate:
+                return await self._limit()
             raise PlanError(
                 FEATURE_NOT_SUPPORTED,
-                "this approximate clause names no target: add RECALL, PRECISION or ERROR TARGET",
+                "this approximate clause names no target: add RECALL, PRECISION or ERROR TARGET "
+                "(or LIMIT k before USING PROXY for a proxy-ordered search)",
             )
         if not aggregate:
             raise PlanError(FEATURE_NOT_SUPPORTED, "ERROR TARGET applies to COUNT/SUM/AVG queries")
         return await self._aggregate()
 
     async def _rng(self) -> np.random.Generator:
-        result = await self.port.run_sql("SELECT current_setting('sieve.seed', true)")
-        value = result.rows[0][0] if result.error is None and result.rows else None
+        value = self.settings.seed
         if value in (None, ""):
             return np.random.default_rng()
         try:
             return np.random.default_rng(int(value))
         except ValueError:
             raise PlanError(INVALID_PARAMETER, f"sieve.seed must be an integer, got {value!r}") from None
-
-    async def _setting(self, name: str) -> str | None:
-        result = await self.port.run_sql(f"SELECT current_setting('{name}', true)")
-        return result.rows[0][0] if result.error is None and result.rows else None
 
     def _budget(self) -> int:
         return self.clause.budget if self.clause.budget is not None else DEFAULT_BUDGET
@@ -285,6 +321,7 @@ class ApproxQuery:
                 FEATURE_NOT_SUPPORTED,
                 "RECALL/PRECISION TARGET queries need USING PROXY <expression> (automatic proxies are "
                 "not available in SQL yet)",
+                hint="append USING PROXY <expression>, or SET sieve.proxy = '<expression>'",
             )
         rows, scores = await self._proxy_scores([])
         keys = [r[0] for r in rows]
@@ -318,10 +355,67 @@ class ApproxQuery:
         if result is not None:
             estimate = result.estimates.get("recall" if mode != "precision" else "precision")
         await self._log(mode, target, estimate, bound, None)
+        if result is not None and (not result.target_met or result.budget_hint):
+            self._strict(f"BUDGET {budget} is too small for the {mode} target", result.budget_hint)
         guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
         level = self.stmt
         level.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
         return Forward(sql=RawStream()(self.stmt), settings={"sieve.lenient": "on"})
+
+    def _strict(self, message: str, detail: str | None) -> None:
+        """Under SET sieve.strict = on, a target the budget cannot meet is an error (the NOTICE
+        already went out; the query_log row records what was spent)."""
+        if self.settings.strict:
+            raise PlanError(
+                BUDGET_TOO_SMALL,
+                f"{message} (sieve.strict is on)" + (f": {detail}" if detail else ""),
+                hint="raise BUDGET (or sieve.budget), or SET sieve.strict = off for the answer and a NOTICE",
+            )
+
+    # -- proxy-ordered LIMIT ----------------------------------------------------------------------
+
+    async def _limit(self) -> Outcome:
+        """``... WHERE <model predicate> LIMIT k USING PROXY expr``: label candidates in
+        descending proxy order until k rows satisfy the predicate; only verified rows return."""
+        from sampling import limit_search
+
+        stmt = self.stmt
+        if stmt.sortClause:
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                "a proxy-ordered LIMIT returns the first matching rows in proxy order, so it cannot "
+                "honour ORDER BY",
+                hint="drop USING PROXY for an exact ORDER BY ... LIMIT",
+            )
+        if stmt.distinctClause or getattr(stmt.limitOption, "name", "") == "LIMIT_OPTION_WITH_TIES":
+            raise PlanError(FEATURE_NOT_SUPPORTED, "a proxy-ordered LIMIT supports no DISTINCT or WITH TIES")
+        k = _constant_count(stmt.limitCount, "LIMIT")
+        if stmt.limitOffset is not None:
+            k += _constant_count(stmt.limitOffset, "OFFSET")
+        rows, scores = await self._proxy_scores([])
+        keys = [r[0] for r in rows]
+        budget = self.clause.budget
+        rng = await self._rng()
+        cache: dict[int, bool] = {}
+        oracle, state = self._oracle(keys, cache)
+        result = None
+        selected: list[str] = []
+        if keys and k > 0:
+            if scores is None:  # no proxy: a random order
+                scores = np.zeros(len(keys))
+            batch = max(16, min(256, k))
+            result = await self._in_thread(
+                state, limit_search, scores, oracle, k=k, rng=rng, budget=budget, batch_size=batch
+            )
+            selected = [keys[int(i)] for i in result.indices]
+        calls = self.done.model_calls.get(self.spec.name, 0)
+        self.port.notice(_limit_notice(self.clause, result, k, len(keys), calls))
+        await self._log("limit", None, float(len(selected)), None, None, confidence=None)
+        if result is not None and result.budget_hint:
+            self._strict(f"BUDGET {budget} ran out before LIMIT {k} rows were found", result.budget_hint)
+        guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
+        stmt.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
+        return Forward(sql=RawStream()(stmt), settings={"sieve.lenient": "on"})
 
     # -- aggregates -------------------------------------------------------------------------------
 
@@ -404,7 +498,7 @@ class ApproxQuery:
         return await self._in_thread(state, estimate_aggregate, local.size, local_oracle, **kwargs)
 
     async def _aggregate_rows(self, outputs, aggs, results, budget) -> Rows:
-        bounds = (await self._setting("sieve.bounds")) == "on"
+        bounds = self.settings.bounds
         keys: list = [None]
         if any(o[1] == "group" for o in outputs) or self.stmt.groupClause:
             keys = sorted({k for r in results if r is not None for k in r.groups})
@@ -441,11 +535,20 @@ class ApproxQuery:
             first.ci_low if first is not None else None,
             first.ci_high if first is not None else None,
         )
+        missed = [r for r in results if r is not None and not r.target_met]
+        if missed:
+            needed = max((r.budget_needed or 0) for r in missed)
+            self._strict(
+                f"BUDGET {budget} is too small for ERROR TARGET {_pct(self.clause.error_target)}",
+                f"a budget of about {needed} would meet it" if needed else None,
+            )
         return Rows(columns, table, f"SELECT {len(table)}")
 
     # -- reporting --------------------------------------------------------------------------------
 
-    async def _log(self, mode: str, target, estimate, ci_low, ci_high) -> None:
+    async def _log(
+        self, mode: str, target, estimate, ci_low, ci_high, confidence: float | None = -1.0
+    ) -> None:
         self.done.model_calls.setdefault(self.spec.name, 0)
         await self.planner.db.execute(
             "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms, target, "
@@ -456,7 +559,7 @@ class ApproxQuery:
             self.done.cache_hits,
             1000 * (time.monotonic() - self.started),
             _finite(target),
-            self.clause.confidence,
+            self.clause.confidence if confidence == -1.0 else confidence,
             _finite(estimate),
             _finite(ci_low),
             _finite(ci_high),
@@ -477,8 +580,8 @@ def _relations(items) -> list[str]:
         else:
             raise PlanError(
                 FEATURE_NOT_SUPPORTED,
-                "approximate queries read FROM tables and joins of tables only (no subqueries, "
-                "functions or model views yet)",
+                "approximate queries read FROM tables, joins of tables and simple model views only "
+                "(no subqueries or set-returning functions)",
             )
     if not out:
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate query needs a FROM clause")
@@ -521,6 +624,34 @@ def _output(target: ast.ResTarget, group: str | None) -> tuple[str, str, str | N
         FEATURE_NOT_SUPPORTED,
         f"ERROR TARGET queries may select COUNT(*), SUM(x), AVG(x) and the GROUP BY expression, not {text}",
     )
+
+
+def _constant_count(node, what: str) -> int:
+    """The value of a LIMIT/OFFSET that is a non-negative integer constant."""
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer) and node.val.ival >= 0:
+        return int(node.val.ival)
+    if isinstance(node, ast.A_Const) and node.isnull:
+        raise PlanError(FEATURE_NOT_SUPPORTED, f"a proxy-ordered LIMIT needs a count ({what} ALL/NULL given)")
+    raise PlanError(
+        FEATURE_NOT_SUPPORTED, f"a proxy-ordered LIMIT needs {what} to be a non-negative integer constant"
+    )
+
+
+def _limit_notice(clause: ApproxClause, result, k: int, candidates: int, calls: int) -> str:
+    order = f"proxy {clause.proxy}" if clause.proxy is not None else "random order (no proxy)"
+    head = f"proxy-ordered LIMIT {k} by {order}"
+    if result is None:
+        return f"{head}: 0 oracle calls ({candidates} candidate rows)"
+    text = (
+        f"{head}: {result.found} verified rows found; {result.oracle_calls} of {candidates} candidate rows "
+        f"labelled ({calls} model calls)"
+    )
+    if clause.budget is not None:
+        text += f" of budget {clause.budget}"
+    if result.exhausted:
+        text += f"; only {result.found} rows found"
+        text += f" ({result.budget_hint})" if result.budget_hint else " (every candidate row was checked)"
+    return text
 
 
 def _selection_mode(clause: ApproxClause) -> tuple[str, float]:
