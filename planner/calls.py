@@ -40,14 +40,16 @@ class CallSite:
             inner += f" FROM {self.from_sql}"
         if self.where_sql:
             inner += f" WHERE {self.where_sql}"
-        outer_args = ", ".join(f"CASE WHEN c.hit THEN NULL ELSE i.a{i} END" for i in range(len(pairs)))
-        # OFFSET 0 keeps the digest a computed column (not re-evaluated per reference); one
-        # cache probe per row, by index.
+        cached = "c.digest IS NOT NULL"
+        outer_args = ", ".join(f"CASE WHEN {cached} THEN NULL ELSE i.a{i} END" for i in range(len(pairs)))
+        # OFFSET 0 keeps the digest a computed column (not re-evaluated per reference). A join,
+        # not a per-row subquery: Postgres hashes a big cache once or probes its index for a
+        # few inputs, and never rescans a cache that grows while this query streams.
+        # ordinal <= 0 is one row per digest (0, or -1 for an input with no output rows).
         return (
-            f"SELECT i.sieve_digest, c.hit IS NOT NULL AS hit, {outer_args} "
+            f"SELECT i.sieve_digest, {cached} AS hit, {outer_args} "
             f"FROM ({inner} OFFSET 0) AS i "
-            f"LEFT JOIN LATERAL (SELECT true AS hit FROM {cache_table} c "
-            f"WHERE c.digest = i.sieve_digest LIMIT 1) AS c ON true "
+            f"LEFT JOIN {cache_table} c ON c.digest = i.sieve_digest AND c.ordinal <= 0 "
             f"WHERE i.sieve_digest IS NOT NULL"
         )
 

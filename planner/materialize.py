@@ -20,6 +20,7 @@ from planner.outcome import PlanError, SessionPort
 log = logging.getLogger("sievedb.planner.materialize")
 
 BATCH_ROWS = 1024
+ANALYZE_AFTER_ROWS = 10_000
 FIRST_BATCH_ROWS = 64  # LIMIT queries start small and double: stop as soon as the answer is whole
 NOTICE_EVERY_S = 3.0
 INVALID_PARAMETER = "22023"
@@ -123,6 +124,8 @@ async def materialize_site(
                 f"could not collect the inputs of model {spec.name}: {exc}",
                 hint="model calls inside correlated subqueries are not supported yet",
             ) from None
+    if runs >= ANALYZE_AFTER_ROWS:  # fresh statistics keep the next input query's plan right
+        await dbs.write.execute(f"ANALYZE {spec.cache_table}")
     log.info(
         "materialized model=%s runs=%d cache_hits=%d ms=%.1f",
         spec.key,

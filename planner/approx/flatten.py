@@ -73,6 +73,10 @@ def _mergeable(sub: ast.RangeSubselect) -> bool:
 def _merge(stmt: ast.SelectStmt, container, where, sub: ast.RangeSubselect) -> None:
     query = sub.subquery
     alias = sub.alias.aliasname if sub.alias is not None else None
+    if len(query.fromClause) == 1 and isinstance(query.fromClause[0], ast.RangeVar):
+        # pg_get_viewdef leaves columns unqualified when the view reads one table: qualify them,
+        # since the query they move into may read other tables with the same column names
+        _qualify(query, _name(query.fromClause[0]))
     columns = _output_columns(query)
     inner_names = {_name(i) for i in query.fromClause}
     outer_names = _outer_names(stmt, skip=sub)
@@ -105,6 +109,30 @@ def _merge(stmt: ast.SelectStmt, container, where, sub: ast.RangeSubselect) -> N
         stmt.whereClause = (
             parts[0] if len(parts) == 1 else ast.BoolExpr(boolop=BoolExprType.AND_EXPR, args=tuple(parts))
         )
+
+
+def _qualify(query: ast.SelectStmt, relation: str) -> None:
+    def walk(value):
+        if isinstance(value, ast.ColumnRef):
+            if len(value.fields) == 1 and isinstance(value.fields[0], ast.String):
+                return ast.ColumnRef(fields=(ast.String(sval=relation), value.fields[0]))
+            return value
+        if isinstance(value, tuple):
+            return tuple(walk(v) for v in value)
+        if not isinstance(value, ast.Node) or isinstance(value, ast.SelectStmt | ast.SubLink):
+            return value
+        for name in value.__slots__:
+            current = getattr(value, name, None)
+            if isinstance(current, ast.Node | tuple):
+                setattr(value, name, walk(current))
+        return value
+
+    for target in query.targetList or ():
+        if target.name is None and isinstance(target.val, ast.ColumnRef):
+            target.name = _output_name(target.val)
+        target.val = walk(target.val)
+    if query.whereClause is not None:
+        query.whereClause = walk(query.whereClause)
 
 
 def _name(item) -> str | None:

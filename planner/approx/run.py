@@ -71,8 +71,8 @@ async def run_approximate(planner, sql: str, port: SessionPort, rewritable: bool
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate clause applies to a single SELECT")
     settings = await read_settings(port)
     stmt = statements[0]
-    flatten_views(stmt, planner.catalog.views)
-    query = ApproxQuery(planner, sql, stmt, settings.fill(clause), port, settings)
+    clause = _flatten(planner, stmt, settings.fill(clause))
+    query = ApproxQuery(planner, sql, stmt, clause, port, settings)
     return await query.run()
 
 
@@ -94,15 +94,40 @@ async def _from_settings(planner, sql: str, port: SessionPort, rewritable: bool)
     settings = await read_settings(port)
     if not settings.has_target:
         return None
-    flatten_views(stmt, planner.catalog.views)
-    models = planner.catalog.names
-    if stmt.whereClause is None or not any(mentions_model(c, models) for c in conjuncts(stmt.whereClause)):
-        return None
     clause = settings.clause_for(aggregate=_has_aggregate(stmt))
     if clause is None:
         return None
+    clause = _flatten(planner, stmt, clause)
+    models = planner.catalog.names
+    if stmt.whereClause is None or not any(mentions_model(c, models) for c in conjuncts(stmt.whereClause)):
+        return None
     query = ApproxQuery(planner, sql, stmt, clause, port, settings)
     return await query.run()
+
+
+def _flatten(planner, stmt: ast.SelectStmt, clause: ApproxClause) -> ApproxClause:
+    """Merge the model views ``stmt`` reads into it; the proxy expression may name view columns
+    too, so it rides along as an extra output column and is rewritten with the rest."""
+    views = planner.catalog.views
+    if not views:
+        return clause
+    proxy = None
+    if clause.proxy is not None:
+        try:
+            proxy = parse_sql(f"SELECT ({clause.proxy})")[0].stmt.targetList[0]
+        except ParseError:
+            proxy = None  # reported, with a hint, where the proxy is used
+    if proxy is not None:
+        stmt.targetList = (*(stmt.targetList or ()), proxy)
+    if not flatten_views(stmt, views):
+        if proxy is not None:
+            stmt.targetList = stmt.targetList[:-1]
+        return clause
+    if proxy is None:
+        return clause
+    rewritten = stmt.targetList[-1]
+    stmt.targetList = stmt.targetList[:-1]
+    return dataclasses.replace(clause, proxy=RawStream()(rewritten.val))
 
 
 class ApproxQuery:
