@@ -22,6 +22,7 @@ log = logging.getLogger("sievedb.planner.materialize")
 BATCH_ROWS = 1024
 ANALYZE_AFTER_ROWS = 10_000
 FIRST_BATCH_ROWS = 64  # LIMIT queries start small and double: stop as soon as the answer is whole
+PEEK_ROWS = 1024  # input sets up to this size are read with one fetch, no cursor
 NOTICE_EVERY_S = 3.0
 INVALID_PARAMETER = "22023"
 _DTYPES = {
@@ -84,46 +85,24 @@ async def materialize_site(
     query = site.input_query(
         digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
     )
-    seen: set = set()
-    hits = runs = 0
-    total: int | None = None
-    size = FIRST_BATCH_ROWS if enough is not None else BATCH_ROWS
-    started = last_notice = time.monotonic()
+    work = _Work(site, spec, dbs, pool, port, enough)
     async with dbs.read.acquire() as reader:
         try:
-            async with reader.transaction(readonly=True):
-                batch: list = []
-                async for record in reader.cursor(query, prefetch=BATCH_ROWS):
-                    digest = record[0]
-                    if digest in seen:
-                        continue
-                    seen.add(digest)
-                    if record[1]:
-                        hits += 1
-                        continue
-                    batch.append(record)
-                    if len(batch) < size:
-                        continue
-                    await port.arm_statement_timeout()
-                    runs += await _run_batch(spec, batch, dbs.write, pool)
-                    if enough is not None and await enough([r[0] for r in batch]):
-                        batch = []
-                        break
-                    batch, size = [], min(size * 2, BATCH_ROWS)
-                    if time.monotonic() - last_notice > NOTICE_EVERY_S:
-                        last_notice = time.monotonic()
-                        if total is None:  # counted once, when the work turns out to be long
-                            total = runs + (await dbs.read.fetchrow(pending_inputs_sql(site, spec)))[0]
-                        port.notice(_progress(spec, runs, total, last_notice - started))
-                if batch:
-                    await port.arm_statement_timeout()
-                    runs += await _run_batch(spec, batch, dbs.write, pool)
+            # Most statements reach few inputs: one plain fetch answers them. Only when there are
+            # more is the input set streamed through a cursor (inside a transaction).
+            peek = await reader.fetch(f"{query} LIMIT {PEEK_ROWS + 1}")
+            if len(peek) <= PEEK_ROWS:
+                await work.consume_all(peek)
+            else:
+                async with reader.transaction(readonly=True):
+                    await work.consume_all(reader.cursor(query, prefetch=BATCH_ROWS))
         except asyncpg.PostgresError as exc:
             raise PlanError(
                 getattr(exc, "sqlstate", None) or "XX000",
                 f"could not collect the inputs of model {spec.name}: {exc}",
                 hint="model calls inside correlated subqueries are not supported yet",
             ) from None
+    runs, hits = work.runs, work.hits
     if runs >= ANALYZE_AFTER_ROWS:  # fresh statistics keep the next input query's plan right
         await dbs.write.execute(f"ANALYZE {spec.cache_table}")
     log.info(
@@ -131,9 +110,69 @@ async def materialize_site(
         spec.key,
         runs,
         hits,
-        1000 * (time.monotonic() - started),
+        1000 * (time.monotonic() - work.started),
     )
     result.add(spec.name, runs, hits)
+
+
+class _Work:
+    """One call site's pass over its input rows: dedupe, count hits, run batches."""
+
+    def __init__(self, site, spec, dbs, pool, port, enough) -> None:
+        self.site, self.spec, self.dbs = site, spec, dbs
+        self.pool, self.port, self.enough = pool, port, enough
+        self.seen: set = set()
+        self.hits = self.runs = 0
+        self.total: int | None = None
+        self.size = FIRST_BATCH_ROWS if enough is not None else BATCH_ROWS
+        self.started = self.last_notice = time.monotonic()
+        self.batch: list = []
+
+    async def consume_all(self, records) -> None:
+        if isinstance(records, list):
+            for record in records:
+                if await self._take(record):
+                    return
+        else:
+            async for record in records:
+                if await self._take(record):
+                    return
+        if self.batch:
+            await self._run()
+
+    async def _take(self, record) -> bool:
+        """Add one input row; True once the caller's ``enough`` says to stop."""
+        digest = record[0]
+        if digest in self.seen:
+            return False
+        self.seen.add(digest)
+        if record[1]:
+            self.hits += 1
+            return False
+        self.batch.append(record)
+        if len(self.batch) < self.size:
+            return False
+        digests = await self._run()
+        if self.enough is not None and await self.enough(digests):
+            return True
+        self.size = min(self.size * 2, BATCH_ROWS)
+        await self._report()
+        return False
+
+    async def _run(self) -> list:
+        batch, self.batch = self.batch, []
+        await self.port.arm_statement_timeout()
+        self.runs += await _run_batch(self.spec, batch, self.dbs.write, self.pool)
+        return [r[0] for r in batch]
+
+    async def _report(self) -> None:
+        if time.monotonic() - self.last_notice <= NOTICE_EVERY_S:
+            return
+        self.last_notice = time.monotonic()
+        if self.total is None:  # counted once, when the work turns out to be long
+            pending = await self.dbs.read.fetchrow(pending_inputs_sql(self.site, self.spec))
+            self.total = self.runs + pending[0]
+        self.port.notice(_progress(self.spec, self.runs, self.total, self.last_notice - self.started))
 
 
 def pending_inputs_sql(site: CallSite, spec: ModelSpec) -> str:
