@@ -71,6 +71,17 @@ class Classifier:
         routed to the planner: lets the forward path skip per-statement checks."""
         return self._prefilter.search(chunk) is not None
 
+    def has_clause(self, sql: str) -> bool:
+        """True when the statement carries an approximate clause (Postgres cannot parse it)."""
+        if not _APPROX_CLAUSE.search(sql.encode()):
+            return False
+        from planner.approx.clause import split_clause
+
+        try:
+            return split_clause(sql)[1] is not None
+        except Exception:  # an invalid clause is still a clause: the planner reports it
+            return True
+
     def classify(self, sql: bytes | str) -> Decision:
         """Decide the route of one statement (a simple Query string or a Parse), given as the
         UTF-8 bytes of the frame so that the forward path never decodes it."""

@@ -56,16 +56,19 @@ class PlannedJob:
     frames: list[bytes] = field(default_factory=list)
     started: bool = False
     param_oids: list[int] = field(default_factory=list)  # from the statement's Parse
+    held: bool = False  # Postgres never sees its Parse: answered here or forwarded whole
 
     @classmethod
     def simple(cls, decision: Decision, sql: str) -> PlannedJob:
         return cls(decision, sql, simple=True)
 
     @classmethod
-    def extended(cls, planned: PreparedPlan | Decision, sql: str | None = None) -> PlannedJob:
+    def extended(
+        cls, planned: PreparedPlan | Decision, sql: str | None = None, held: bool = False
+    ) -> PlannedJob:
         if isinstance(planned, PreparedPlan):
             return cls(planned.decision, planned.sql, simple=False, param_oids=planned.param_oids)
-        return cls(planned, sql, simple=False)
+        return cls(planned, sql, simple=False, held=held)
 
     def bind(self) -> Bind | None:
         for frame in self.frames:
@@ -76,9 +79,11 @@ class PlannedJob:
     def take(self, kind: int, frame: bytes) -> bool:
         """Add a held frame; True once the job has everything it needs to run."""
         self.frames.append(frame)
-        if self.simple:
-            return True
-        return kind == messages.SYNC or (kind == messages.FLUSH and not self.decision.executes_itself)
+        return self.simple or kind == messages.SYNC or kind == messages.FLUSH
+
+    @property
+    def ends_at_flush(self) -> bool:
+        return not self.simple and self.frames[-1][0] == messages.FLUSH
 
     @property
     def syncs(self) -> int:
@@ -207,6 +212,12 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     port = SessionPortImpl(session)
     loop = asyncio.get_running_loop()
     try:
+        if job.held and job.ends_at_flush:
+            raise PlanError(
+                sqlstate.FEATURE_NOT_SUPPORTED,
+                "this statement cannot be prepared: SieveDB runs it, Postgres cannot parse it",
+                hint="send it as a simple query (e.g. asyncpg execute() without arguments)",
+            )
         params = await _bound_values(job, port)
         run = session.server.planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
         work = loop.create_task(run)
@@ -236,6 +247,10 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
         return
     if isinstance(outcome, Failed):
         await _fail_transaction(port, link)
+        if job.ends_at_flush:  # no Sync yet: the ReadyForQuery answers the Sync to come
+            session.discard_until_sync = True
+            session.to_client(_error(outcome))
+            return
     session.to_client(_answer(job, outcome, link.status))
 
 
@@ -298,10 +313,7 @@ async def _fail_transaction(port: SessionPortImpl, link) -> None:
 
 def _answer(job: PlannedJob, outcome: Done | Rows | Failed, status: int) -> bytes:
     if isinstance(outcome, Failed):
-        error = messages.error_response(
-            outcome.sqlstate, outcome.message, detail=outcome.detail, hint=outcome.hint
-        )
-        return error + messages.ready_for_query(status)
+        return _error(outcome) + messages.ready_for_query(status)
     if isinstance(outcome, Rows):  # only planned for simple-protocol statements
         body = messages.row_description(outcome.columns) + b"".join(
             messages.data_row(r) for r in outcome.rows
@@ -310,6 +322,12 @@ def _answer(job: PlannedJob, outcome: Done | Rows | Failed, status: int) -> byte
     if job.simple:
         return messages.command_complete(outcome.tag) + messages.ready_for_query(status)
     return b"".join(_extended_reply(frame, outcome.tag, status) for frame in job.frames)
+
+
+def _error(outcome: Failed) -> bytes:
+    return messages.error_response(
+        outcome.sqlstate, outcome.message, detail=outcome.detail, hint=outcome.hint
+    )
 
 
 def _extended_reply(frame: bytes, tag: str, status: int) -> bytes:

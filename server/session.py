@@ -64,6 +64,7 @@ class ClientSession(asyncio.Protocol):
         self.planner_task: asyncio.Task | None = None  # the planner working on the held statement
         self.cancel_reason: str | None = None
         self.in_backend_sql = False  # the planner is running SQL in this session's backend
+        self.discard_until_sync = False  # an extended batch failed before its Sync arrived
         self._paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -252,6 +253,8 @@ class ClientSession(asyncio.Protocol):
                 end = pos + 1 + length
                 if end > size:
                     break
+                if self.discard_until_sync:
+                    return self._discard(view, pos, end)
                 if kind == messages.QUERY:
                     job = self._route(kind, view, pos, end) if inspect else None
                     if job is not None:
@@ -302,11 +305,24 @@ class ClientSession(asyncio.Protocol):
             return None
         name, sql = cstrings(view, pos + 5, end, 2)
         oids = parse_param_types(bytes(view[pos:end]))
-        if decision.executes_itself:
-            return PlannedJob.extended(decision, sql)
+        if decision.executes_itself or self.server.classifier.has_clause(sql):
+            # Postgres cannot parse it (LANGUAGE onnx, an approximate clause): hold it whole.
+            return PlannedJob.extended(decision, sql, held=True)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.
         self.planned_statements[name] = PreparedPlan(decision, sql, oids)
         return None
+
+    def _discard(self, view: bytes | bytearray, pos: int, end: int) -> None:
+        """After an error the server raised itself mid-batch, drop messages up to the Sync,
+        answer that with ReadyForQuery, and go on with the rest (Postgres's own rule)."""
+        self._flush_frontend(view[:pos], pos)
+        if view[pos] == messages.SYNC:
+            self.discard_until_sync = False
+            self.to_client(messages.ready_for_query(self.link.status))
+        rest = bytes(view[end:])
+        self.inbuf.clear()
+        if rest:
+            self._relay_frontend(rest)
 
     def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob) -> None:
         """Forward what precedes a planned statement, then keep the rest until the job is done."""

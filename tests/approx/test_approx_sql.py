@@ -165,3 +165,40 @@ def test_grouped_avg_returns_one_row_per_group(approx_world):
     assert [r[0] for r in rows] == ["0", "1", "2"]
     for label, avg in rows:
         assert float(avg) == pytest.approx(exact[int(label)], rel=0.3)
+
+
+def test_over_the_extended_protocol_a_clear_error_not_a_syntax_error(approx_world):
+    """psycopg prepares a statement run 5 times; Postgres never sees the clause (it cannot parse
+    it): SieveDB answers with 0A000 and a hint, and the session goes on."""
+    sql = (
+        "select id from digits where digit_oracle(pixels) = 7 "
+        "recall target 90% budget 1200 using proxy digit_proxy_p7(pixels)"
+    )
+    with approx_world.connect() as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
+            conn.execute(sql, prepare=True)
+        assert "simple query" in (caught.value.diag.message_hint or "") + str(caught.value)
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_asyncpg_prepare_of_a_clause_fails_fast_instead_of_hanging(approx_world):
+    import asyncio
+
+    import asyncpg
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(approx_world.server.dsn())
+        try:
+            with pytest.raises(asyncpg.FeatureNotSupportedError):
+                await asyncio.wait_for(
+                    conn.fetch(
+                        "select id from digits where digit_oracle(pixels) = 7 "
+                        "recall target 90% budget 1200 using proxy digit_proxy_p7(pixels)"
+                    ),
+                    timeout=20,
+                )
+            assert await conn.fetchval("select 2") == 2
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())

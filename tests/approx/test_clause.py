@@ -43,7 +43,11 @@ def test_every_spelling_parses(clause, expected):
         body, parsed = split_clause(f"{BASE} /* RECALL TARGET 1% */ {clause}{end}")
         assert body == f"{BASE} /* RECALL TARGET 1% */"
         assert parsed is not None
-        assert {**parsed.__dict__, "text": ""} == {**expected.__dict__, "text": ""}
+        assert {**parsed.__dict__, "text": "", "given": None} == {
+            **expected.__dict__,
+            "text": "",
+            "given": None,
+        }
 
 
 @pytest.mark.parametrize(
