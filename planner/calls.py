@@ -30,11 +30,16 @@ class CallSite:
     depth: int  # nesting of model calls: inner calls (arguments of others) are deeper
     level: object = field(default=None, compare=False, hash=False, repr=False)  # its AST level
     nesting: int = field(default=0, compare=False, hash=False)  # statement levels around it
+    row_key: str | None = field(default=None, compare=False, hash=False)  # e.g. "d".ctid
 
-    def input_query(self, digest_sql: str, arg_types: list[str], cache_table: str) -> str:
-        """Distinct-able rows (digest, cached?, arguments-when-not-cached) reaching this call."""
+    def input_query(
+        self, digest_sql: str, arg_types: list[str], cache_table: str, with_row_key: bool = False
+    ) -> str:
+        """Rows (digest, cached?, arguments-when-not-cached[, row key]) reaching this call."""
         pairs = list(zip(self.args, arg_types, strict=True))
         args = ", ".join(f"({a})::{t} AS a{i}" for i, (a, t) in enumerate(pairs))
+        if with_row_key:
+            args += f", ({self.row_key})::text AS sieve_row"
         inner = f"SELECT {digest_sql} AS sieve_digest, {args}"
         if self.from_sql:
             inner += f" FROM {self.from_sql}"
@@ -46,6 +51,8 @@ class CallSite:
         # not a per-row subquery: Postgres hashes a big cache once or probes its index for a
         # few inputs, and never rescans a cache that grows while this query streams.
         # ordinal <= 0 is one row per digest (0, or -1 for an input with no output rows).
+        if with_row_key:
+            outer_args += ", i.sieve_row"
         return (
             f"SELECT i.sieve_digest, {cached} AS hit, {outer_args} "
             f"FROM ({inner} OFFSET 0) AS i "
@@ -117,7 +124,17 @@ def _site(call: ast.FuncCall, models: set[str], level, depth: int) -> CallSite:
         where_sql=_pushable(level.whereClause, models, hidden),
         depth=depth,
         level=level,
+        row_key=_row_key(kept),
     )
+
+
+def _row_key(items: list[ast.Node]) -> str | None:
+    """``alias.ctid`` when the level reads one base table: a cheap handle on its rows."""
+    if len(items) != 1 or not isinstance(items[0], ast.RangeVar):
+        return None
+    table = items[0]
+    name = table.alias.aliasname if table.alias is not None else table.relname
+    return '"' + name.replace('"', '""') + '".ctid'
 
 
 def _from_items(level) -> list[ast.Node]:

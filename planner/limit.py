@@ -34,8 +34,12 @@ class LimitPlan:
             f"EXISTS (SELECT 1 FROM {self.spec.cache_table} sieve_c WHERE sieve_c.digest = {self._digest()})"
         )
 
-    def batch_guard(self, digests: list) -> str:
-        listed = ",".join(str(d) for d in digests)
+    def batch_guard(self, keys: list) -> str:
+        """Rows among ``keys``: row keys (ctid text) when the site has them, else digests."""
+        if self.site.row_key is not None:
+            listed = ",".join(f'"{k}"' for k in keys)
+            return f"{self.site.row_key} = ANY('{{{listed}}}'::tid[])"
+        listed = ",".join(str(d) for d in keys)
         return f"{self._digest()} = ANY('{{{listed}}}'::uuid[])"
 
     def guarded_sql(self, guard: str) -> str:

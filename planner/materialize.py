@@ -79,13 +79,16 @@ async def materialize_site(
     port: SessionPort,
     result: Materialized,
     enough: Callable[[list], Awaitable[bool]] | None = None,
-) -> None:
+) -> bool:
     """Run the model over the call site's uncached inputs. With ``enough`` (LIMIT queries),
-    batches grow from FIRST_BATCH_ROWS and the work stops as soon as ``enough(new digests)``."""
+    batches grow from FIRST_BATCH_ROWS and the work stops as soon as ``enough(keys)`` says so;
+    ``keys`` are the row keys (ctid text) of the rows whose outputs are now cached when the site
+    has one (``site.row_key``), else the digests just materialized. True when stopped early."""
+    keyed = enough is not None and site.row_key is not None
     query = site.input_query(
-        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
+        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table, keyed
     )
-    work = _Work(site, spec, dbs, pool, port, enough)
+    work = _Work(site, spec, dbs, pool, port, enough, keyed)
     async with dbs.read.acquire() as reader:
         try:
             # Most statements reach few inputs: one plain fetch answers them. Only when there are
@@ -103,6 +106,7 @@ async def materialize_site(
                 hint="model calls inside correlated subqueries are not supported yet",
             ) from None
     runs, hits = work.runs, work.hits
+    stopped = work.stopped
     if runs >= ANALYZE_AFTER_ROWS:  # fresh statistics keep the next input query's plan right
         await dbs.write.execute(f"ANALYZE {spec.cache_table}")
     log.info(
@@ -113,12 +117,13 @@ async def materialize_site(
         1000 * (time.monotonic() - work.started),
     )
     result.add(spec.name, runs, hits)
+    return stopped
 
 
 class _Work:
     """One call site's pass over its input rows: dedupe, count hits, run batches."""
 
-    def __init__(self, site, spec, dbs, pool, port, enough) -> None:
+    def __init__(self, site, spec, dbs, pool, port, enough, keyed: bool = False) -> None:
         self.site, self.spec, self.dbs = site, spec, dbs
         self.pool, self.port, self.enough = pool, port, enough
         self.seen: set = set()
@@ -127,33 +132,54 @@ class _Work:
         self.size = FIRST_BATCH_ROWS if enough is not None else BATCH_ROWS
         self.started = self.last_notice = time.monotonic()
         self.batch: list = []
+        self.keyed = keyed
+        self.rows: list[str] = []  # keyed: keys of rows with cached outputs, not yet checked
+        self.waiting: list[str] = []  # keyed: keys of rows whose input is in the running batch
+        self.in_batch: set = set()
+        self.stopped = False
 
     async def consume_all(self, records) -> None:
         if isinstance(records, list):
             for record in records:
                 if await self._take(record):
+                    self.stopped = True
                     return
         else:
             async for record in records:
                 if await self._take(record):
+                    self.stopped = True
                     return
-        if self.batch:
+        if self.batch:  # the input set is exhausted: every input it holds is now cached
             await self._run()
+
+    def _keys(self, digests: list) -> list:
+        if not self.keyed:
+            return digests
+        keys, self.rows = self.rows, []
+        return keys
 
     async def _take(self, record) -> bool:
         """Add one input row; True once the caller's ``enough`` says to stop."""
         digest = record[0]
         if digest in self.seen:
+            if self.keyed:  # the same input again: checkable once its output is cached
+                (self.waiting if digest in self.in_batch else self.rows).append(record[-1])
             return False
         self.seen.add(digest)
         if record[1]:
+            if self.keyed:
+                self.rows.append(record[-1])
             self.hits += 1
+            if self.keyed and len(self.rows) >= self.size:  # cached rows may answer on their own
+                return await self.enough(self._keys([]))
             return False
         self.batch.append(record)
+        if self.keyed:
+            self.in_batch.add(digest)
         if len(self.batch) < self.size:
             return False
         digests = await self._run()
-        if self.enough is not None and await self.enough(digests):
+        if self.enough is not None and await self.enough(self._keys(digests)):
             return True
         self.size = min(self.size * 2, BATCH_ROWS)
         await self._report()
@@ -163,6 +189,9 @@ class _Work:
         batch, self.batch = self.batch, []
         await self.port.arm_statement_timeout()
         self.runs += await _run_batch(self.spec, batch, self.dbs.write, self.pool)
+        if self.keyed:  # only rows whose outputs are cached now may be checked (lenient reads)
+            self.rows += [r[-1] for r in batch] + self.waiting
+            self.waiting, self.in_batch = [], set()
         return [r[0] for r in batch]
 
     async def _report(self) -> None:

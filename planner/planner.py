@@ -240,24 +240,35 @@ class Planner:
     async def _limited(
         self, sql: str, plan, port: SessionPort, done: Materialized, started: float
     ) -> Outcome:
-        """LIMIT k: count what the cache already answers, then materialize in growing batches
-        and count only the rows whose input is new, until k rows exist."""
-        found = await self._count(plan.count_sql(plan.cached_guard()))
+        """LIMIT k: materialize in growing batches, count after each one only the rows that are
+        new to the check, stop at k. With a row key (a single blob table) cached rows are found
+        by the same stream; otherwise the cache is counted once up front."""
+        keyed = plan.site.row_key is not None
+        found = 0 if keyed else await self._count(plan.count_sql(plan.cached_guard()))
+        checked: list = []
 
-        async def enough(digests: list) -> bool:
+        async def enough(keys: list) -> bool:
             nonlocal found
-            found += await self._count(plan.count_sql(plan.batch_guard(digests)))
+            if keys:
+                checked.extend(keys)
+                found += await self._count(plan.count_sql(plan.batch_guard(keys)))
             return found >= plan.rows
 
-        if found < plan.rows:
+        stopped = found >= plan.rows
+        if not stopped:
             try:
-                await materialize_site(plan.site, plan.spec, self.dbs, self.inference, port, done, enough)
+                stopped = await materialize_site(
+                    plan.site, plan.spec, self.dbs, self.inference, port, done, enough
+                )
             except InferenceLayerError as exc:
                 raise PlanError(INTERNAL_ERROR, f"model {plan.spec.name} failed: {exc}") from None
         done.model_calls.setdefault(plan.spec.name, 0)
         await self._log(sql, done, started)
         await self._record_costs([plan.spec] if done.model_calls[plan.spec.name] else [])
-        return Forward(sql=plan.guarded_sql(plan.cached_guard()), settings={"sieve.lenient": "on"})
+        if not stopped:
+            return Forward()  # the whole input set is materialized: the statement runs as sent
+        guard = plan.batch_guard(checked) if keyed else plan.cached_guard()
+        return Forward(sql=plan.guarded_sql(guard), settings={"sieve.lenient": "on"})
 
     async def _count(self, sql: str) -> int:
         """Count under the guard; lenient reads because Postgres may test the guard last."""

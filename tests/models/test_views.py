@@ -156,3 +156,34 @@ def test_chain_of_models_through_views_materializes_in_dependency_order(world):
     padded = np.concatenate([probs, probs, probs, probs, probs, probs, np.zeros((30, 4))], axis=1)
     expected = direct_run(world.mlp_path, {"X": padded.astype(np.float32)})["label"]
     assert rows == [(i, int(expected[i])) for i in range(30)]
+
+
+def test_limit_on_a_warm_cache_runs_no_model_and_on_null_tests_stays_exact(world, pg_bin):
+    """A repeated LIMIT query is answered from the cache; a predicate that holds on NULL
+    (IS NOT DISTINCT FROM) still returns only rows whose output really satisfies it."""
+    import subprocess
+
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        label_function(conn, "warm_oracle")
+        label_view(conn, "warm_predictions", "warm_oracle")
+
+    def limit_query(sql: str) -> list[tuple[int, int]]:
+        done = subprocess.run(
+            [str(pg_bin / "psql"), "-X", "-At", world.server.dsn(), "-c", sql],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return [tuple(map(int, line.split("|"))) for line in done.stdout.split()]
+
+    sql = "select id, digit from warm_predictions where digit = 4 limit 5"
+    first = limit_query(sql)
+    assert len(first) == 5 and all(expected[i] == 4 == d for i, d in first)
+    limit_query(sql)
+    with world.connect() as conn:
+        assert _latest_calls(conn, "warm_oracle") == 0
+    odd = limit_query(
+        "select id, coalesce(digit, -1) from warm_predictions where digit is not distinct from 2 limit 5"
+    )
+    assert len(odd) == 5 and all(expected[i] == 2 == d for i, d in odd)
