@@ -46,6 +46,7 @@ bench: install test-deps
 	$(BIN)/python bench/bench_wire.py
 	@if [ -f bench/bench_inference.py ]; then $(BIN)/python bench/bench_inference.py; fi
 	@if [ -f bench/bench_sampling.py ]; then $(BIN)/python bench/bench_sampling.py; fi
+	$(BIN)/python bench/bench_planner.py
 
 lint: install
 	$(BIN)/ruff check .
