@@ -28,6 +28,8 @@ FORWARD = Decision(Route.FORWARD)
 MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
 APPROXIMATE = Decision(Route.PLAN, "approximate clause")
+# Forwarded; the session notes it may carry sieve.* settings the planner must then read.
+SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
 _DROP_FUNCTION = re.compile(rb"\bdrop\s+function\b", re.IGNORECASE)
 _ONNX = re.compile(b"onnx", re.IGNORECASE)
@@ -37,7 +39,9 @@ _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
 # a false positive only costs a parse (the planner forwards statements without a clause).
 _APPROX = rb"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b"
 _APPROX_CLAUSE = re.compile(_APPROX, re.IGNORECASE)
-_ONNX_OR_APPROX = re.compile(b"onnx|" + _APPROX, re.IGNORECASE)
+_SIEVE_SETTING = rb"\bsieve\."
+_SIEVE_SETTING_RE = re.compile(_SIEVE_SETTING, re.IGNORECASE)
+_ONNX_OR_APPROX = re.compile(b"onnx|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE)
 # --- end approximate queries
 
 
@@ -63,7 +67,8 @@ class Classifier:
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
         self._prefilter = re.compile(
-            rb"onnx|\bdrop\s+function\b|\bview\b|" + _APPROX + b"|" + calls, re.IGNORECASE
+            rb"onnx|\bdrop\s+function\b|\bview\b|" + _SIEVE_SETTING + b"|" + _APPROX + b"|" + calls,
+            re.IGNORECASE,
         )
 
     def may_plan(self, chunk: bytes | bytearray) -> bool:
@@ -89,7 +94,9 @@ class Classifier:
             sql = sql.encode()
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
-            return APPROXIMATE if _APPROX_CLAUSE.search(sql) else FORWARD
+            if _APPROX_CLAUSE.search(sql):
+                return APPROXIMATE
+            return SIEVE_SETTING if _SIEVE_SETTING_RE.search(sql) else FORWARD
         if has_onnx and _LANGUAGE_ONNX.search(sql):
             return MODEL_DDL
         if self._calls is not None and self._calls.search(sql):
@@ -102,4 +109,6 @@ class Classifier:
             return MODEL_CALL  # the planner checks whether it really changes a view
         if _APPROX_CLAUSE.search(sql):
             return APPROXIMATE
+        if _SIEVE_SETTING_RE.search(sql):
+            return SIEVE_SETTING
         return FORWARD

@@ -101,6 +101,11 @@ class SessionPortImpl:
         self.user = session.user
         self.database = session.database
 
+    @property
+    def uses_sieve_settings(self) -> bool:
+        """False while the session never mentioned sieve.*: nothing to read from it."""
+        return self._session.uses_sieve_settings
+
     def notice(self, message: str) -> None:
         self._session.to_client(messages.notice(message))
 

@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from planner.classify import Route
+from planner.classify import SIEVE_SETTING, Route
 from server import messages, sqlstate, startup
 from server.backend import BackendLink
 from server.params import parse_param_types
@@ -65,6 +65,7 @@ class ClientSession(asyncio.Protocol):
         self.cancel_reason: str | None = None
         self.in_backend_sql = False  # the planner is running SQL in this session's backend
         self.discard_until_sync = False  # an extended batch failed before its Sync arrived
+        self.uses_sieve_settings = False  # the session said "sieve." (SET sieve.recall_target ...)
         self._paused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -176,6 +177,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.user = packet.params.get("user", "")
         self.database = packet.params.get("database", self.user)
+        self.uses_sieve_settings = "sieve." in packet.params.get("options", "")
         if not self.user:
             self.fail(sqlstate.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
             return
@@ -294,11 +296,13 @@ class ClientSession(asyncio.Protocol):
             return None
         if kind == messages.QUERY:
             decision = self.server.classifier.classify(view[pos + 5 : end - 1])
+            self._note_settings(decision, view[pos + 5 : end - 1])
             if decision.route is Route.FORWARD:
                 return None
             return PlannedJob.simple(decision, cstrings(view, pos + 5, end, 1)[0])
         name_end = view.index(0, pos + 5, end)
         decision = self.server.classifier.classify(view[name_end + 1 : view.index(0, name_end + 1, end)])
+        self._note_settings(decision, view[pos + 5 : end])
         if decision.route is Route.FORWARD:
             if self.planned_statements:
                 self.planned_statements.pop(bytes(view[pos + 5 : name_end]).decode(), None)
@@ -323,6 +327,10 @@ class ClientSession(asyncio.Protocol):
         self.inbuf.clear()
         if rest:
             self._relay_frontend(rest)
+
+    def _note_settings(self, decision, sql: bytes | bytearray) -> None:
+        if decision is SIEVE_SETTING or (decision.route is Route.PLAN and b"sieve." in bytes(sql).lower()):
+            self.uses_sieve_settings = True
 
     def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob) -> None:
         """Forward what precedes a planned statement, then keep the rest until the job is done."""

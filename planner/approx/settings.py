@@ -119,7 +119,10 @@ def parse_settings(values: list[str | None]) -> SessionSettings:
 
 
 async def read_settings(port) -> SessionSettings:
-    """One round trip to the client's own session for every ``sieve.*`` setting."""
+    """One round trip to the client's own session for every ``sieve.*`` setting (none when the
+    session never mentioned ``sieve.``; ALTER ROLE/DATABASE ... SET sieve.* is not seen)."""
+    if not getattr(port, "uses_sieve_settings", True):
+        return SessionSettings()
     result = await port.run_sql(READ_SQL)
     if result.error is not None or not result.rows:
         return SessionSettings()
