@@ -80,8 +80,8 @@ async def _from_settings(planner, sql: str, port: SessionPort, rewritable: bool)
     """Session targets apply to a single SELECT (simple protocol) whose WHERE calls a model: row
     selections take sieve.recall_target / precision_target, COUNT/SUM/AVG sieve.error_target.
     Anything else runs exactly."""
-    if not rewritable:
-        return None
+    if not rewritable or not getattr(port, "uses_sieve_settings", True):
+        return None  # no session targets can be set: skip the parse and the settings read
     try:
         statements = [raw.stmt for raw in parse_sql(sql)]
     except ParseError:
