@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from pglast import ast, parse_sql
@@ -28,6 +29,7 @@ from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
 
+PLAN_CACHE_SIZE = 256
 SYNTAX_ERROR = "42601"
 DUPLICATE_FUNCTION = "42723"
 UNDEFINED_FUNCTION = "42883"
@@ -43,11 +45,13 @@ class Planner:
         self.classifier = classifier
         self.models_dir = models_dir
         self.catalog = ModelCatalog(dbs.read)
+        self._plans: OrderedDict = OrderedDict()  # (sql, bound values, rewritable) -> analysis
 
     async def start(self) -> None:
         await self.refresh()
 
     async def refresh(self) -> None:
+        self._plans.clear()
         await self.catalog.reload()
         self.classifier.set_models(self.catalog.names, set(self.catalog.views))
 
@@ -69,6 +73,11 @@ class Planner:
             if approximate is not None:
                 return approximate
         # --- end approximate queries
+        key = (sql, _params_key(params), rewritable)
+        prepared = self._plans.get(key) if not decision.executes_itself else None
+        if prepared is not None:  # the same text (and bound values) again: skip parse and analysis
+            self._plans.move_to_end(key)
+            return await self._query(sql, prepared[0], port, rewritable, prepared[1])
         try:
             statements = [raw.stmt for raw in parse_sql(sql)]
         except ParseError as exc:
@@ -82,10 +91,20 @@ class Planner:
         changes_views = any(_changes_views(stmt) for stmt in statements)
         if params:
             statements = [bind_params(stmt, params) for stmt in statements]
-        outcome = await self._query(sql, statements, port, rewritable)
-        if changes_views and isinstance(outcome, Forward):
-            return Forward(after=self.refresh)  # learn the new view once Postgres has made it
-        return outcome
+        if changes_views:
+            outcome = await self._query(sql, statements, port, rewritable)
+            # learn the new view once Postgres has made it
+            return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
+        sites = self._sites(statements)
+        self._remember(key, statements, sites)
+        return await self._query(sql, statements, port, rewritable, sites)
+
+    def _remember(self, key, statements: list, sites: list) -> None:
+        """Statements repeat (dashboards, prepared statements): keep their analysis, bounded,
+        until the catalog changes. The ASTs are only ever modified and restored synchronously."""
+        self._plans[key] = (statements, sites)
+        if len(self._plans) > PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
 
     # -- DDL ----------------------------------------------------------------------------------
 
@@ -153,9 +172,11 @@ class Planner:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _query(self, sql: str, statements: list, port: SessionPort, rewritable: bool) -> Outcome:
+    async def _query(
+        self, sql: str, statements: list, port: SessionPort, rewritable: bool, sites: list | None = None
+    ) -> Outcome:
         started = time.monotonic()
-        sites = self._sites(statements)
+        sites = self._sites(statements) if sites is None else sites
         if not sites:
             return Forward()
         done = Materialized()
@@ -286,6 +307,12 @@ class Planner:
             done.cache_hits,
             elapsed_ms,
         )
+
+
+def _params_key(params: list | None) -> tuple | None:
+    if not params:
+        return None
+    return tuple(None if p is None else (p.text, p.type_name) for p in params)
 
 
 def _changes_views(stmt) -> bool:
