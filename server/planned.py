@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -137,45 +138,24 @@ class SessionPortImpl:
 
     async def describe_statement(self, name: str) -> list[int]:
         """Parameter type OIDs of a statement prepared in this session (Describe + Sync)."""
-        link = self._session.link
-        queue = link.start_capture()
+        request = messages.frame(b"D", b"S" + name.encode() + b"\0") + messages.frame(b"S", b"")
         oids: list[int] = []
-        self._session.in_backend_sql = True
-        try:
-            link.write(messages.frame(b"D", b"S" + name.encode() + b"\0") + messages.frame(b"S", b""))
-            while True:
-                message = await queue.get()
-                if message is None:
-                    raise ConnectionError("the backing Postgres closed the connection")
+        async with contextlib.aclosing(exchange(self._session, request)) as replies:
+            async for message in replies:
                 if message[0] == ord("t"):
                     (count,) = _SHORT.unpack_from(message, 5)
                     oids = [_LEN.unpack_from(message, 7 + 4 * i)[0] for i in range(count)]
-                elif message[0] == ord("Z"):
-                    link.status = message[5]
-                    return oids
-        finally:
-            self._session.in_backend_sql = False
-            link.stop_capture()
+        return oids
 
     async def run_sql(self, sql: str) -> SqlResult:
-        link = self._session.link
-        queue = link.start_capture()
         result = SqlResult()
-        # While Postgres works for us, a cancel goes to Postgres, not to the planner's task.
-        self._session.in_backend_sql = True
-        try:
-            link.write(messages.frame(b"Q", sql.encode() + b"\0"))
-            while True:
-                message = await queue.get()
-                if message is None:
-                    raise ConnectionError("the backing Postgres closed the connection")
-                if self._absorb(message, result):
-                    return result
-        finally:
-            self._session.in_backend_sql = False
-            link.stop_capture()
+        request = messages.frame(b"Q", sql.encode() + b"\0")
+        async with contextlib.aclosing(exchange(self._session, request)) as replies:
+            async for message in replies:
+                self._absorb(message, result)
+        return result
 
-    def _absorb(self, message: bytes, result: SqlResult) -> bool:
+    def _absorb(self, message: bytes, result: SqlResult) -> None:
         kind, body = message[0], message[5:]
         if kind == ord("D"):
             result.rows.append(_data_row(body))
@@ -191,10 +171,6 @@ class SessionPortImpl:
             )
         elif kind in (ord("N"), ord("S"), ord("A")):
             self._session.to_client(message)  # notices, parameter changes, notifications
-        elif kind == ord("Z"):
-            self._session.link.status = body[0]
-            return True
-        return False
 
 
 def _data_row(body: bytes) -> list[str | None]:
@@ -279,23 +255,38 @@ async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, po
         await port.run_sql(f"RESET {name}")  # in a failed transaction, its rollback undoes the SET
     if outcome.after is not None:
         await outcome.after()
-    link.status = ready[5]
+    link.status = ready[5]  # the client's statement's, not the RESET's
     session.to_client(ready)
 
 
 async def _relay_until_ready(session: ClientSession, job: PlannedJob) -> bytes:
+    async with contextlib.aclosing(exchange(session, b"".join(job.frames))) as replies:
+        async for message in replies:
+            if message[0] == ord("Z"):
+                return message
+            session.to_client(message)
+    raise ConnectionError("the backing Postgres ended the exchange without ReadyForQuery")
+
+
+async def exchange(session: ClientSession, request: bytes) -> AsyncIterator[bytes]:
+    """Send ``request`` on the client's own backend session and yield Postgres's replies, up to
+    and including the ReadyForQuery (whose status the link then holds); none reach the client
+    unless the caller passes them on. Meanwhile a cancel goes to Postgres, not the planner."""
     link = session.link
     queue = link.start_capture()
+    session.in_backend_sql = True
     try:
-        link.write(b"".join(job.frames))
+        link.write(request)
         while True:
             message = await queue.get()
             if message is None:
                 raise ConnectionError("the backing Postgres closed the connection")
+            yield message
             if message[0] == ord("Z"):
-                return message
-            session.to_client(message)
+                link.status = message[5]
+                return
     finally:
+        session.in_backend_sql = False
         link.stop_capture()
 
 
