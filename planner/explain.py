@@ -10,7 +10,7 @@ from pglast import ast
 from pglast.stream import RawStream
 
 from planner.calls import CallSite
-from planner.materialize import BATCH_ROWS, pending_inputs_sql
+from planner.materialize import BATCH_ROWS
 from planner.model_spec import ModelSpec
 
 
@@ -49,10 +49,6 @@ def _truthy(arg) -> bool:
         return True
     value = getattr(arg, "sval", None) or getattr(arg, "boolval", None) or getattr(arg, "ival", None)
     return str(value).lower() not in ("false", "off", "0")
-
-
-def count_sql(plan: SitePlan) -> str:
-    return pending_inputs_sql(plan.site, plan.spec)
 
 
 def text_plan(request: ExplainRequest, postgres_lines: list[str]) -> list[str]:

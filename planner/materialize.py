@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import numpy as np
 
+from inference.errors import InferenceLayerError
 from inference.model import ModelRef
 from inference.preprocess import apply_post_ops
 from planner.calls import CallSite
@@ -105,6 +106,8 @@ async def materialize_site(
                 f"could not collect the inputs of model {spec.name}: {exc}",
                 hint="model calls inside correlated subqueries are not supported yet",
             ) from None
+        except InferenceLayerError as exc:
+            raise PlanError("XX000", f"model {spec.name} failed: {exc}") from None
     runs, hits = work.runs, work.hits
     stopped = work.stopped
     if runs >= ANALYZE_AFTER_ROWS:  # fresh statistics keep the next input query's plan right

@@ -12,16 +12,16 @@ from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
-from inference.errors import InferenceLayerError, ModelLoadError, ModelNotFoundError
+from inference.errors import ModelLoadError, ModelNotFoundError
 from inference.signature import load_signature
 from planner.bound_params import bind_params
 from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
-from planner.explain import SitePlan, count_sql, json_plan, read_explain, text_plan
+from planner.explain import SitePlan, json_plan, read_explain, text_plan
 from planner.install import drop_sql, install_sql
 from planner.limit import plan_limit
-from planner.materialize import Databases, Materialized, materialize_site
+from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SessionPort
@@ -34,7 +34,6 @@ SYNTAX_ERROR = "42601"
 DUPLICATE_FUNCTION = "42723"
 UNDEFINED_FUNCTION = "42883"
 FEATURE_NOT_SUPPORTED = "0A000"
-INTERNAL_ERROR = "XX000"
 
 
 class Planner:
@@ -185,10 +184,7 @@ class Planner:
             return await self._limited(sql, limit, port, done, started)
         for site in sites:
             spec = self.catalog.get(site.model)
-            try:
-                await materialize_site(site, spec, self.dbs, self.inference, port, done)
-            except InferenceLayerError as exc:
-                raise PlanError(INTERNAL_ERROR, f"model {spec.name} failed: {exc}") from None
+            await materialize_site(site, spec, self.dbs, self.inference, port, done)
         await self._log(sql, done, started)
         await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
         return Forward()
@@ -235,7 +231,7 @@ class Planner:
             await self._log(sql, done, request.started)
         else:
             for plan in request.sites:
-                row = await self.db.fetchrow(count_sql(plan))
+                row = await self.db.fetchrow(pending_inputs_sql(plan.site, plan.spec))
                 plan.to_run, plan.cached = row[0], row[1]
         result = await port.run_sql(sql)
         if result.error is not None:
@@ -277,12 +273,9 @@ class Planner:
 
         stopped = found >= plan.rows
         if not stopped:
-            try:
-                stopped = await materialize_site(
-                    plan.site, plan.spec, self.dbs, self.inference, port, done, enough
-                )
-            except InferenceLayerError as exc:
-                raise PlanError(INTERNAL_ERROR, f"model {plan.spec.name} failed: {exc}") from None
+            stopped = await materialize_site(
+                plan.site, plan.spec, self.dbs, self.inference, port, done, enough
+            )
         done.model_calls.setdefault(plan.spec.name, 0)
         await self._log(sql, done, started)
         await self._record_costs([plan.spec] if done.model_calls[plan.spec.name] else [])

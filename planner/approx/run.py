@@ -31,7 +31,6 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-from inference.errors import InferenceLayerError
 from planner.approx.clause import ApproxClause, split_clause
 from planner.approx.flatten import flatten_views
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
@@ -228,10 +227,7 @@ class ApproxQuery:
 
     async def _materialize(self, site) -> None:
         spec = self.planner.catalog.get(site.model)
-        try:
-            await materialize_site(site, spec, self.planner.dbs, self.planner.inference, self.port, self.done)
-        except InferenceLayerError as exc:
-            raise PlanError(INTERNAL_ERROR, f"model {spec.name} failed: {exc}") from None
+        await materialize_site(site, spec, self.planner.dbs, self.planner.inference, self.port, self.done)
 
     async def _fetch(self, sql: str, *args, what: str) -> list:
         """Run on the admin pool with lenient reads (unmaterialized outputs read as NULL)."""
