@@ -68,7 +68,7 @@ class Planner:
         if not decision.executes_itself:
             from planner.approx.run import run_approximate
 
-            approximate = await run_approximate(self, sql, port, rewritable)
+            approximate = await run_approximate(self, sql, port, rewritable, params)
             if approximate is not None:
                 return approximate
         # --- end approximate queries

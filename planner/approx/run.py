@@ -31,7 +31,18 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
+from planner.approx import auto_proxy
 from planner.approx.clause import ApproxClause, split_clause
+from planner.approx.explain import (
+    aggregate_actuals,
+    bound_words,
+    explain_options,
+    limit_actuals,
+    plan_json,
+    plan_lines,
+    plan_tree,
+    selection_actuals,
+)
 from planner.approx.flatten import flatten_views
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
 from planner.calls import conjuncts, find_call_sites, mentions_model
@@ -47,39 +58,51 @@ INTERNAL_ERROR = "XX000"
 DEFAULT_BUDGET = 1000
 _NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean"}
 _AGGREGATES = {"count", "sum", "avg"}
+_INTEGRAL = {"pg_catalog.int2", "pg_catalog.int4", "pg_catalog.int8"}
 
 
-async def run_approximate(planner, sql: str, port: SessionPort, rewritable: bool) -> Outcome | None:
+async def run_approximate(
+    planner, sql: str, port: SessionPort, rewritable: bool, params: list | None = None
+) -> Outcome | None:
     """The outcome of a statement carrying an approximate clause, or (with no clause) of a SELECT
     calling a model while the session sets a target (``SET sieve.recall_target = 0.9``, ...);
-    None when the statement is not approximate."""
+    None when the statement is not approximate. ``params``: the bound values of an
+    extended-protocol execution; the answer is then SQL with those values in place."""
     body, clause = split_clause(sql)
     if clause is None:
-        return await _from_settings(planner, sql, port, rewritable)
-    if not rewritable:
-        raise PlanError(
-            FEATURE_NOT_SUPPORTED,
-            "approximate clauses are supported with the simple query protocol only",
-            hint="send the statement without bind parameters",
-        )
+        return await _from_settings(planner, sql, port, params)
     try:
         statements = [raw.stmt for raw in parse_sql(body)]
     except ParseError as exc:
         raise PlanError(SYNTAX_ERROR, f"{exc} (before the approximate clause)") from None
+    explain = None
+    if len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt):
+        explain = explain_options(statements[0])
+        statements = [statements[0].query]
     if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate clause applies to a single SELECT")
     settings = await read_settings(port)
-    stmt = statements[0]
+    stmt = _bound(statements[0], params)
     clause = _flatten(planner, stmt, settings.fill(clause))
     query = ApproxQuery(planner, sql, stmt, clause, port, settings)
+    if explain is not None:
+        return await query.explain(**explain)
     return await query.run()
 
 
-async def _from_settings(planner, sql: str, port: SessionPort, rewritable: bool) -> Outcome | None:
-    """Session targets apply to a single SELECT (simple protocol) whose WHERE calls a model: row
-    selections take sieve.recall_target / precision_target, COUNT/SUM/AVG sieve.error_target.
-    Anything else runs exactly."""
-    if not rewritable or not getattr(port, "uses_sieve_settings", True):
+def _bound(stmt: ast.SelectStmt, params: list | None) -> ast.SelectStmt:
+    if not params:
+        return stmt
+    from planner.bound_params import bind_params
+
+    return bind_params(stmt, params)
+
+
+async def _from_settings(planner, sql: str, port: SessionPort, params: list | None) -> Outcome | None:
+    """Session targets apply to a single SELECT whose WHERE calls a model: row selections take
+    sieve.recall_target / precision_target, COUNT/SUM/AVG sieve.error_target. Anything else runs
+    exactly."""
+    if not getattr(port, "uses_sieve_settings", True):
         return None  # no session targets can be set: skip the parse and the settings read
     try:
         statements = [raw.stmt for raw in parse_sql(sql)]
@@ -96,6 +119,7 @@ async def _from_settings(planner, sql: str, port: SessionPort, rewritable: bool)
     clause = settings.clause_for(aggregate=_has_aggregate(stmt))
     if clause is None:
         return None
+    stmt = _bound(stmt, params)
     clause = _flatten(planner, stmt, clause)
     models = planner.catalog.names
     if stmt.whereClause is None or not any(mentions_model(c, models) for c in conjuncts(stmt.whereClause)):
@@ -142,6 +166,8 @@ class ApproxQuery:
         self.done = Materialized()
         self.started = time.monotonic()
         self.models = planner.catalog.names
+        self.auto = None  # the automatic proxy, when the query names none
+        self.report: dict = {}  # what the operator did, for EXPLAIN ANALYZE
 
     # -- shape ----------------------------------------------------------------------------------
 
@@ -188,6 +214,33 @@ class ApproxQuery:
 
     async def run(self) -> Outcome:
         self._analyse()
+        kind = self._kind()
+        if kind == "aggregate":
+            return await self._aggregate()
+        return await (self._selection() if kind == "selection" else self._limit())
+
+    async def explain(self, analyze: bool, as_json: bool) -> Rows:
+        """EXPLAIN [ANALYZE]: ANALYZE runs the sampling (calls, NOTICE, query_log) but returns
+        the plan instead of rows."""
+        self._analyse()
+        kind = self._kind()
+        mode = _selection_mode(self.clause)[0] if kind == "selection" else kind
+        analyzed = None
+        if analyze:
+            await self.run()
+            if kind == "aggregate":
+                analyzed = aggregate_actuals(self.report["names"], self.report["results"], self.report)
+            elif kind == "limit":
+                analyzed = limit_actuals(self.report)
+            else:
+                analyzed = selection_actuals(self.report.get("result"), self.report, self.auto)
+        node = plan_tree(self, mode, analyzed)
+        if as_json:
+            return Rows(["QUERY PLAN"], [[plan_json(node)]], "EXPLAIN")
+        return Rows(["QUERY PLAN"], [[line] for line in plan_lines(node)], "EXPLAIN")
+
+    def _kind(self) -> str:
+        """ "selection", "limit" or "aggregate"; a clause that does not fit the query is an error."""
         if self.clause.selection and self.clause.error_target is not None:
             raise PlanError(
                 FEATURE_NOT_SUPPORTED,
@@ -200,10 +253,10 @@ class ApproxQuery:
                     FEATURE_NOT_SUPPORTED,
                     "RECALL/PRECISION TARGET select rows; use ERROR TARGET for aggregates",
                 )
-            return await self._selection()
+            return "selection"
         if self.clause.error_target is None:
             if self.stmt.limitCount is not None and not aggregate:
-                return await self._limit()
+                return "limit"
             raise PlanError(
                 FEATURE_NOT_SUPPORTED,
                 "this approximate clause names no target: add RECALL, PRECISION or ERROR TARGET "
@@ -211,7 +264,7 @@ class ApproxQuery:
             )
         if not aggregate:
             raise PlanError(FEATURE_NOT_SUPPORTED, "ERROR TARGET applies to COUNT/SUM/AVG queries")
-        return await self._aggregate()
+        return "aggregate"
 
     async def _rng(self) -> np.random.Generator:
         value = self.settings.seed
@@ -334,54 +387,54 @@ class ApproxQuery:
     # -- selection --------------------------------------------------------------------------------
 
     async def _selection(self) -> Outcome:
-        from sampling import select_cascade, select_precision_target, select_recall_target
-
+        keys, result = await self._select()
+        selected = [keys[int(i)] for i in result.indices] if result is not None else []
         clause = self.clause
-        if clause.proxy is None:
-            raise PlanError(
-                FEATURE_NOT_SUPPORTED,
-                "RECALL/PRECISION TARGET queries need USING PROXY <expression> (automatic proxies are "
-                "not available in SQL yet)",
-                hint="append USING PROXY <expression>, or SET sieve.proxy = '<expression>'",
-            )
-        rows, scores = await self._proxy_scores([])
-        keys = [r[0] for r in rows]
         budget = self._budget()
-        rng = await self._rng()
-        cache: dict[int, bool] = {}
-        oracle, state = self._oracle(keys, cache)
-        if not keys:
-            selected, result = [], None
-        else:
-            common = {"budget": budget, "rng": rng, "confidence": clause.confidence}
-            if clause.recall_target is not None and clause.precision_target is not None:
-                fn, kw = (
-                    select_cascade,
-                    {
-                        "recall_target": clause.recall_target,
-                        "precision_target": clause.precision_target,
-                    },
-                )
-            elif clause.recall_target is not None:
-                fn, kw = select_recall_target, {"target": clause.recall_target}
-            else:
-                fn, kw = select_precision_target, {"target": clause.precision_target}
-            result = await self._in_thread(state, fn, scores, oracle, **kw, **common)
-            selected = [keys[int(i)] for i in result.indices]
         calls = self.done.model_calls.get(self.spec.name, 0)
         mode, target = _selection_mode(clause)
         bound = _selection_bound(result, mode)
-        self.port.notice(_selection_notice(clause, result, len(keys), budget, calls))
+        self.port.notice(_selection_notice(clause, result, len(keys), budget, calls, self.auto))
         estimate = None
         if result is not None:
             estimate = result.estimates.get("recall" if mode != "precision" else "precision")
         await self._log(mode, target, estimate, bound, None)
+        self.report = {"result": result, "candidates": len(keys), "calls": calls}
         if result is not None and (not result.target_met or result.budget_hint):
             self._strict(f"BUDGET {budget} is too small for the {mode} target", result.budget_hint)
         guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
         level = self.stmt
         level.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
         return Forward(sql=RawStream()(self.stmt), settings={"sieve.lenient": "on"})
+
+    async def _select(self):
+        """Run the selection operator: (candidate keys, SelectionResult or None when no rows)."""
+        from sampling import select_cascade, select_precision_target, select_recall_target
+
+        clause = self.clause
+        features = await auto_proxy.feature_columns(self) if clause.proxy is None else None
+        rows, scores = await self._proxy_scores(features.sql if features else [])
+        keys = [r[0] for r in rows]
+        budget = self._budget()
+        rng = await self._rng()
+        cache: dict[int, bool] = {}
+        oracle, state = self._oracle(keys, cache)
+        if not keys:
+            return keys, None
+        if features is not None:
+            self.auto, oracle = await self._in_thread(
+                state, auto_proxy.train, features, rows, oracle, budget=budget, rng=rng
+            )
+            scores = self.auto.proxy.scores
+        common = {"budget": budget, "rng": rng, "confidence": clause.confidence, "bound": self.settings.bound}
+        if clause.recall_target is not None and clause.precision_target is not None:
+            fn = select_cascade
+            kw = {"recall_target": clause.recall_target, "precision_target": clause.precision_target}
+        elif clause.recall_target is not None:
+            fn, kw = select_recall_target, {"target": clause.recall_target}
+        else:
+            fn, kw = select_precision_target, {"target": clause.precision_target}
+        return keys, await self._in_thread(state, fn, scores, oracle, **kw, **common)
 
     def _strict(self, message: str, detail: str | None) -> None:
         """Under SET sieve.strict = on, a target the budget cannot meet is an error (the NOTICE
@@ -431,6 +484,7 @@ class ApproxQuery:
             selected = [keys[int(i)] for i in result.indices]
         calls = self.done.model_calls.get(self.spec.name, 0)
         self.port.notice(_limit_notice(self.clause, result, k, len(keys), calls))
+        self.report = {"candidates": len(keys), "calls": calls, "limit": result}
         await self._log("limit", None, float(len(selected)), None, None, confidence=None)
         if result is not None and result.budget_hint:
             self._strict(f"BUDGET {budget} ran out before LIMIT {k} rows were found", result.budget_hint)
@@ -518,21 +572,24 @@ class ApproxQuery:
             kwargs["value_bounds"] = (min(float(lvals.min()), 0.0), max(float(lvals.max()), 0.0))
         return await self._in_thread(state, estimate_aggregate, local.size, local_oracle, **kwargs)
 
-    async def _aggregate_rows(self, outputs, aggs, results, budget) -> Rows:
+    async def _aggregate_rows(self, outputs, aggs, results, budget) -> Forward:
+        """The estimates as SQL for Postgres to return, typed as the query without its clause
+        would be (so binary results and client type mapping match an exact answer)."""
         bounds = self.settings.bounds
         keys: list = [None]
         if any(o[1] == "group" for o in outputs) or self.stmt.groupClause:
             keys = sorted({k for r in results if r is not None for k in r.groups})
-        columns = []
-        for name, kind, _ in outputs:
-            columns.append(name)
+        types = await self._output_types()
+        columns: list[tuple[str, str]] = []  # (name, SQL type)
+        for (name, kind, _), type_name in zip(outputs, types, strict=True):
+            columns.append((name, type_name))
             if bounds and kind in _AGGREGATES:
-                columns += [f"{name}_ci_low", f"{name}_ci_high"]
+                columns += [(f"{name}_ci_low", "float8"), (f"{name}_ci_high", "float8")]
         table = []
         for key in keys:
             line: list[str | None] = []
             j = 0
-            for _, kind, _ in outputs:
+            for (_, kind, _), type_name in zip(outputs, types, strict=True):
                 if kind == "group":
                     line.append(None if key == "\\N" else key)
                     continue
@@ -543,7 +600,9 @@ class ApproxQuery:
                     cells = [0.0, 0.0, 0.0] if kind != "avg" else [None, None, None]
                 else:
                     cells = [est.estimate, est.ci_low, est.ci_high]
-                line += [_num(c) for c in (cells if bounds else cells[:1])]
+                line.append(_num(cells[0], integral=type_name in _INTEGRAL))
+                if bounds:
+                    line += [_num(c) for c in cells[1:]]
             table.append(line)
         calls = self.done.model_calls.get(self.spec.name, 0)
         first = results[0] if results else None
@@ -556,6 +615,7 @@ class ApproxQuery:
             first.ci_low if first is not None else None,
             first.ci_high if first is not None else None,
         )
+        self.report = {"names": [a[0] for a in aggs], "results": results, "calls": calls}
         missed = [r for r in results if r is not None and not r.target_met]
         if missed:
             needed = max((r.budget_needed or 0) for r in missed)
@@ -563,7 +623,16 @@ class ApproxQuery:
                 f"BUDGET {budget} is too small for ERROR TARGET {_pct(self.clause.error_target)}",
                 f"a budget of about {needed} would meet it" if needed else None,
             )
-        return Rows(columns, table, f"SELECT {len(table)}")
+        return Forward(sql=_values_sql(columns, table))
+
+    async def _output_types(self) -> list[str]:
+        """Postgres's result types of the statement without its clause (a prepare, no run)."""
+        try:
+            async with self.planner.db.acquire() as conn:
+                stmt = await conn.prepare(RawStream()(self.stmt))
+                return [_type_sql(a.type) for a in stmt.get_attributes()]
+        except asyncpg.PostgresError as exc:
+            raise PlanError(getattr(exc, "sqlstate", None) or INTERNAL_ERROR, str(exc)) from None
 
     # -- reporting --------------------------------------------------------------------------------
 
@@ -690,7 +759,9 @@ def _selection_bound(result, mode: str) -> float | None:
     return result.achieved_bound.get(key)
 
 
-def _selection_notice(clause: ApproxClause, result, candidates: int, budget: int, calls: int) -> str:
+def _selection_notice(
+    clause: ApproxClause, result, candidates: int, budget: int, calls: int, auto=None
+) -> str:
     targets = []
     if clause.recall_target is not None:
         targets.append(f"recall target {_pct(clause.recall_target)}")
@@ -706,6 +777,9 @@ def _selection_notice(clause: ApproxClause, result, candidates: int, budget: int
     achieved = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in result.achieved_bound.items())
     if achieved:
         text += f"; certified {achieved}"
+    text += f"; {bound_words(result.bound, result.finite_sample)}"
+    if auto is not None:
+        text += f"; {auto.describe()}"
     if not result.target_met:
         text += "; TARGET NOT MET"
     if result.budget_hint:
@@ -738,10 +812,33 @@ def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
-def _num(value) -> str | None:
+def _num(value, integral: bool = False) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return repr(float(value))
+    return str(round(float(value))) if integral else repr(float(value))
+
+
+def _type_sql(pg_type) -> str:
+    return f"{_ident(pg_type.schema)}.{_ident(pg_type.name)}"
+
+
+def _values_sql(columns: list[tuple[str, str]], table: list[list[str | None]]) -> str:
+    """``SELECT`` of literal rows with the given column names and types (no rows: WHERE false)."""
+
+    def select(line: list[str | None]) -> str:
+        cells = []
+        for (name, type_name), value in zip(columns, line, strict=True):
+            literal = "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+            cells.append(f"CAST({literal} AS {type_name}) AS {_quote(name)}")
+        return "SELECT " + ", ".join(cells)
+
+    if not table:
+        return select([None] * len(columns)) + " WHERE false"
+    return " UNION ALL ".join(select(line) for line in table)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _finite(value) -> float | None:

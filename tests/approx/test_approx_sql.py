@@ -59,7 +59,7 @@ def test_bad_input_is_a_clear_error_and_the_session_stays_usable(approx_world):
 
 
 def test_recall_target_meets_recall_within_budget_over_seeded_runs(approx_world):
-    """1,797 rows, 178 sevens: at budget 1200 the finite-sample bound certifies a proxy threshold."""
+    """1,797 rows, 178 sevens: at budget 1200 the bound certifies a proxy threshold."""
     truth = set(_truth(approx_world).tolist())
     budget = 1200
     recalls, sizes = [], []
@@ -85,10 +85,12 @@ def test_recall_target_meets_recall_within_budget_over_seeded_runs(approx_world)
 
 
 def test_a_budget_too_small_returns_every_row_and_says_what_budget_would_do(approx_world):
+    """With the finite-sample bound (sieve.bound = betting) 300 draws certify no threshold."""
     notices: list[str] = []
     with approx_world.connect() as conn:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         conn.execute("set sieve.seed = 9")
+        conn.execute("set sieve.bound = 'betting'")
         rows = conn.execute(RT.format(budget=300)).fetchall()
         assert _last_log(conn)[6].get("digit_oracle", 0) <= 300
     assert len(rows) > len(_truth(approx_world))
@@ -145,10 +147,11 @@ def test_count_error_target_interval_covers_the_exact_count(approx_world):
         ).fetchall()
         conn.execute("reset sieve.bounds")
         mode, target, _, estimate, ci_low, ci_high, calls = _last_log(conn)
-    (count, low, high) = (float(v) for v in rows[0])
+    (count, low, high) = rows[0]
+    assert isinstance(count, int) and isinstance(low, float)  # COUNT(*) is bigint, as exactly
     assert mode == "approx_count" and target == pytest.approx(0.1)
     assert low <= truth.size <= high, (low, truth.size, high)
-    assert (estimate, ci_low, ci_high) == pytest.approx((count, low, high))
+    assert (round(estimate), ci_low, ci_high) == (count, pytest.approx(low), pytest.approx(high))
     assert calls.get("digit_oracle", 0) <= 600
 
 
@@ -162,43 +165,7 @@ def test_grouped_avg_returns_one_row_per_group(approx_world):
         exact = dict(
             conn.execute("select label, avg(score) from digits where label < 3 group by label").fetchall()
         )
-    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [r[0] for r in rows] == [0, 1, 2]  # typed as the exact query would be
     for label, avg in rows:
-        assert float(avg) == pytest.approx(exact[int(label)], rel=0.3)
+        assert float(avg) == pytest.approx(exact[label], rel=0.3)
 
-
-def test_over_the_extended_protocol_a_clear_error_not_a_syntax_error(approx_world):
-    """psycopg prepares a statement run 5 times; Postgres never sees the clause (it cannot parse
-    it): SieveDB answers with 0A000 and a hint, and the session goes on."""
-    sql = (
-        "select id from digits where digit_oracle(pixels) = 7 "
-        "recall target 90% budget 1200 using proxy digit_proxy_p7(pixels)"
-    )
-    with approx_world.connect() as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
-            conn.execute(sql, prepare=True)
-        assert "simple query" in (caught.value.diag.message_hint or "") + str(caught.value)
-        assert conn.execute("select 1").fetchone() == (1,)
-
-
-def test_asyncpg_prepare_of_a_clause_fails_fast_instead_of_hanging(approx_world):
-    import asyncio
-
-    import asyncpg
-
-    async def scenario() -> None:
-        conn = await asyncpg.connect(approx_world.server.dsn())
-        try:
-            with pytest.raises(asyncpg.FeatureNotSupportedError):
-                await asyncio.wait_for(
-                    conn.fetch(
-                        "select id from digits where digit_oracle(pixels) = 7 "
-                        "recall target 90% budget 1200 using proxy digit_proxy_p7(pixels)"
-                    ),
-                    timeout=20,
-                )
-            assert await conn.fetchval("select 2") == 2
-        finally:
-            await conn.close()
-
-    asyncio.run(scenario())

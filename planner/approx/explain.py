@@ -1,0 +1,170 @@
+"""EXPLAIN [ANALYZE] of an approximate query: the operator, its budget split and bound, and (with
+ANALYZE, which runs the sampling but returns no rows) the thresholds, calls and certified levels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from pglast import ast
+
+_BOUNDS = {
+    "betting": "betting confidence sequence (finite-sample, any data)",
+    "bernstein": "empirical Bernstein with the known range (finite-sample, any data)",
+    "hoeffding": "Hoeffding (finite-sample, any data)",
+    "empirical": "empirical Bernstein with the range read off the sample (not finite-sample)",
+    "normal": "normal approximation, SUPG's CLT bound (asymptotic)",
+}
+_OPERATORS = {
+    "recall": "SUPG importance-sampling recall target (sqrt-proxy weights, defensive mixing)",
+    "precision": "SUPG importance-sampling precision target (two-stage search)",
+    "cascade": "cascade: proxy accepts above tau+, rejects below tau-, oracle decides the band",
+    "limit": "proxy-ordered LIMIT search (returns oracle-verified rows only)",
+    "aggregate": "sampled aggregation: proxy-stratified with ABAE allocation, uniform without a proxy",
+}
+
+
+def explain_options(stmt: ast.ExplainStmt) -> dict[str, bool]:
+    options = {o.defname.lower(): o.arg for o in stmt.options or ()}
+    fmt = options.get("format")
+    return {
+        "analyze": "analyze" in options and _truthy(options["analyze"]),
+        "as_json": fmt is not None and getattr(fmt, "sval", "").lower() == "json",
+    }
+
+
+def _truthy(arg) -> bool:
+    if arg is None:
+        return True
+    value = getattr(arg, "sval", None) or getattr(arg, "boolval", None) or getattr(arg, "ival", None)
+    return str(value).lower() not in ("false", "off", "0")
+
+
+def bound_words(bound: str, finite: bool) -> str:
+    words = _BOUNDS.get(bound, bound)
+    return f"bound: {bound}" + ("" if finite else " (asymptotic)") if words == bound else f"bound: {words}"
+
+
+def plan_tree(query, mode: str, analyzed: dict | None) -> dict:
+    """The plan as nested data (the JSON format); :func:`plan_lines` prints it."""
+    clause = query.clause
+    budget = query._budget() if mode != "limit" else clause.budget
+    node: dict = {
+        "Node Type": "SieveDB Approximate " + ("Aggregate" if mode == "aggregate" else "Selection"),
+        "Operator": _OPERATORS[mode],
+        "Oracle": f"{query.predicate}  (model {query.spec.name} v{query.spec.version})",
+        "Candidates": f"FROM {query.from_sql} WHERE {query._where()}",
+        "Targets": _targets(clause),
+        "Confidence": clause.confidence,
+        "Budget": budget,
+        "Bound": _BOUNDS.get(query.settings.bound, query.settings.bound),
+    }
+    if clause.proxy is not None:
+        node["Proxy"] = clause.proxy
+    elif mode in ("recall", "precision", "cascade"):
+        share = int(round(0.2 * budget))
+        node["Proxy"] = "automatic: logistic regression on the tables' numeric, array and text columns"
+        node["Budget Split"] = {"proxy training (uniform sample)": share, "operator": budget - share}
+    else:
+        node["Proxy"] = "none (uniform sampling)" if mode == "aggregate" else "none (random order)"
+    if analyzed:
+        node.update(analyzed)
+    return node
+
+
+def _targets(clause) -> dict[str, float]:
+    targets = {
+        "recall": clause.recall_target,
+        "precision": clause.precision_target,
+        "relative error": clause.error_target,
+    }
+    return {k: v for k, v in targets.items() if v is not None}
+
+
+def selection_actuals(result, report: dict, auto) -> dict:
+    out: dict = {
+        "Candidate Rows": report.get("candidates", 0),
+        "Model Calls": report.get("calls", 0),
+    }
+    if result is None:
+        return out
+    out.update(
+        {
+            "Oracle Rows Labelled": result.oracle_calls,
+            "Rows Returned": result.size,
+            "Thresholds": {k: _clean(v) for k, v in result.thresholds.items()},
+            "Delta Split": result.delta_split,
+            "Certified": result.achieved_bound,
+            "Estimates": {k: _clean(v) for k, v in result.estimates.items()},
+            "Target Met": result.target_met,
+        }
+    )
+    if auto is not None:
+        out["Automatic Proxy"] = auto.describe()
+    if result.budget_hint:
+        out["Budget Hint"] = result.budget_hint
+    return out
+
+
+def aggregate_actuals(names: list[str], results: list, report: dict) -> dict:
+    out: dict = {"Candidate Rows": report.get("candidates", 0), "Model Calls": report.get("calls", 0)}
+    for name, result in zip(names, results, strict=True):
+        if result is None:
+            continue
+        out[f"Aggregate {name}"] = {
+            "Design": result.design,
+            "Oracle Rows Labelled": result.oracle_calls,
+            "Rounds": result.rounds,
+            "Delta Split": result.delta_split,
+            "Estimate": _clean(result.estimate),
+            "Interval": [_clean(result.ci_low), _clean(result.ci_high)],
+            "Groups": len(result.groups),
+            "Target Met": result.target_met,
+        }
+    return out
+
+
+def plan_lines(node: dict) -> list[str]:
+    lines = [f"{node['Node Type']}  ({node['Operator']})"]
+    for key, value in node.items():
+        if key in ("Node Type", "Operator"):
+            continue
+        lines += _lines(key, value, "  ")
+    return lines
+
+
+def plan_json(node: dict) -> str:
+    return json.dumps([{"Plan": node}], indent=2, default=str)
+
+
+def _lines(key: str, value, indent: str) -> list[str]:
+    if isinstance(value, dict):
+        out = [f"{indent}{key}:"]
+        for k, v in value.items():
+            out += _lines(k, v, indent + "  ")
+        return out
+    if isinstance(value, float):
+        value = f"{value:.6g}"
+    return [f"{indent}{key}: {value}"]
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def limit_actuals(report: dict) -> dict:
+    out: dict = {"Candidate Rows": report.get("candidates", 0), "Model Calls": report.get("calls", 0)}
+    result = report.get("limit")
+    if result is not None:
+        out.update(
+            {
+                "Oracle Rows Labelled": result.oracle_calls,
+                "Rows Found": result.found,
+                "Every Candidate Checked": result.exhausted,
+            }
+        )
+        if result.budget_hint:
+            out["Budget Hint"] = result.budget_hint
+    return out

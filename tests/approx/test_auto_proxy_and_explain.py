@@ -1,0 +1,73 @@
+"""Approximate queries without USING PROXY (an automatic proxy), and EXPLAIN of approximate queries."""
+
+from __future__ import annotations
+
+import json
+
+from tests.approx.test_approx_sql import _last_log, _truth
+
+AUTO_RT = (
+    "SELECT id FROM digits WHERE digit_oracle(pixels) = 7 RECALL TARGET 90% CONFIDENCE 95% BUDGET 600"
+)
+
+
+def test_a_selection_without_a_proxy_trains_one_within_the_budget(approx_world):
+    truth = set(_truth(approx_world).tolist())
+    notices: list[str] = []
+    recalls, sizes = [], []
+    with approx_world.connect() as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        for seed in range(3):
+            conn.execute(f"set sieve.seed = {seed}")
+            notices.clear()
+            rows = {r[0] for r in conn.execute(AUTO_RT).fetchall()}
+            calls = _last_log(conn)[6]
+            assert calls.get("digit_oracle", 0) <= 600, calls  # training labels count too
+            recalls.append(len(rows & truth) / len(truth))
+            sizes.append(len(rows))
+            note = next(n for n in notices if "recall target 90%" in n)
+            assert "automatic proxy: logistic regression" in note and "trained on 120" in note, note
+    # each run meets 90% with probability >= 95%: three runs, allow one miss, none far below
+    assert sum(r >= 0.9 for r in recalls) >= 2 and min(recalls) >= 0.8, recalls
+    # the pixels predict a 7 well: far fewer rows than the table (1,797) come back
+    assert max(sizes) < 900, sizes
+
+
+def test_explain_shows_the_operator_budget_split_and_bound_without_running(approx_world):
+    with approx_world.connect() as conn:
+        before = conn.execute("select count(*) from sieve.query_log").fetchone()[0]
+        plan = [r[0] for r in conn.execute("EXPLAIN " + AUTO_RT).fetchall()]
+        after = conn.execute("select count(*) from sieve.query_log").fetchone()[0]
+    text = "\n".join(plan)
+    assert plan[0].startswith("SieveDB Approximate Selection  (SUPG importance-sampling recall target")
+    assert "Budget: 600" in text and "proxy training (uniform sample): 120" in text and "operator: 480" in text
+    assert "Bound: empirical Bernstein" in text
+    assert "digit_oracle(pixels) = 7" in text
+    assert after == before  # nothing ran
+
+
+def test_explain_analyze_runs_the_sampling_and_reports_thresholds(approx_world):
+    with approx_world.connect() as conn:
+        conn.execute("set sieve.seed = 3")
+        (doc,) = conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM digits WHERE digit_oracle(pixels) = 7 "
+            "RECALL TARGET 90% BUDGET 1000 USING PROXY digit_proxy_p7(pixels)"
+        ).fetchone()
+        mode, target, *_ = _last_log(conn)
+        plan = json.loads(doc)[0]["Plan"]
+        assert (mode, target) == ("recall", 0.9)
+        assert plan["Proxy"] == "digit_proxy_p7(pixels)"
+        assert 0 < plan["Oracle Rows Labelled"] <= 1000
+        assert 0.0 <= plan["Thresholds"]["tau"] <= 1.0
+        assert plan["Certified"]["recall_lower_bound"] >= 0.9
+        assert plan["Candidate Rows"] == 1797
+        agg = [
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN ANALYZE SELECT count(*) FROM digits WHERE digit_oracle(pixels) = 7 "
+                "ERROR TARGET 10% BUDGET 600 USING PROXY digit_proxy_p7(pixels)"
+            ).fetchall()
+        ]
+    assert agg[0].startswith("SieveDB Approximate Aggregate")
+    assert any(line.strip().startswith("Aggregate count:") for line in agg)
+    assert any("Interval:" in line for line in agg)
