@@ -86,6 +86,9 @@ def selection_actuals(result, report: dict, auto) -> dict:
         "Candidate Rows": report.get("candidates", 0),
         "Model Calls": report.get("calls", 0),
     }
+    if report.get("known"):
+        rows, positives = report["known"]
+        out["Cached Labels"] = f"{rows} candidate rows ({positives} positive) answered from the model cache"
     if result is None:
         return out
     out.update(

@@ -167,6 +167,7 @@ class ApproxQuery:
         self.started = time.monotonic()
         self.models = planner.catalog.names
         self.auto = None  # the automatic proxy, when the query names none
+        self.known: tuple[int, int] | None = None  # (cached candidate rows, positives among them)
         self.report: dict = {}  # what the operator did, for EXPLAIN ANALYZE
 
     # -- shape ----------------------------------------------------------------------------------
@@ -387,19 +388,21 @@ class ApproxQuery:
     # -- selection --------------------------------------------------------------------------------
 
     async def _selection(self) -> Outcome:
-        keys, result = await self._select()
-        selected = [keys[int(i)] for i in result.indices] if result is not None else []
+        keys, selected, result = await self._select()
         clause = self.clause
         budget = self._budget()
         calls = self.done.model_calls.get(self.spec.name, 0)
         mode, target = _selection_mode(clause)
-        bound = _selection_bound(result, mode)
-        self.port.notice(_selection_notice(clause, result, len(keys), budget, calls, self.auto))
+        bound = _selection_bound(result, mode) if result is not None else (1.0 if keys else None)
+        notice = _selection_notice(clause, result, len(keys), budget, calls, self.auto, len(selected))
+        if self.known:
+            notice += f"; {_known_words(self.known, result is None)}"
+        self.port.notice(notice)
         estimate = None
         if result is not None:
             estimate = result.estimates.get("recall" if mode != "precision" else "precision")
         await self._log(mode, target, estimate, bound, None)
-        self.report = {"result": result, "candidates": len(keys), "calls": calls}
+        self.report = {"result": result, "candidates": len(keys), "calls": calls, "known": self.known}
         if result is not None and (not result.target_met or result.budget_hint):
             self._strict(f"BUDGET {budget} is too small for the {mode} target", result.budget_hint)
         guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
@@ -407,20 +410,36 @@ class ApproxQuery:
         level.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
         return Forward(sql=RawStream()(self.stmt), settings={"sieve.lenient": "on"})
 
-    async def _select(self):
-        """Run the selection operator: (candidate keys, SelectionResult or None when no rows)."""
+    async def _select(self) -> tuple[list[str], list[str], object]:
+        """Run the selection operator: (candidate keys, selected keys, SelectionResult or None
+        when no row needed sampling).
+
+        Candidates whose oracle output is already in the model cache are a stratum known
+        exactly: its positives are returned and the operator samples only the other rows, with
+        the whole budget. A target met on the sampled rows holds for the union (adding exactly
+        known positives can only raise recall, and verified rows cannot lower precision below
+        the target), and which rows are cached is fixed before this query draws anything."""
         from sampling import select_cascade, select_precision_target, select_recall_target
 
         clause = self.clause
         features = await auto_proxy.feature_columns(self) if clause.proxy is None else None
         rows, scores = await self._proxy_scores(features.sql if features else [])
         keys = [r[0] for r in rows]
+        # A seeded run must not depend on what earlier queries cached: it reproduces exactly
+        # (cached outputs are still read, not recomputed, when its sample reaches them).
+        known = await self._cached_labels(keys) if self.settings.seed in (None, "") else {}
+        self.known = (len(known), sum(known.values())) if known else None
+        rest = [i for i, k in enumerate(keys) if k not in known] if known else list(range(len(keys)))
+        selected = [k for k, positive in known.items() if positive]
+        if not rest:
+            return keys, selected, None
+        if known:
+            rows = [rows[i] for i in rest]
+            scores = scores[rest] if scores is not None else None
+        sample_keys = [r[0] for r in rows]
         budget = self._budget()
         rng = await self._rng()
-        cache: dict[int, bool] = {}
-        oracle, state = self._oracle(keys, cache)
-        if not keys:
-            return keys, None
+        oracle, state = self._oracle(sample_keys, {})
         if features is not None:
             self.auto, oracle = await self._in_thread(
                 state, auto_proxy.train, features, rows, oracle, budget=budget, rng=rng
@@ -434,7 +453,27 @@ class ApproxQuery:
             fn, kw = select_recall_target, {"target": clause.recall_target}
         else:
             fn, kw = select_precision_target, {"target": clause.precision_target}
-        return keys, await self._in_thread(state, fn, scores, oracle, **kw, **common)
+        result = await self._in_thread(state, fn, scores, oracle, **kw, **common)
+        selected += [sample_keys[int(i)] for i in result.indices]
+        return keys, selected, result
+
+    async def _cached_labels(self, keys: list[str]) -> dict[str, bool]:
+        """Predicate values of the candidate rows whose oracle output is cached (free labels).
+        An empty cache costs one probe; otherwise one lenient read of the candidates."""
+        if not keys or await self.planner.db.fetchval(
+            f"SELECT NOT EXISTS (SELECT 1 FROM {self.spec.cache_table})"
+        ):
+            return {}
+        call = f"{self.site.model}({', '.join(self.site.args)})"
+        rows = await self._fetch(
+            f"SELECT {self.key_sql}, coalesce(({self.predicate})::bool, false) FROM {self.from_sql} "
+            f"WHERE {self._where(f'({call}) IS NOT NULL')}",
+            what="reading cached oracle outputs",
+        )
+        known: dict[str, bool] = {}
+        for key, value in rows:
+            known[key] = known.get(key, False) or bool(value)
+        return known
 
     def _strict(self, message: str, detail: str | None) -> None:
         """Under SET sieve.strict = on, a target the budget cannot meet is an error (the NOTICE
@@ -744,6 +783,12 @@ def _limit_notice(clause: ApproxClause, result, k: int, candidates: int, calls: 
     return text
 
 
+def _known_words(known: tuple[int, int], everything: bool) -> str:
+    rows, positives = known
+    text = f"{rows} candidate rows had cached oracle outputs ({positives} positive), used as free labels"
+    return text + ("; every candidate was cached: the answer is exact" if everything else "")
+
+
 def _selection_mode(clause: ApproxClause) -> tuple[str, float]:
     if clause.recall_target is not None and clause.precision_target is not None:
         return "cascade", clause.recall_target
@@ -760,7 +805,7 @@ def _selection_bound(result, mode: str) -> float | None:
 
 
 def _selection_notice(
-    clause: ApproxClause, result, candidates: int, budget: int, calls: int, auto=None
+    clause: ApproxClause, result, candidates: int, budget: int, calls: int, auto=None, returned=None
 ) -> str:
     targets = []
     if clause.recall_target is not None:
@@ -769,9 +814,14 @@ def _selection_notice(
         targets.append(f"precision target {_pct(clause.precision_target)}")
     head = f"approximate selection: {' and '.join(targets)} at confidence {_pct(clause.confidence)}"
     if result is None:
-        return f"{head}: no candidate rows, 0 oracle calls"
+        return (
+            f"{head}: "
+            + (f"{candidates} candidate rows" if candidates else "no candidate rows")
+            + (", 0 oracle calls")
+        )
     text = (
-        f"{head}: {result.size} of {candidates} rows returned; {result.oracle_calls} oracle rows labelled "
+        f"{head}: {result.size if returned is None else returned} of {candidates} rows returned; "
+        f"{result.oracle_calls} oracle rows labelled "
         f"({calls} model calls) of budget {budget}"
     )
     achieved = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in result.achieved_bound.items())

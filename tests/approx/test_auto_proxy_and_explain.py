@@ -6,9 +6,7 @@ import json
 
 from tests.approx.test_approx_sql import _last_log, _truth
 
-AUTO_RT = (
-    "SELECT id FROM digits WHERE digit_oracle(pixels) = 7 RECALL TARGET 90% CONFIDENCE 95% BUDGET 600"
-)
+AUTO_RT = "SELECT id FROM digits WHERE digit_oracle(pixels) = 7 RECALL TARGET 90% CONFIDENCE 95% BUDGET 600"
 
 
 def test_a_selection_without_a_proxy_trains_one_within_the_budget(approx_world):
@@ -72,3 +70,37 @@ def test_explain_analyze_runs_the_sampling_and_reports_thresholds(approx_world):
     assert agg[0].startswith("SieveDB Approximate Aggregate")
     assert any(line.strip().startswith("Aggregate count:") for line in agg)
     assert any("Interval:" in line for line in agg)
+
+
+def test_cached_oracle_outputs_are_free_labels_in_an_unseeded_run(approx_world):
+    """Rows whose oracle output is cached form an exactly known stratum: their positives come
+    back verified and the budget goes to the other rows. A seeded run ignores them (it must
+    reproduce whatever the cache holds)."""
+    truth = set(_truth(approx_world).tolist())
+    sql = (
+        "SELECT id FROM digits WHERE digit_oracle(pixels) = 7 AND id >= 1000 "
+        "RECALL TARGET 90% BUDGET 300 USING PROXY digit_proxy_p7(pixels)"
+    )
+    notices: list[str] = []
+    with approx_world.connect() as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        conn.execute("reset sieve.seed")
+        conn.execute("SELECT sieve.clear_cache('digit_oracle')")
+        # an exact query caches the oracle's output for ids 1000..1499
+        conn.execute(
+            "SELECT count(*) FROM digits WHERE id BETWEEN 1000 AND 1499 AND digit_oracle(pixels) = 7"
+        )
+        notices.clear()
+        rows = {r[0] for r in conn.execute(sql).fetchall()}
+        note = next(n for n in notices if "recall target 90%" in n)
+        calls = _last_log(conn)[6].get("digit_oracle", 0)
+        cached_positives = {i for i in truth if 1000 <= i < 1500}
+        assert cached_positives <= rows  # verified from the cache
+        assert "used as free labels" in note and "500 candidate rows had cached" in note, note
+        assert calls <= 300
+        wanted = {i for i in truth if i >= 1000}
+        assert len(rows & wanted) / len(wanted) >= 0.8
+        conn.execute("set sieve.seed = 4")
+        notices.clear()
+        conn.execute(sql).fetchall()
+        assert not any("free labels" in n for n in notices), notices
