@@ -168,4 +168,3 @@ def test_grouped_avg_returns_one_row_per_group(approx_world):
     assert [r[0] for r in rows] == [0, 1, 2]  # typed as the exact query would be
     for label, avg in rows:
         assert float(avg) == pytest.approx(exact[label], rel=0.3)
-
