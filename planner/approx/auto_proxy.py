@@ -24,7 +24,12 @@ MAX_ARRAY = 1024  # array elements used as features, per column
 TEXT_BUCKETS = 256  # hashed word-count features, per text column
 MAX_COLUMNS = 64
 _SCALAR = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool", "oid"}
-_ARRAY = {"_int2", "_int4", "_int8", "_float4", "_float8", "_numeric"}
+# asyncpg names array types "float4[]"; pg_type's own name is "_float4"
+_ARRAY = {
+    f"{p}{t}{s}"
+    for t in ("int2", "int4", "int8", "float4", "float8", "numeric")
+    for p, s in (("_", ""), ("", "[]"))
+}
 _TEXT = {"text", "varchar", "bpchar", "name"}
 _WORD = re.compile(r"[a-z0-9']+")
 
