@@ -21,10 +21,11 @@ from .importance import RankedProxy, rank_proxy
 from .limit_search import limit_search
 from .oracle import BudgetedOracle, BudgetExceededError
 from .precision import select_precision_target
-from .recall import select_recall_target
+from .recall import DEFAULT_MIX, select_recall_target
 from .results import AggregateResult, AutoProxy, GroupEstimate, LimitResult, SelectionResult
 
 __all__ = [
+    "DEFAULT_MIX",
     "FINITE_SAMPLE_METHODS",
     "METHODS",
     "AggregateResult",

@@ -14,17 +14,24 @@ Both use one importance sample (``sample_fraction`` of the budget, take-all head
 mixed with uniform); the rest of the budget labels the band. Band labels are exact, so they
 cost no δ. When the band does not fit in the budget, the operator labels the band's best rows,
 returns ``target_met=False`` and says how many labels the band needs.
+
+Bounds: both thresholds come from importance-weighted bounded means, so the choice of bound
+matters as in the recall-target operator: the finite-sample ones pay for the worst-case weight
+1/mix (and at small budgets certify only a reject threshold at the bottom of the table, a band
+too large to label); ``"empirical"`` and ``"normal"`` use the range and spread the sample shows
+and give an approximate guarantee (``finite_sample=False``). ``mix=None`` takes the bound's
+default (:data:`sampling.recall.DEFAULT_MIX`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .bounds import FINITE_SAMPLE_METHODS, check_method, mean_at_most
+from .bounds import FINITE_SAMPLE_METHODS, mean_at_most
 from .importance import RankedProxy, SuffixDesign, as_ranked, take_all_head
 from .oracle import BudgetedOracle, Oracle, as_budgeted
 from .precision import fallback_level
-from .recall import recall_threshold
+from .recall import default_mix, recall_threshold
 from .results import SelectionResult
 from .selection_common import assemble, label_positions_in_order, labels_of, positions_at_least
 from .validation import check_budget, check_confidence, check_fraction, check_unit_interval
@@ -80,18 +87,18 @@ def select_cascade(
     confidence: float = 0.95,
     bound: str = "betting",
     sample_fraction: float = 0.5,
-    mix: float = 0.5,
+    mix: float | None = None,
     n_candidates: int = 16,
 ) -> SelectionResult:
     """Cascade meeting recall >= ``recall_target`` and precision >= ``precision_target``, jointly
-    with probability >= ``confidence`` when ``target_met`` is True."""
+    with probability >= ``confidence`` when ``target_met`` is True (approximately, for the bounds
+    without a finite-sample guarantee). ``mix=None``: the bound's default uniform share."""
     gamma = check_fraction("recall target", recall_target)
     p = check_fraction("precision target", precision_target)
     conf = check_confidence(confidence)
     budget = check_budget(budget)
-    check_method(bound)
     sample_fraction = check_unit_interval("sample_fraction", sample_fraction)
-    mix = check_unit_interval("mix", mix)
+    mix = check_unit_interval("mix", default_mix(bound, mix))
     rp = as_ranked(proxy)
     delta = 1.0 - conf
     d_recall, d_precision = delta / 2.0, delta / 2.0
@@ -164,5 +171,6 @@ def select_cascade(
             "band_unlabelled": unlabelled,
             "band_covered": covered,
             "accepted_unlabelled_rows": int(max(accept_to - head, 0)),
+            "mix": mix,
         },
     )

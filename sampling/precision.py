@@ -22,6 +22,12 @@ correct with probability >= 1 - δ and the answer uses the largest one.
 
 The returned rows are those above the threshold plus all verified positives, minus verified
 negatives; dropping false positives or adding true positives never lowers precision.
+
+Bounds: the only statistical test is stage 2's, on 0/1 labels of a without-replacement sample,
+where the exact hypergeometric test applies: no range has to be known or estimated, and it is
+tighter than any bound on a bounded mean. Every bound except ``"normal"`` therefore uses it, so
+``"empirical"`` (and betting, Bernstein, Hoeffding) run the same, finite-sample valid procedure
+here and report ``finite_sample=True``; ``"normal"`` uses SUPG's Wald interval (asymptotic).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .bounds import FINITE_SAMPLE_METHODS, check_method
+from .bounds import check_method
 from .importance import RankedProxy, SuffixDesign, as_ranked
 from .oracle import BudgetedOracle, Oracle, as_budgeted
 from .results import SelectionResult
@@ -37,6 +43,12 @@ from .selection_common import assemble, label_positions_in_order, labelled_sets,
 from .validation import check_budget, check_confidence, check_fraction, check_unit_interval
 
 _BACKUP_SHARE = 0.2  # η: part of δ kept for the backup chain
+_PILOT_MIX = 0.1  # uniform share of the pilot design (it only estimates, no bound depends on it)
+
+
+def exact_stage_two(bound: str) -> bool:
+    """Does stage 2 use the exact hypergeometric test with this bound? (All but ``"normal"``.)"""
+    return check_method(bound) != "normal"
 
 
 def fallback_level(rejected_so_far: list[bool], alphas: np.ndarray) -> float:
@@ -97,20 +109,22 @@ def select_precision_target(
     confidence: float = 0.95,
     bound: str = "betting",
     pilot_fraction: float = 0.25,
-    mix: float = 0.1,
+    mix: float | None = None,
     n_candidates: int = 16,
 ) -> SelectionResult:
     """Rows whose precision is >= ``target`` with probability >= ``confidence`` (SUPG IS-PT).
 
-    Any finite-sample ``bound`` (betting/bernstein/hoeffding) uses the exact hypergeometric test
-    in stage 2 (the design makes it exact); ``"normal"`` uses a Wald interval (asymptotic).
+    Every ``bound`` but ``"normal"`` (betting, bernstein, hoeffding and also ``"empirical"``)
+    uses the exact hypergeometric test in stage 2 (the design makes it exact), so the result is
+    finite-sample valid; ``"normal"`` uses a Wald interval (asymptotic). ``mix`` (None: 0.1,
+    for every bound) is the uniform share of the pilot's design, which only estimates.
     """
     p = check_fraction("precision target", target)
     conf = check_confidence(confidence)
     budget = check_budget(budget)
     check_method(bound)
     pilot_fraction = check_unit_interval("pilot_fraction", pilot_fraction, allow_one=False)
-    mix = check_unit_interval("mix", mix)
+    mix = check_unit_interval("mix", _PILOT_MIX if mix is None else mix)
     rp = as_ranked(proxy)
     delta = 1.0 - conf
     bo = as_budgeted(oracle, budget)
@@ -129,6 +143,8 @@ def select_precision_target(
     use_census = region == 0 or region - labelled_in_region <= remaining or census_gain >= sample_gain
 
     details: dict[str, object] = {"pilot_draws": int(pos1.size), "region": region}
+    if not use_census:
+        details["stage2_test"] = "exact hypergeometric" if exact_stage_two(bound) else "Wald (CLT)"
     tau = np.inf
     stop = 0
     hint = None
@@ -174,7 +190,7 @@ def select_precision_target(
             "unused (census answer is exact)": delta if use_census else 0.0,
         },
         bound=bound,
-        finite_sample=bound in FINITE_SAMPLE_METHODS or use_census,
+        finite_sample=exact_stage_two(bound) or use_census,
         target_met=True,
         # only verified rows returned: precision is exactly 1
         achieved_bound={"precision_lower_bound": 1.0 if stop == 0 else p},
@@ -192,7 +208,7 @@ def precision_test(negatives: int, n: int, population: int, allowed: float, leve
         return True
     if n == 0:
         return False
-    if bound == "normal":
+    if not exact_stage_two(bound):
         f = negatives / n
         se = np.sqrt(max(f * (1 - f), 0.0) / n * (population - n) / max(population - 1, 1))
         return bool(population * (f + stats.norm.ppf(1 - level) * se) < d0)

@@ -21,7 +21,10 @@ class SelectionResult:
     exact, e.g. every returned row was verified). ``estimates`` holds point estimates (not
     guarantees) of the achieved recall/precision. ``target_met`` is True when every requested
     guarantee holds at the stated confidence; ``budget_hint`` explains, in words, when the
-    budget was too small to give a useful or a guaranteed answer.
+    budget was too small to give a useful or a guaranteed answer. ``bound`` is the bound method
+    requested; ``finite_sample`` is True when the guarantee holds at every sample size whatever
+    the data: False with ``"empirical"`` or ``"normal"``, except where the design lets the
+    operator use an exact test instead (the precision target's stage 2, or a census).
     """
 
     kind: str
@@ -79,6 +82,8 @@ class AggregateResult:
     carries its own interval (each at ``delta_split["per_group"]``). ``target_met`` is True when
     every group's interval lies within the relative error target. ``budget_needed`` is a rough
     extrapolation of the number of oracle calls that would meet the target (None when met).
+    ``bound`` is the method requested and ``details["interval"]`` the interval computed
+    (``"empirical"`` gets the betting interval); ``finite_sample`` refers to the latter.
     """
 
     agg: str

@@ -23,7 +23,7 @@ def _draw(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     return rng.random(N), 0.5
 
 
-@pytest.mark.parametrize("method", ["betting", "bernstein", "hoeffding"])
+@pytest.mark.parametrize("method", ["betting", "bernstein", "hoeffding", "empirical"])
 @pytest.mark.parametrize("kind", ["rare-bernoulli", "skewed-beta", "uniform"])
 def test_one_sided_bounds_cover(method: str, kind: str) -> None:
     """Each side misses at most δ of the time (with a binomial tolerance over 400 trials)."""
