@@ -556,6 +556,7 @@ class ApproxQuery:
         extra += [f"({expr})::float8" if expr else "1::float8" for _, _, expr in aggs]
         rows, scores = await self._proxy_scores(extra)
         keys = [r[0] for r in rows]
+        self.report["candidates"] = len(keys)
         group_of = np.array(["\\N" if r[2] is None else r[2] for r in rows], dtype=object)
         budget = self._budget()
         rng = await self._rng()
@@ -606,9 +607,13 @@ class ApproxQuery:
             "confidence": self.clause.confidence,
             "proxy": scores[local] if scores is not None else None,
             "group_keys": sorted(set(lgroups.tolist())) if group is not None else None,
+            # aggregates offer betting (finite-sample; also what "empirical" maps to) and normal
+            "bound": self.settings.bound if self.settings.bound in ("empirical", "normal") else "betting",
         }
         if kind != "count":
-            kwargs["value_bounds"] = (min(float(lvals.min()), 0.0), max(float(lvals.max()), 0.0))
+            lo, hi = float(lvals.min()), float(lvals.max())
+            # SUM's draws are match * value, so 0 is in their range; AVG averages values only
+            kwargs["value_bounds"] = (lo, hi) if kind == "avg" else (min(lo, 0.0), max(hi, 0.0))
         return await self._in_thread(state, estimate_aggregate, local.size, local_oracle, **kwargs)
 
     async def _aggregate_rows(self, outputs, aggs, results, budget) -> Forward:
@@ -646,7 +651,9 @@ class ApproxQuery:
         calls = self.done.model_calls.get(self.spec.name, 0)
         first = results[0] if results else None
         for (name, kind, _), result in zip(aggs, results, strict=True):
-            self.port.notice(_aggregate_notice(name, kind, result, self.clause, budget, calls))
+            self.port.notice(
+                _aggregate_notice(name, kind, result, self.clause, budget, calls, self.report["candidates"])
+            )
         await self._log(
             f"approx_{aggs[0][1]}",
             self.clause.error_target,
@@ -654,13 +661,13 @@ class ApproxQuery:
             first.ci_low if first is not None else None,
             first.ci_high if first is not None else None,
         )
-        self.report = {"names": [a[0] for a in aggs], "results": results, "calls": calls}
+        self.report.update(names=[a[0] for a in aggs], results=results, calls=calls)
         missed = [r for r in results if r is not None and not r.target_met]
         if missed:
             needed = max((r.budget_needed or 0) for r in missed)
             self._strict(
                 f"BUDGET {budget} is too small for ERROR TARGET {_pct(self.clause.error_target)}",
-                f"a budget of about {needed} would meet it" if needed else None,
+                _budget_words(needed, self.report["candidates"]),
             )
         return Forward(sql=_values_sql(columns, table))
 
@@ -837,7 +844,18 @@ def _selection_notice(
     return text
 
 
-def _aggregate_notice(name: str, kind: str, result, clause: ApproxClause, budget: int, calls: int) -> str:
+def _budget_words(needed: int | None, candidates: int) -> str | None:
+    """What budget would meet a missed target; labelling every candidate row is exact."""
+    if not needed:
+        return None
+    if needed >= candidates:
+        return f"only labelling every one of the {candidates} candidate rows (an exact scan) would meet it"
+    return f"a budget of about {needed} would meet it"
+
+
+def _aggregate_notice(
+    name: str, kind: str, result, clause: ApproxClause, budget: int, calls: int, candidates: int
+) -> str:
     target, confidence = _pct(clause.error_target), _pct(clause.confidence)
     head = f"approximate {kind.upper()} ({name}): error target {target} at confidence {confidence}"
     if result is None:
@@ -853,8 +871,9 @@ def _aggregate_notice(name: str, kind: str, result, clause: ApproxClause, budget
     text += f"; {result.oracle_calls} oracle rows labelled ({calls} model calls in all) of budget {budget}"
     if not result.target_met:
         text += "; TARGET NOT MET"
-        if result.budget_needed:
-            text += f" (a budget of about {result.budget_needed} would meet it)"
+        words = _budget_words(result.budget_needed, candidates)
+        if words:
+            text += f" ({words})"
     return text
 
 
