@@ -47,6 +47,7 @@ bench: install test-deps
 	@if [ -f bench/bench_inference.py ]; then $(BIN)/python bench/bench_inference.py; fi
 	@if [ -f bench/bench_sampling.py ]; then $(BIN)/python bench/bench_sampling.py; fi
 	$(BIN)/python bench/bench_planner.py
+	$(BIN)/python bench/bench_approx.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,952 @@
+"""End-to-end benchmark of approximate SQL queries through a real SieveDB server.
+
+One SieveDB server (embedded PostgreSQL 18, ``--inference-workers 1``) in a temporary directory.
+``server.demo.install_demo`` trains the demo's models and creates its model functions through the
+server: ``digit_oracle`` (MLP) with the proxy ``digit_proxy_p7`` (logistic regression, P(digit = 7)),
+and, when ``../shared/data/amazon_reviews.csv`` exists, ``is_negative`` (TF-IDF, 1-star reviews) with
+the proxy ``negative_proxy`` over the table ``reviews`` (6,000 real Amazon reviews; skipped with a
+reason when the file is absent). ``bench_planner.load_blobs`` COPYs ``--rows`` digits (sklearn's
+1,797 repeated, each copy with small gaussian noise) into ``blobs (id, pixels)``.
+
+Every query goes out with the simple query protocol (psycopg ``ClientCursor``). "Truth" is the
+model's own answer from an exact full scan (the oracle defines it). Methods:
+
+  sieve, proxy model     the clause with ``USING PROXY <the cheap model>`` (default bound)
+  sieve, proxy, betting  the same under ``SET sieve.bound = 'betting'`` (finite-sample bound)
+  sieve, auto proxy      the clause without USING PROXY (selections: SieveDB trains a proxy)
+  sieve, no USING PROXY  (aggregates) the clause without USING PROXY
+  (a) uniform naive      a uniform sample of BUDGET rows labelled through SQL (``... AND id IN
+                         (<ids>)``), the proxy threshold read off the sample, no confidence
+                         correction (as bench_sampling.py); COUNT: the sample share with a CLT interval
+  (b) uniform+corr       the operator with a constant proxy (``USING PROXY 0.5``): uniform sampling
+                         with the operator's confidence correction
+  (c) exact              the statement without a clause (a full scan; LIMIT: the lazy early stop)
+
+Queries (confidence 95%, ``--budget`` default 1000). Digits, predicate ``digit_oracle(pixels) = 7``:
+RT 90%, PT 95%, cascade RT 90% + PT 90%, ``LIMIT 10 ... USING PROXY``, ``COUNT(*) ERROR TARGET 5%``.
+Reviews, predicate ``is_negative(review) = 1``: ``SELECT category, count(*) ... GROUP BY category
+ERROR TARGET 5%`` (coverage per category) and RT 90%.
+
+Each query starts with the oracle's cache cleared (``sieve.clear_cache``), so it pays for its own
+labels; oracle calls come from ``sieve.query_log.model_calls``. The proxy model runs once over every
+row (the "proxy pass" line, with its calls) and stays cached: wall times exclude its first run.
+
+Columns: n = trials (seeds); success = share of trials meeting the target (selection: the answer's
+recall / precision against the truth; LIMIT: k distinct rows that all satisfy the predicate; COUNT:
+|estimate - truth| <= 5% of truth, in every group); precision / recall / rows / calls = means; max =
+the most oracle calls in one trial; warned = share of trials whose NOTICE said the target was not met
+or the budget was short; wall s = mean seconds per query. Summary (MET / MISSED): RT 90% over the
+digit rows makes >= 10x fewer oracle calls than the exact scan; no query exceeds BUDGET.
+
+    .venv/bin/python bench/bench_approx.py [--rows 100000] [--seeds 10] [--budget 1000] [--max-minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for _p in (REPO, REPO / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from bench_planner import OutOfTime, blob_pixels, load_blobs, log  # noqa: E402
+
+from storage.embedded import EmbeddedPostgres, EmbeddedSettings  # noqa: E402
+from tests.support.servers import SieveProcess  # noqa: E402
+
+CONF = 0.95
+RT, PT = 0.90, 0.95
+CAS_RT, CAS_PT = 0.90, 0.90
+ERR = 0.05
+LIMIT_K = 10
+Z95 = 1.959963984540054
+CALLS_RATIO_TARGET = 10.0
+BETTING = {"bound": "betting"}  # the finite-sample bound (the default is 'empirical')
+WARN_WORDS = ("TARGET NOT MET", "a budget of", "only ")
+
+
+@dataclass(frozen=True)
+class Data:
+    """One dataset: table, key column, the model predicate and its proxy."""
+
+    name: str
+    table: str
+    key: str
+    oracle: str
+    predicate: str
+    proxy_model: str
+    proxy: str
+    group: str | None = None
+
+
+DIGITS = Data(
+    "digits",
+    "blobs",
+    "id",
+    "digit_oracle",
+    "digit_oracle(pixels) = 7",
+    "digit_proxy_p7",
+    "digit_proxy_p7(pixels)",
+)
+REVIEWS = Data(
+    "reviews",
+    "reviews",
+    "review_id",
+    "is_negative",
+    "is_negative(review) = 1",
+    "negative_proxy",
+    "negative_proxy(review)",
+    group="category",
+)
+
+
+@dataclass
+class Trial:
+    rows: list = field(default_factory=list)
+    calls: int | None = None  # oracle model calls (cache cleared first: = labels)
+    proxy_calls: int | None = None
+    wall_s: float = 0.0
+    warned: bool = False
+    error: str | None = None
+    # selection
+    precision: float | None = None
+    recall: float | None = None
+    size: int | None = None
+    ok: bool | None = None
+    # aggregate (per group: key -> (estimate, low, high))
+    groups: dict = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    query: str
+    name: str
+    sql: str | None = None  # None: computed in this script (naive) or the exact row
+    trials: list[Trial] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # SET sieve.<name> for this query only
+
+
+class Bench:
+    """The session through SieveDB, its NOTICEs, and the query_log reads."""
+
+    def __init__(self, conn: psycopg.Connection, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.notices: list[str] = []
+        conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+
+    def sql(self, sql: str) -> list:
+        cur = psycopg.ClientCursor(self.conn)  # the simple query protocol, always
+        cur.execute(sql)
+        return cur.fetchall() if cur.description else []
+
+    def clear(self, model: str) -> None:
+        self.sql(f"SELECT sieve.clear_cache('{model}')")
+
+    def last_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(query_id), 0) FROM sieve.query_log").fetchone()[0]
+
+    def logged(self, since: int, sql: str) -> tuple[dict, int | None] | None:
+        row = self.conn.execute(
+            "SELECT model_calls, cache_hits FROM sieve.query_log WHERE query_id > %s AND query = %s "
+            "ORDER BY query_id DESC LIMIT 1",
+            (since, sql),
+        ).fetchone()
+        return (row[0] or {}, row[1]) if row else None
+
+    def run(
+        self, data: Data, sql: str, seed: int | None = None, clear: bool = True, settings: dict | None = None
+    ) -> Trial:
+        """One query from a cold oracle cache; its rows, oracle/proxy calls, wall time, NOTICEs."""
+        t = Trial()
+        if clear:
+            self.clear(data.oracle)
+        if seed is not None:
+            self.sql(f"SET sieve.seed = {seed}")
+        for name, value in (settings or {}).items():
+            self.sql(f"SET sieve.{name} = '{value}'")
+        left = max(1, int(self.deadline + 60 - time.monotonic()))
+        self.sql(f"SET statement_timeout = '{left}s'")
+        since = self.last_id()
+        self.notices.clear()
+        began = time.perf_counter()
+        try:
+            t.rows = self.sql(sql)
+        except psycopg.Error as exc:
+            t.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        t.wall_s = time.perf_counter() - began
+        self.sql("RESET statement_timeout")
+        for name in settings or {}:
+            self.sql(f"RESET sieve.{name}")
+        got = self.logged(since, sql)
+        if got is not None:
+            calls, _ = got
+            t.calls = int(calls.get(data.oracle, 0))
+            t.proxy_calls = int(calls.get(data.proxy_model, 0))
+        t.warned = any(w in n for n in self.notices for w in WARN_WORDS)
+        return t
+
+    def label(self, data: Data, ids: np.ndarray) -> tuple[np.ndarray, int | None, float]:
+        """Label ``ids`` through SQL (an exact query restricted to them): (positive mask, calls, s)."""
+        if ids.size == 0:
+            return np.zeros(0, dtype=bool), 0, 0.0
+        sql = (
+            f"SELECT {data.key} FROM {data.table} WHERE {data.predicate} AND {data.key} IN "
+            f"({','.join(str(int(i)) for i in ids)})"
+        )
+        t = self.run(data, sql, clear=False)
+        if t.error:
+            raise RuntimeError(f"labelling a uniform sample failed: {t.error}")
+        pos = {r[0] for r in t.rows}
+        return np.array([int(i) in pos for i in ids], dtype=bool), t.calls, t.wall_s
+
+
+# -- naive uniform baselines (no confidence correction), as bench_sampling.py ------------------------
+
+
+def _answer(ids, scores, tau, sample, labels) -> set[int]:
+    """Rows with proxy >= tau, corrected by the labels the sample already paid for."""
+    out = set(ids[scores >= tau].tolist()) if np.isfinite(tau) else set()
+    out -= set(sample[~labels].tolist())
+    return out | set(sample[labels].tolist())
+
+
+def naive_rt_threshold(s_scores, labels, gamma) -> float:
+    pos = np.sort(s_scores[labels])[::-1]
+    return pos[int(np.ceil(gamma * pos.size)) - 1] if pos.size else np.inf
+
+
+def naive_pt_threshold(s_scores, labels, p) -> float:
+    order = np.argsort(-s_scores, kind="stable")
+    prec = np.cumsum(labels[order]) / np.arange(1, labels.size + 1)
+    ok = np.flatnonzero(prec >= p)
+    return s_scores[order[ok.max()]] if ok.size else np.inf
+
+
+def clt(k: int, n: int, total: int) -> tuple[float, float, float]:
+    p = k / n
+    half = Z95 * math.sqrt(p * (1 - p) / n)
+    return total * p, total * (p - half), total * (p + half)
+
+
+# -- measurement -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Truth:
+    ids: np.ndarray  # every key, ascending
+    scores: np.ndarray  # proxy score per key
+    positives: set[int]
+    groups: np.ndarray | None = None  # group per key
+    group_counts: dict = field(default_factory=dict)
+
+
+def score_selection(t: Trial, truth: Truth, kind: str) -> None:
+    if t.error:
+        return
+    answer = {r[0] for r in t.rows}
+    tp = len(answer & truth.positives)
+    t.size = len(answer)
+    t.precision = tp / len(answer) if answer else 1.0
+    t.recall = tp / len(truth.positives) if truth.positives else 1.0
+    if kind == "RT":
+        t.ok = t.recall >= RT
+    elif kind == "PT":
+        t.ok = t.precision >= PT
+    elif kind == "cascade":
+        t.ok = t.recall >= CAS_RT and t.precision >= CAS_PT
+    else:  # LIMIT
+        ids = [r[0] for r in t.rows]
+        t.ok = len(ids) == LIMIT_K and len(set(ids)) == LIMIT_K and answer <= truth.positives
+
+
+def read_aggregate(t: Trial, grouped: bool) -> None:
+    """(group ->) (estimate, ci_low, ci_high) from the result rows (sieve.bounds = on)."""
+    if t.error:
+        return
+    for row in t.rows:
+        key = str(row[0]) if grouped else None
+        vals = [None if v is None else float(v) for v in row[(1 if grouped else 0) :]]
+        est = vals[0] if vals else None
+        low, high = (vals[1], vals[2]) if len(vals) >= 3 else (None, None)
+        t.groups[key] = (est, low, high)
+
+
+def score_aggregate(t: Trial, exact: dict) -> None:
+    if t.error:
+        return
+    oks = []
+    for key, truth in exact.items():
+        est = t.groups.get(key, (0.0, None, None))[0]
+        oks.append(est is not None and abs(est - truth) <= ERR * truth)
+    t.ok = all(oks)
+
+
+def exact_trial(bench: Bench, data: Data, sql: str) -> Trial:
+    t = bench.run(data, sql)
+    if t.error:
+        raise RuntimeError(f"the exact query failed: {sql}: {t.error}")
+    return t
+
+
+# -- per-dataset runs --------------------------------------------------------------------------------
+
+
+def selection_sql(data: Data, clause: str, proxy: str | None, budget: int) -> str:
+    using = f" USING PROXY {proxy}" if proxy else ""
+    return (
+        f"SELECT {data.key} FROM {data.table} WHERE {data.predicate} {clause} CONFIDENCE 95% "
+        f"BUDGET {budget}{using}"
+    )
+
+
+def proxy_pass(bench: Bench, data: Data) -> tuple[Truth, Trial]:
+    sql = f"SELECT {data.key}, {data.proxy} FROM {data.table} ORDER BY {data.key}"
+    bench.clear(data.proxy_model)
+    t = bench.run(data, sql, clear=False)
+    if t.error:
+        raise RuntimeError(f"the proxy pass failed: {t.error}")
+    ids = np.array([r[0] for r in t.rows], dtype=np.int64)
+    scores = np.array([float(r[1]) for r in t.rows], dtype=np.float64)
+    again = bench.run(data, sql, clear=False)  # the same, every output cached: the cache check alone
+    t.groups["cached_wall_s"] = again.wall_s
+    return Truth(ids, scores, set()), t
+
+
+def naive_selection(
+    bench: Bench, data: Data, truth: Truth, rng, budget: int, kinds: set[str]
+) -> dict[str, Trial]:
+    """(a) for RT, PT, cascade and COUNT from one uniform sample per seed (cascade: its first half,
+    then the band between the two thresholds, labelled by a second query)."""
+    n = truth.ids.size
+    pos = rng.choice(n, size=min(budget, n), replace=False)
+    sample, s_scores = truth.ids[pos], truth.scores[pos]
+    bench.clear(data.oracle)
+    labels, calls, wall = bench.label(data, sample)
+    out: dict[str, Trial] = {}
+    for kind, tau in (
+        ("RT", naive_rt_threshold(s_scores, labels, RT)),
+        ("PT", naive_pt_threshold(s_scores, labels, PT)),
+    ):
+        t = Trial(rows=[(i,) for i in _answer(truth.ids, truth.scores, tau, sample, labels)])
+        t.calls, t.wall_s = calls, wall
+        score_selection(t, truth, kind)
+        out[kind] = t
+    if "cascade" in kinds:
+        out["cascade"] = naive_cascade(bench, data, truth, pos, labels, wall, budget)
+    # COUNT: sample proportion with a CLT interval (per group when the dataset groups)
+    t = Trial(calls=calls, wall_s=wall)
+    if data.group is None:
+        t.groups[None] = clt(int(labels.sum()), labels.size, n)
+    else:
+        s_groups = truth.groups[pos]
+        for key in truth.group_counts:
+            t.groups[key] = clt(int((labels & (s_groups == key)).sum()), labels.size, n)
+    out["COUNT"] = t
+    return out
+
+
+def naive_cascade(bench, data, truth, pos, labels, wall, budget) -> Trial:
+    """Half the budget decides both thresholds, the rest labels the band between them."""
+    sample, s_scores = truth.ids[pos], truth.scores[pos]
+    half = pos.size // 2
+    h_ids, h_scores, h_lab = sample[:half], s_scores[:half], labels[:half]
+    lo = naive_rt_threshold(h_scores, h_lab, CAS_RT)
+    hi = naive_pt_threshold(h_scores, h_lab, CAS_PT)
+    order = np.argsort(-truth.scores, kind="stable")
+    ranked = truth.scores[order]
+    accept = int((ranked >= hi).sum()) if np.isfinite(hi) else 0
+    reject = max(int((ranked >= lo).sum()) if np.isfinite(lo) else 0, accept)
+    band = truth.ids[order[accept:reject]]
+    band = band[~np.isin(band, h_ids)][: budget - half]
+    b_lab, _, b_wall = bench.label(data, band)
+    all_ids = np.concatenate([h_ids, band])
+    all_lab = np.concatenate([h_lab, b_lab])
+    answer = set(truth.ids[order[:accept]].tolist()) - set(all_ids[~all_lab].tolist())
+    t = Trial(rows=[(i,) for i in answer | set(all_ids[all_lab].tolist())])
+    # labels used: the half sample (labelled within the full sample's query) and the band
+    t.calls = half + band.size
+    t.wall_s = wall * half / max(pos.size, 1) + b_wall
+    score_selection(t, truth, "cascade")
+    return t
+
+
+def run_digits(bench: Bench, args, report: dict) -> list[Method]:
+    d = DIGITS
+    log("digits: proxy pass over every row (digit_proxy_p7, cold)")
+    truth, ppass = proxy_pass(bench, d)
+    report["proxy_pass"] = {
+        "calls": ppass.proxy_calls,
+        "wall_s": ppass.wall_s,
+        "cached_wall_s": ppass.groups["cached_wall_s"],
+    }
+    log(f"  {ppass.proxy_calls} proxy calls, {ppass.wall_s:.1f}s")
+
+    exact_sel = f"SELECT {d.key} FROM {d.table} WHERE {d.predicate}"
+    exact_cnt = f"SELECT count(*) FROM {d.table} WHERE {d.predicate}"
+    exact_lim = f"SELECT {d.key} FROM {d.table} WHERE {d.predicate} LIMIT {LIMIT_K}"
+    log("digits: (c) exact full scan (truth)")
+    ex_sel = exact_trial(bench, d, exact_sel)
+    truth.positives = {r[0] for r in ex_sel.rows}
+    log(f"  {len(truth.positives)} positives, {ex_sel.calls} oracle calls, {ex_sel.wall_s:.1f}s")
+    ex_cnt = exact_trial(bench, d, exact_cnt)
+    if int(ex_cnt.rows[0][0]) != len(truth.positives):
+        log(f"WARNING: exact COUNT {ex_cnt.rows[0][0]} != {len(truth.positives)} rows of the exact SELECT")
+    ex_lim = exact_trial(bench, d, exact_lim)
+    report["digits_truth"] = {"rows": int(truth.ids.size), "positives": len(truth.positives)}
+
+    b = args.budget
+    methods: list[Method] = []
+    for kind, clause in (
+        ("RT", "RECALL TARGET 90%"),
+        ("PT", "PRECISION TARGET 95%"),
+        ("cascade", "RECALL TARGET 90% PRECISION TARGET 90%"),
+    ):
+        methods += [
+            Method(kind, "sieve, proxy model", selection_sql(d, clause, d.proxy, b)),
+            Method(kind, "sieve, proxy, betting", selection_sql(d, clause, d.proxy, b), settings=BETTING),
+            Method(kind, "sieve, auto proxy", selection_sql(d, clause, None, b)),
+            Method(kind, "(b) uniform+corr", selection_sql(d, clause, "0.5", b)),
+            Method(kind, "(a) uniform naive"),
+            Method(kind, "(c) exact scan", exact_sel, [dataclasses.replace(ex_sel)]),
+        ]
+    lim = f"SELECT {d.key} FROM {d.table} WHERE {d.predicate} LIMIT {LIMIT_K} BUDGET {b} USING PROXY "
+    methods += [
+        Method("LIMIT", "sieve, proxy model", lim + d.proxy),
+        Method("LIMIT", "(b) uniform+corr", lim + "0.5"),
+        Method("LIMIT", "(c) exact lazy", exact_lim, [ex_lim]),
+    ]
+    cnt = f"SELECT count(*) FROM {d.table} WHERE {d.predicate} ERROR TARGET 5% CONFIDENCE 95% BUDGET {b}"
+    methods += [
+        Method("COUNT", "sieve, proxy model", f"{cnt} USING PROXY {d.proxy}"),
+        Method("COUNT", "sieve, no USING PROXY", cnt),
+        Method("COUNT", "(b) uniform+corr", f"{cnt} USING PROXY 0.5"),
+        Method("COUNT", "(a) uniform naive CLT"),
+        Method("COUNT", "(c) exact scan", exact_cnt, [ex_cnt]),
+    ]
+    exact = {None: float(len(truth.positives))}
+    for m in methods:
+        if m.name.startswith("(c)"):
+            t = m.trials[0]
+            if m.query == "COUNT":
+                t.groups[None] = (float(t.rows[0][0]),) * 3
+                score_aggregate(t, exact)
+            else:
+                score_selection(t, truth, m.query)
+
+    bench.sql("SET sieve.bounds = on")
+    trials_loop(bench, d, truth, methods, args, exact, report, "digits")
+    return methods
+
+
+def trials_loop(bench, data, truth, methods, args, exact, report, name) -> None:
+    """Seeds outer, methods inner: a run cut short by the time limit stays balanced."""
+    began = time.monotonic()
+    for seed in range(args.seeds):
+        per_seed = (time.monotonic() - began) / seed if seed else 0.0
+        if seed and time.monotonic() + per_seed > bench.deadline - report.get("reserve_s", 0):
+            log(f"{name}: time limit: stopping after {seed} seeds")
+            report.setdefault("cut_short", []).append(f"{name}: {seed} of {args.seeds} seeds")
+            break
+        log(f"{name}: seed {seed}")
+        naive = None
+        kinds = {"COUNT" if m.query.startswith("COUNT") else m.query for m in methods if m.sql is None}
+        for m in methods:
+            if m.name.startswith("(c)"):
+                continue
+            if m.sql is None:
+                if naive is None:
+                    rng = np.random.default_rng(10_000 + seed)
+                    naive = naive_selection(bench, data, truth, rng, args.budget, kinds)
+                t = naive["COUNT" if m.query.startswith("COUNT") else m.query]
+                if m.query.startswith("COUNT"):
+                    score_aggregate(t, exact)
+                m.trials.append(t)
+                continue
+            t = bench.run(data, m.sql, seed=seed, settings=m.settings)
+            if m.query.startswith("COUNT"):
+                read_aggregate(t, grouped=data.group is not None)
+                score_aggregate(t, exact)
+            else:
+                score_selection(t, truth, m.query)
+            m.trials.append(t)
+            if t.error:
+                log(f"  {m.query} {m.name}: {t.error}")
+
+
+def run_reviews(bench: Bench, args, report: dict) -> list[Method] | None:
+    d = REVIEWS
+    log("reviews: proxy pass over every row (negative_proxy, cold)")
+    truth, ppass = proxy_pass(bench, d)
+    report["reviews_proxy_pass"] = {
+        "calls": ppass.proxy_calls,
+        "wall_s": ppass.wall_s,
+        "cached_wall_s": ppass.groups["cached_wall_s"],
+    }
+    cats = dict(bench.sql(f"SELECT {d.key}, {d.group} FROM {d.table}"))
+    truth.groups = np.array([str(cats[int(i)]) for i in truth.ids], dtype=object)
+
+    exact_grp = (
+        f"SELECT {d.group}, count(*) FROM {d.table} WHERE {d.predicate} GROUP BY {d.group} ORDER BY {d.group}"
+    )
+    exact_sel = f"SELECT {d.key} FROM {d.table} WHERE {d.predicate}"
+    log("reviews: (c) exact scans (truth)")
+    ex_grp = exact_trial(bench, d, exact_grp)
+    truth.group_counts = {str(k): float(v) for k, v in ex_grp.rows}
+    for key in sorted(set(truth.groups.tolist())):  # groups with no positive: truth 0
+        truth.group_counts.setdefault(key, 0.0)
+    ex_sel = exact_trial(bench, d, exact_sel)
+    truth.positives = {r[0] for r in ex_sel.rows}
+    report["reviews_truth"] = {
+        "rows": int(truth.ids.size),
+        "positives": len(truth.positives),
+        "per_group": truth.group_counts,
+    }
+
+    b = args.budget
+    grp = (
+        f"SELECT {d.group}, count(*) FROM {d.table} WHERE {d.predicate} GROUP BY {d.group} "
+        f"ERROR TARGET 5% CONFIDENCE 95% BUDGET {b}"
+    )
+    methods = [
+        Method("COUNT by category", "sieve, proxy model", f"{grp} USING PROXY {d.proxy}"),
+        Method("COUNT by category", "sieve, no USING PROXY", grp),
+        Method("COUNT by category", "(b) uniform+corr", f"{grp} USING PROXY 0.5"),
+        Method("COUNT by category", "(a) uniform naive CLT"),
+        Method("COUNT by category", "(c) exact scan", exact_grp, [ex_grp]),
+        Method("RT", "sieve, proxy model", selection_sql(d, "RECALL TARGET 90%", d.proxy, b)),
+        Method("RT", "sieve, auto proxy", selection_sql(d, "RECALL TARGET 90%", None, b)),
+        Method("RT", "(b) uniform+corr", selection_sql(d, "RECALL TARGET 90%", "0.5", b)),
+        Method("RT", "(a) uniform naive"),
+        Method("RT", "(c) exact scan", exact_sel, [ex_sel]),
+    ]
+    exact = truth.group_counts
+    for m in methods:
+        if m.name.startswith("(c)"):
+            t = m.trials[0]
+            if m.query.startswith("COUNT"):
+                t.groups = {str(k): (float(v),) * 3 for k, v in t.rows}
+                score_aggregate(t, exact)
+            else:
+                score_selection(t, truth, "RT")
+    trials_loop(bench, d, truth, methods, args, exact, report, "reviews")
+    report["reviews_exact"] = exact
+    return methods
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list[str]], left: int = 2) -> str:
+    """Aligned columns: the first ``left`` to the left, the rest to the right; an empty last
+    column (no errors) is dropped."""
+    if rows and headers[-1] == "" and not any(r[-1] for r in rows):
+        headers, rows = headers[:-1], [r[:-1] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def selection_table(methods: list[Method], exact_calls: int) -> str:
+    rows = []
+    for m in methods:
+        if m.query.startswith("COUNT"):
+            continue
+        ok = [t for t in m.trials if not t.error]
+        errors = [t.error for t in m.trials if t.error]
+        calls = [t.calls for t in ok]
+        mean_calls = _mean(calls)
+        ratio = exact_calls / mean_calls if mean_calls else None
+        rows.append(
+            [
+                m.query,
+                m.name,
+                f"{len(m.trials)}",
+                _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
+                _f(_mean([t.precision for t in ok]), ".3f"),
+                _f(_mean([t.recall for t in ok]), ".3f") if m.query != "LIMIT" else "-",
+                _f(_mean([t.size for t in ok]), ",.0f"),
+                _f(mean_calls, ",.0f"),
+                _f(max([c for c in calls if c is not None], default=None), ","),
+                _f(ratio, ".1f"),
+                _f(_mean([float(t.warned) for t in ok]), ".2f")
+                if m.sql and not m.name.startswith("(c)")
+                else "-",
+                _f(_mean([t.wall_s for t in ok]), ".2f"),
+                (f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else ""),
+            ]
+        )
+    head = [
+        "query",
+        "method",
+        "n",
+        "success",
+        "precision",
+        "recall",
+        "rows",
+        "calls",
+        "max",
+        "exact/calls",
+        "warned",
+        "wall s",
+        "",
+    ]
+    return table(head, rows)
+
+
+def aggregate_table(methods: list[Method], exact: dict, exact_calls: int) -> str:
+    rows = []
+    for m in methods:
+        if not m.query.startswith("COUNT"):
+            continue
+        ok = [t for t in m.trials if not t.error]
+        errors = [t.error for t in m.trials if t.error]
+        within, covered, rel = [], [], []
+        for t in ok:
+            for key, truth in exact.items():
+                est, low, high = t.groups.get(key, (0.0, None, None))
+                if est is None:
+                    continue
+                within.append(abs(est - truth) <= ERR * truth)
+                if low is not None and high is not None:
+                    covered.append(low <= truth <= high)
+                if truth:
+                    rel.append(abs(est - truth) / truth)
+        mean_calls = _mean([t.calls for t in ok])
+        rows.append(
+            [
+                m.query,
+                m.name,
+                f"{len(m.trials)}",
+                _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
+                _f(_mean([float(w) for w in within]), ".2f"),
+                _f(_mean([float(c) for c in covered]), ".2f"),
+                _f(_mean(rel), ".3f"),
+                _f(mean_calls, ",.0f"),
+                _f(max([t.calls for t in ok if t.calls is not None], default=None), ","),
+                _f(exact_calls / mean_calls if mean_calls else None, ".1f"),
+                _f(_mean([float(t.warned) for t in ok]), ".2f")
+                if m.sql and not m.name.startswith("(c)")
+                else "-",
+                _f(_mean([t.wall_s for t in ok]), ".2f"),
+                (f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else ""),
+            ]
+        )
+    head = [
+        "query",
+        "method",
+        "n",
+        "success",
+        "|err|<=5%",
+        "CI covers",
+        "mean |rel err|",
+        "calls",
+        "max",
+        "exact/calls",
+        "warned",
+        "wall s",
+        "",
+    ]
+    return table(head, rows)
+
+
+def group_table(methods: list[Method], exact: dict) -> str:
+    """Per group: the exact count, then each method's mean estimate and its coverage share."""
+    agg = [m for m in methods if m.query.startswith("COUNT") and not m.name.startswith("(c)")]
+    rows = []
+    for key, truth in sorted(exact.items(), key=lambda kv: -kv[1]):
+        line = [str(key), f"{truth:,.0f}"]
+        for m in agg:
+            ts = [t for t in m.trials if not t.error]
+            ests = [t.groups.get(key, (0.0, None, None)) for t in ts]
+            cov = [lo <= truth <= hi for _, lo, hi in ests if lo is not None and hi is not None]
+            line.append(
+                f"{_f(_mean([e[0] for e in ests]), ',.0f')} cov {_f(_mean([float(c) for c in cov]), '.2f')}"
+            )
+        rows.append(line)
+    return table(["group", "exact", *[m.name for m in agg]], rows, left=1)
+
+
+def trial_json(t: Trial) -> dict:
+    return {
+        "calls": t.calls,
+        "proxy_calls": t.proxy_calls,
+        "wall_s": t.wall_s,
+        "warned": t.warned,
+        "error": t.error,
+        "success": t.ok,
+        "precision": t.precision,
+        "recall": t.recall,
+        "rows": t.size,
+        "groups": {str(k): v for k, v in t.groups.items()} or None,
+    }
+
+
+def report_digits(methods: list[Method], args, report: dict, out: list[str]) -> None:
+    truth = report["digits_truth"]
+    ex_calls = next(m for m in methods if m.name == "(c) exact scan").trials[0].calls
+    pp = report["proxy_pass"]
+    out.append("")
+    out.append(
+        f"## digits: {truth['rows']:,} rows, {truth['positives']:,} with digit_oracle(pixels) = 7; budget "
+        f"{args.budget}, confidence 95%"
+    )
+    out.append(
+        f"proxy pass: digit_proxy_p7 over every row, {pp['calls']:,} proxy model calls, {pp['wall_s']:.2f}s "
+        f"cold, {pp['cached_wall_s']:.2f}s with every output cached (the cache check). It stays cached:"
+    )
+    out.append(
+        "  the wall times below exclude its first run. Oracle calls: sieve.query_log, oracle cache cleared "
+        "before every query."
+    )
+    out.append(selection_table(methods, ex_calls))
+    out.append("")
+    out.append(aggregate_table(methods, {None: float(truth["positives"])}, ex_calls))
+    proxy_calls = sorted({t.proxy_calls for m in methods for t in m.trials if m.sql and t.proxy_calls})
+    if proxy_calls:
+        out.append(f"  NOTE: trials logged digit_proxy_p7 calls {proxy_calls} (expected 0: cached)")
+
+
+def report_reviews(methods: list[Method], args, report: dict, out: list[str]) -> None:
+    truth = report["reviews_truth"]
+    exact = report["reviews_exact"]
+    ex_calls = next(m for m in methods if m.query == "RT" and m.name == "(c) exact scan").trials[0].calls
+    pp = report["reviews_proxy_pass"]
+    out.append("")
+    out.append(
+        f"## reviews: {truth['rows']:,} Amazon reviews, {truth['positives']:,} with is_negative(review) = 1, "
+        f"{len(exact)} categories; budget {args.budget}, confidence 95%"
+    )
+    out.append(
+        f"proxy pass: negative_proxy over every row, {pp['calls']:,} proxy model calls (distinct texts), "
+        f"{pp['wall_s']:.2f}s cold, {pp['cached_wall_s']:.2f}s cached; not in the wall times below"
+    )
+    out.append(aggregate_table(methods, exact, ex_calls))
+    out.append("  (success = every category within 5%; |err|<=5% and CI covers: per category and trial)")
+    out.append("")
+    out.append("Per category: mean estimate and share of trials whose interval covers the exact count")
+    out.append(group_table(methods, exact))
+    out.append("")
+    out.append(selection_table(methods, ex_calls))
+
+
+def summary(digits: list[Method] | None, reviews: list[Method] | None, args, out: list[str]) -> dict:
+    checks = []
+    if digits:
+        ex = next(m for m in digits if m.query == "RT" and m.name.startswith("(c)")).trials[0].calls
+        rt = next(m for m in digits if m.query == "RT" and m.name == "sieve, proxy model")
+        calls = [t.calls for t in rt.trials if not t.error and t.calls is not None]
+        mean = _mean(calls)
+        ratio = ex / mean if mean else None
+        rows = len(next(m for m in digits if m.query == "RT" and m.name.startswith("(c)")).trials[0].rows)
+        checks.append(
+            (
+                f"RT 90% over {args.rows:,} digit rows: >= {CALLS_RATIO_TARGET:g}x fewer oracle calls "
+                "than exact",
+                f"exact {ex:,} / RT mean {_f(mean, ',.0f')} = {_f(ratio, '.1f')}x "
+                f"(success {sum(bool(t.ok) for t in rt.trials)}/{len(rt.trials)}; exact rows {rows:,})",
+                ratio is not None and ratio >= CALLS_RATIO_TARGET and len(calls) == len(rt.trials),
+            )
+        )
+    for label, methods in (("digits", digits), ("reviews", reviews)):
+        if not methods:
+            continue
+        over = [
+            (m.query, m.name, t.calls)
+            for m in methods
+            if m.sql and not m.name.startswith("(c)")
+            for t in m.trials
+            if t.calls is not None and t.calls > args.budget
+        ]
+        checks.append(
+            (
+                f"{label}: no approximate query exceeds BUDGET {args.budget}",
+                ", ".join(f"{q} {n}: {c}" for q, n, c in over[:3]) or "none over",
+                not over,
+            )
+        )
+    out.append("")
+    out.append("Summary")
+    width = max(len(c[0]) for c in checks) if checks else 0
+    for target, got, ok in checks:
+        out.append(f"  {'MET   ' if ok else 'MISSED'}  {target.ljust(width)}  {got}")
+    return {c[0]: c[2] for c in checks}
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=100_000, help="digit rows in blobs (default 100000)")
+    p.add_argument("--seeds", type=int, default=10, help="seeded trials per approximate query (10)")
+    p.add_argument("--budget", type=int, default=1000, help="BUDGET of every approximate query (1000)")
+    p.add_argument("--noise", type=float, default=0.03, help="gaussian noise sigma per pixel (0.03)")
+    p.add_argument("--datasets", default="digits,reviews", help="comma-separated: digits, reviews")
+    p.add_argument("--inference-workers", type=int, default=1)
+    p.add_argument("--max-minutes", type=float, default=10.0, help="cap on the run time (10)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (server log)")
+    args = p.parse_args(argv)
+    if args.rows < args.budget:
+        p.error("--rows must be at least --budget")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def on_alarm(_signum, _frame):
+        raise OutOfTime(f"--max-minutes {args.max_minutes} (+1 minute grace) reached")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, args.max_minutes * 60 + 60)
+
+    tmp = Path(tempfile.mkdtemp(prefix="sievedb-bench-approx-"))
+    tmp.chmod(0o755)  # under root the embedded Postgres runs as 'pgserver' and must traverse it
+    data_dir = tmp / "sieve" / "data"
+    models_dir = tmp / "models"
+    server = SieveProcess(
+        data_dir=data_dir,
+        extra_args=["--models-dir", str(models_dir), "--inference-workers", str(args.inference_workers)],
+    )
+    try:
+        return run(args, started, server, models_dir)
+    except OutOfTime as exc:
+        print(f"bench_approx: out of time: {exc}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, RuntimeError, OSError) as exc:
+        print(f"bench_approx: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"--- server log tail ({server.log_path}) ---\n{server.log()[-3000:]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"bench_approx: interrupted ({exc})", file=sys.stderr)
+        return 130
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up
+        with contextlib.suppress(Exception):
+            code = server.stop()
+            if code not in (0, None):
+                log(f"sievedb exited with status {code}")
+        with contextlib.suppress(Exception):  # a server killed before it could stop its Postgres
+            EmbeddedPostgres(EmbeddedSettings(data_dir=data_dir)).stop()
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:
+    from server.demo import REVIEWS_CSV, SHARED_DATA, install_demo
+
+    wanted = {s.strip() for s in args.datasets.split(",") if s.strip()}
+    reviews_csv = SHARED_DATA / REVIEWS_CSV
+    skip_reviews = None
+    if "reviews" in wanted and not reviews_csv.is_file():
+        skip_reviews = f"{reviews_csv} not found"
+    deadline = started + args.max_minutes * 60
+
+    log("starting SieveDB")
+    server.start()
+    log("installing the demo (trains the digits and reviews models in a child process)")
+    summary_demo = asyncio.run(install_demo(server.dsn(), models_dir))
+    log(f"demo: tables {summary_demo.tables}, functions {sorted(summary_demo.functions)}")
+
+    with psycopg.connect(server.dsn(), autocommit=True, prepare_threshold=None) as conn:
+        bench = Bench(conn, deadline)
+        pg_version = conn.execute("SHOW server_version").fetchone()[0]
+        report: dict = {"rows": args.rows, "seeds": args.seeds, "budget": args.budget}
+        digits = reviews = None
+        if "digits" in wanted:
+            log(f"loading {args.rows:,} digit rows into blobs (COPY through SieveDB)")
+            load_s = load_blobs(conn, blob_pixels(args.rows, args.noise, 0))
+            log(f"  loaded in {load_s:.1f}s")
+            bench.sql("SELECT digit_oracle(pixels) FROM blobs WHERE id = 0")  # start the inference worker
+            report["reserve_s"] = 60 if "reviews" in wanted and not skip_reviews else 0
+            digits = run_digits(bench, args, report)
+            report["reserve_s"] = 0
+        if "reviews" in wanted and not skip_reviews:
+            reviews = run_reviews(bench, args, report)
+
+    out = [
+        "",
+        f"bench_approx: approximate SQL end to end through SieveDB; PostgreSQL {pg_version}; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"{args.seeds} seeds, budget {args.budget}, simple query protocol, oracle cache cleared per trial",
+    ]
+    if digits:
+        report_digits(digits, args, report, out)
+    if skip_reviews:
+        out.append("")
+        out.append(f"## reviews: skipped ({skip_reviews})")
+    elif reviews:
+        report_reviews(reviews, args, report, out)
+    for note in report.get("cut_short", []):
+        out.append(f"  NOTE: cut short by --max-minutes: {note}")
+    met = summary(digits, reviews, args, out)
+    out.append(f"  total run time {time.monotonic() - started:.0f}s")
+    print("\n".join(out), flush=True)
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report["targets_met"] = met
+        report["methods"] = {
+            label: [
+                {
+                    "query": m.query,
+                    "method": m.name,
+                    "sql": m.sql,
+                    "trials": [trial_json(t) for t in m.trials],
+                }
+                for m in methods
+            ]
+            for label, methods in (("digits", digits), ("reviews", reviews))
+            if methods
+        }
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
