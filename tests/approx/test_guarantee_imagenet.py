@@ -1,11 +1,19 @@
 """The precision and recall guarantees through SQL on real data: SUPG's ImageNet file (50,000 images, 50
 positives, the shipped proxy scores), the oracle an ONNX model that reveals the human label.
 
-Each trial is one seeded ``PRECISION TARGET 95%`` (or ``RECALL TARGET 90%``) ``CONFIDENCE 95%
-BUDGET 1000`` query; a trial succeeds when the returned rows have precision >= 95% (recall >= 90%
-of the 50 positives). The guarantee says P(success) >= 95%, so
-the number of successes in n trials is at least Binomial(n, 0.95), and the test accepts anything
-above that distribution's 0.1% quantile (a correct implementation fails it at most 1 time in 1000).
+Each mode runs N_TRIALS seeded ``... CONFIDENCE 95% BUDGET 1000 USING PROXY proxy_score`` queries:
+``RECALL TARGET 90%`` (RT), ``PRECISION TARGET 95%`` (PT) and the cascade ``RECALL TARGET 90%
+PRECISION TARGET 90%`` (a trial succeeds when both hold). The guarantee says P(success) >= 95% (δ =
+5%), so the number of successes in n independent trials is stochastically at least Binomial(n, 0.95);
+the test accepts anything at or above that distribution's 0.1% quantile (87 of 100: a correct
+implementation fails it at most 1 time in 1000). The tolerance is one-sided on purpose: a bound may
+be conservative, so 100/100 is no failure. Each mode must also be useful, not trivially correct
+(returning every row meets any recall target): SUPG reports a mean precision of 0.79 for RT on this
+file, and a precision target is useless when it returns few of the positives.
+
+The default bound (``sieve.bound = 'empirical'``) is empirical Bernstein with the range read off the
+sample. With a finite-sample bound (``'betting'``) budget 1000 cannot certify any proxy threshold for
+50 positives in 50,000 rows, and RT returns every row, which the NOTICE says.
 """
 
 from __future__ import annotations
@@ -19,19 +27,25 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from scipy.stats import binom
 
-from tests.approx.test_approx_sql import _last_log
 from tests.inference.models import OPSET, save
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "supg" / "imagenet.csv"
-TIME_BUDGET_S = 60.0
-MAX_TRIALS = 200
-MIN_TRIALS = 20
+N_ROWS = 50_000
+BUDGET = 1000
+CONFIDENCE = 0.95
+N_TRIALS = 100
 QUERY = (
     "SELECT id FROM imagenet WHERE reveal(x) > 0.5 {target} CONFIDENCE 95% BUDGET 1000 "
     "USING PROXY proxy_score"
 )
-PT = QUERY.format(target="PRECISION TARGET 95%")
 RT = QUERY.format(target="RECALL TARGET 90%")
+PT = QUERY.format(target="PRECISION TARGET 95%")
+CASCADE = QUERY.format(target="RECALL TARGET 90% PRECISION TARGET 90%")
+# one round trip per trial for the log: what the query recorded and what it spent
+LOG = (
+    "select mode, target, confidence, model_calls, cache_hits from sieve.query_log "
+    "order by query_id desc limit 1"
+)
 
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} is absent (the shared data sets)")
 
@@ -67,40 +81,86 @@ def imagenet(approx_world):
         conn.execute(
             "create or replace function reveal(x real[]) returns real language onnx as 'reveal.onnx'"
         )
-    return {i for i, label, _ in rows if label}
+    truth = {i for i, label, _ in rows if label}
+    assert len(rows) == N_ROWS and len(truth) == 50
+    return truth
 
 
-# RECALL TARGET 90% (RT) is not run here: at budget 1000 the recall operator certifies no proxy
-# threshold on this file and returns every row (precision 0.001), which meets the target trivially.
-@pytest.mark.parametrize(("sql", "mode", "target", "max_trials"), [(PT, "precision", 0.95, MAX_TRIALS)])
-def test_the_target_holds_over_seeded_trials(approx_world, imagenet, sql, mode, target, max_trials):
+def run_trial(conn, sql: str, seed: int) -> tuple[set[int], tuple]:
+    """One seeded query: the returned ids and its sieve.query_log row. Three round trips."""
+    conn.execute(f"set sieve.seed = {seed}")
+    ids = {r[0] for r in conn.execute(sql).fetchall()}
+    return ids, conn.execute(LOG).fetchone()
+
+
+def spent(logged: tuple) -> int:
+    """Oracle labels the query used, computed or served by the model cache."""
+    _, _, _, calls, hits = logged
+    return calls.get("reveal", 0) + hits
+
+
+@pytest.mark.parametrize(
+    ("sql", "mode", "recall_target", "precision_target"),
+    [
+        pytest.param(RT, "recall", 0.90, None, id="RT90"),
+        pytest.param(PT, "precision", None, 0.95, id="PT95"),
+        pytest.param(CASCADE, "cascade", 0.90, 0.90, id="cascade90-90"),
+    ],
+)
+def test_the_target_holds_over_seeded_trials(
+    approx_world, imagenet, sql, mode, recall_target, precision_target
+):
     truth = imagenet
-    assert len(truth) == 50
-    successes, precisions, recalls, n = 0, [], [], 0
+    met, precisions, recalls, sizes, budgets = 0, [], [], [], []
     started = time.monotonic()
     # prepare_threshold=None: psycopg prepares a statement run 5 times (extended protocol), and
     # approximate clauses need the simple query protocol
     with approx_world.connect(prepare_threshold=None) as conn:
-        while n < max_trials and (n < MIN_TRIALS or time.monotonic() - started < TIME_BUDGET_S):
-            conn.execute(f"set sieve.seed = {1000 + n}")
-            ids = {r[0] for r in conn.execute(sql).fetchall()}
-            logged = _last_log(conn)
-            calls, hits = conn.execute(
-                "select model_calls, cache_hits from sieve.query_log order by query_id desc limit 1"
-            ).fetchone()
-            assert logged[:3] == (mode, target, 0.95)
-            assert calls.get("reveal", 0) + hits <= 1000, (calls, hits)  # labels, cached or not
-            precision = len(ids & truth) / len(ids) if ids else 1.0
+        for n in range(N_TRIALS):
+            ids, logged = run_trial(conn, sql, seed=1000 + n)
+            assert logged[:3] == (mode, recall_target or precision_target, CONFIDENCE), logged
+            budgets.append(spent(logged))
+            assert budgets[-1] <= BUDGET, (n, logged)
+            hits = len(ids & truth)
+            precision = hits / len(ids) if ids else 1.0
+            recall = hits / len(truth)
             precisions.append(precision)
-            recalls.append(len(ids & truth) / len(truth))
-            successes += (precision if mode == "precision" else recalls[-1]) >= target
-            n += 1
+            recalls.append(recall)
+            sizes.append(len(ids))
+            met += (recall_target is None or recall >= recall_target) and (
+                precision_target is None or precision >= precision_target
+            )
     elapsed = time.monotonic() - started
-    floor = int(binom.ppf(0.001, n, 0.95))
+    floor = int(binom.ppf(0.001, N_TRIALS, CONFIDENCE))
+    mean_p, mean_r = float(np.mean(precisions)), float(np.mean(recalls))
     print(
-        f"\n{mode} target {target:.0%} on imagenet: {successes}/{n} trials met the target "
-        f"(floor {floor}) in {elapsed:.1f} s; "
-        f"mean precision {np.mean(precisions):.3f}, mean recall {np.mean(recalls):.3f}"
+        f"\n{mode} on imagenet: {met}/{N_TRIALS} trials met the target (floor {floor}) in {elapsed:.1f} s; "
+        f"mean precision {mean_p:.3f}, mean recall {mean_r:.3f}, median rows {int(np.median(sizes))}, "
+        f"labels per trial <= {max(budgets)}"
     )
-    assert successes >= floor, (successes, n, floor)
-    assert np.mean(recalls if mode == "precision" else precisions) > 0.5  # useful, not a trivial answer
+    assert met >= floor, (met, N_TRIALS, floor)
+    # useful, not a trivially correct answer
+    if recall_target is not None:
+        assert mean_p >= 0.79, f"{mode}: mean precision {mean_p:.3f} (median {np.median(sizes)} rows)"
+    if precision_target is not None:
+        assert mean_r >= 0.9, f"{mode}: mean recall {mean_r:.3f}"
+
+
+def test_a_finite_sample_recall_target_returns_every_row_and_says_so(approx_world, imagenet):
+    """``sieve.bound = 'betting'``: valid whatever the data, and at budget 1000 it can only certify
+    recall 90% by returning every row (minus the verified negatives)."""
+    notices: list[str] = []
+    with approx_world.connect(prepare_threshold=None) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        conn.execute("set sieve.bound = 'betting'")
+        ids, logged = run_trial(conn, RT, seed=7)
+        conn.execute("reset sieve.bound")
+    assert logged[:3] == ("recall", 0.9, CONFIDENCE)
+    assert spent(logged) <= BUDGET, logged
+    assert imagenet <= ids  # recall 1
+    assert len(ids) >= N_ROWS - BUDGET  # every row but the verified negatives
+    notice = next(n for n in notices if n.startswith("approximate selection"))
+    print(f"\nbetting RT on imagenet: {len(ids)} rows, NOTICE: {notice}")
+    assert "recall target 90%" in notice and "confidence 95%" in notice, notice
+    assert f"{len(ids)} of {N_ROWS} rows returned" in notice, notice
+    assert "every row" in notice, notice
