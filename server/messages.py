@@ -73,11 +73,13 @@ def command_complete(tag: str) -> bytes:
     return frame(b"C", tag.encode() + b"\0")
 
 
-def row_description(columns: list[str]) -> bytes:
-    """Text columns of type text (oid 25)."""
+def row_description(columns: list[str], formats: list[int] | tuple[int, ...] = ()) -> bytes:
+    """Text columns of type text (oid 25); ``formats`` as a Bind gives them (none, one, or one
+    per column)."""
     body = struct.pack("!h", len(columns))
-    for name in columns:
-        body += name.encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
+    for i, name in enumerate(columns):
+        code = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+        body += name.encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, code)
     return frame(b"T", body)
 
 
@@ -90,6 +92,23 @@ def data_row(values: list[str | None]) -> bytes:
             raw = value.encode()
             body += struct.pack("!i", len(raw)) + raw
     return frame(b"D", body)
+
+
+def parse(name: str, sql: str, param_oids: list[int] | tuple[int, ...] = ()) -> bytes:
+    """A Parse message (frontend): prepare ``sql`` as statement ``name``."""
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", len(param_oids))
+    return frame(b"P", body + b"".join(struct.pack("!i", oid) for oid in param_oids))
+
+
+def bind(portal: str, statement: str, result_formats: list[int] | tuple[int, ...] = ()) -> bytes:
+    """A Bind message (frontend) of a statement without parameters."""
+    body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!hh", 0, 0)
+    body += struct.pack(f"!h{len(result_formats)}h", len(result_formats), *result_formats)
+    return frame(b"B", body)
+
+
+SYNC_MESSAGE = frame(b"S", b"")
+PARSE_COMPLETE = ord("1")
 
 
 def notice(message: str) -> bytes:

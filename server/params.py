@@ -54,11 +54,14 @@ class Bind:
     statement: str
     formats: list[int]  # one per value (the protocol's 0/1/n format-code rule applied)
     values: list[bytes | None]
+    portal: str = ""
+    result_formats: tuple[int, ...] = ()  # as sent: none, one for all columns, or one per column
 
 
 def parse_bind(frame: bytes) -> Bind:
     body = frame[5:]
     portal_end = body.index(0)
+    portal = body[:portal_end].decode()
     statement_end = body.index(0, portal_end + 1)
     statement = body[portal_end + 1 : statement_end].decode()
     pos = statement_end + 1
@@ -76,8 +79,10 @@ def parse_bind(frame: bytes) -> Bind:
         else:
             values.append(body[pos : pos + length])
             pos += length
+    (nresults,) = _SHORT.unpack_from(body, pos)
+    results = struct.unpack_from(f"!{nresults}h", body, pos + 2)
     formats = codes * nvalues if len(codes) == 1 else (codes or [0] * nvalues)
-    return Bind(statement, formats, values)
+    return Bind(statement, formats, values, portal, results)
 
 
 def parse_param_types(frame: bytes) -> list[int]:

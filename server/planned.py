@@ -3,6 +3,13 @@
 The session holds the statement's frames (a simple Query, or an extended batch through Sync),
 waits until Postgres has answered everything sent before it, lets the planner work, then either
 forwards the held frames or answers them itself.
+
+Extended protocol: a held batch starts at the Bind of a statement that calls models. Postgres
+prepared that statement itself (an approximate one without its clause, see ``ClientSession._route``),
+so it describes parameters and columns. When the planner answers with complete SQL of its own,
+SieveDB prepares that as the unnamed statement (Parse + Sync in an exchange whose replies the
+client never sees) and rewrites the client's Bind to bind it, keeping portal and result formats.
+A batch the client left open before the Bind is first closed with a Sync of SieveDB's own.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from planner.classify import Decision
+from planner.classify import FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
 from server import messages, sqlstate
 from server.params import Bind, ParamText, as_text, parse_bind
@@ -58,6 +65,8 @@ class PlannedJob:
     started: bool = False
     param_oids: list[int] = field(default_factory=list)  # from the statement's Parse
     held: bool = False  # Postgres never sees its Parse: answered here or forwarded whole
+    failure: Failed | None = None  # known to fail before planning (an invalid approximate clause)
+    resets: tuple[str, ...] = ()  # not a statement: the client's Sync, then RESET of these settings
 
     @classmethod
     def simple(cls, decision: Decision, sql: str) -> PlannedJob:
@@ -65,11 +74,19 @@ class PlannedJob:
 
     @classmethod
     def extended(
-        cls, planned: PreparedPlan | Decision, sql: str | None = None, held: bool = False
+        cls,
+        planned: PreparedPlan | Decision,
+        sql: str | None = None,
+        held: bool = False,
+        failure: Failed | None = None,
     ) -> PlannedJob:
         if isinstance(planned, PreparedPlan):
             return cls(planned.decision, planned.sql, simple=False, param_oids=planned.param_oids)
-        return cls(planned, sql, simple=False, held=held)
+        return cls(planned, sql, simple=False, held=held, failure=failure)
+
+    @classmethod
+    def resetting(cls, settings: tuple[str, ...]) -> PlannedJob:
+        return cls(FORWARD, "", simple=False, resets=settings)
 
     def bind(self) -> Bind | None:
         for frame in self.frames:
@@ -101,6 +118,7 @@ class SessionPortImpl:
         self._armed = False
         self.user = session.user
         self.database = session.database
+        self.queries = 0  # simple Query messages sent: each drops the unnamed prepared statement
 
     @property
     def uses_sieve_settings(self) -> bool:
@@ -148,8 +166,12 @@ class SessionPortImpl:
         return oids
 
     async def run_sql(self, sql: str) -> SqlResult:
+        self.queries += 1
+        return await self.run_request(messages.frame(b"Q", sql.encode() + b"\0"))
+
+    async def run_request(self, request: bytes) -> SqlResult:
+        """Send protocol messages ending in Query or Sync; rows, tags and the first error."""
         result = SqlResult()
-        request = messages.frame(b"Q", sql.encode() + b"\0")
         async with contextlib.aclosing(exchange(self._session, request)) as replies:
             async for message in replies:
                 self._absorb(message, result)
@@ -191,6 +213,31 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     link = session.link
     await link.wait_ready(session.syncs_sent)
     port = SessionPortImpl(session)
+    try:
+        if job.resets:
+            await _reset_after_sync(session, job, port)
+            return
+        if not job.simple and session.batch_open and await _close_batch(session, port):
+            # Postgres failed the batch before this statement: it skips the rest up to the Sync
+            _skip_to_sync(session, job)
+            return
+    except ConnectionError:
+        return  # the session is already failing
+    outcome = job.failure or await _plan(session, job, port)
+    if outcome is None or session.closed:
+        return
+    # The backend going away mid-statement has already failed the session.
+    with contextlib.suppress(ConnectionError):
+        if isinstance(outcome, Forward):
+            await _forward(session, job, outcome, port)
+        elif isinstance(outcome, Failed):
+            await _fail(session, job, outcome, port)
+        else:
+            session.to_client(_answer(job, outcome, link.status))
+
+
+async def _plan(session: ClientSession, job: PlannedJob, port: SessionPortImpl) -> Outcome | None:
+    """The planner's outcome; None when the session is failing already."""
     loop = asyncio.get_running_loop()
     try:
         if job.held and job.ends_at_flush:
@@ -203,36 +250,57 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
         run = session.server.planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
         work = loop.create_task(run)
         session.planner_task = work
-        outcome: Outcome = await work
+        return await work
     except asyncio.CancelledError:
         if session.cancel_reason is None or asyncio.current_task().cancelling():
             raise
-        outcome = Failed(sqlstate.QUERY_CANCELED, f"canceling statement due to {session.cancel_reason}")
+        return Failed(sqlstate.QUERY_CANCELED, f"canceling statement due to {session.cancel_reason}")
     except PlanError as exc:
-        outcome = exc.outcome()
+        return exc.outcome()
     except ConnectionError:
-        return  # the session is already failing
+        return None
     except Exception as exc:  # a planner bug must not take the session down with it
         log.exception("planner failed on statement: %.200s", job.sql)
-        outcome = Failed(sqlstate.INTERNAL_ERROR, f"SieveDB internal error: {exc}")
+        return Failed(sqlstate.INTERNAL_ERROR, f"SieveDB internal error: {exc}")
     finally:
         session.planner_task = None
         session.cancel_reason = None
         port.disarm()
-    if session.closed:
+
+
+async def _fail(session: ClientSession, job: PlannedJob, outcome: Failed, port: SessionPortImpl) -> None:
+    link = session.link
+    await _fail_transaction(port, link)
+    if job.ends_at_flush:  # no Sync yet: the ReadyForQuery answers the Sync to come
+        session.discard_until_sync = True
+        session.to_client(_error(outcome))
         return
-    if isinstance(outcome, Forward):
-        # The backend going away mid-statement has already failed the session.
-        with contextlib.suppress(ConnectionError):
-            await _forward(session, job, outcome, port)
-        return
-    if isinstance(outcome, Failed):
-        await _fail_transaction(port, link)
-        if job.ends_at_flush:  # no Sync yet: the ReadyForQuery answers the Sync to come
-            session.discard_until_sync = True
-            session.to_client(_error(outcome))
-            return
     session.to_client(_answer(job, outcome, link.status))
+
+
+async def _close_batch(session: ClientSession, port: SessionPortImpl) -> bool:
+    """End the extended batch the client left open before a planned Bind (its Parse, say) with
+    a Sync of SieveDB's own, so that the planner may run SQL in the session; pass on what
+    Postgres answered to it but the ReadyForQuery. True when Postgres failed the batch."""
+    failed = False
+    async with contextlib.aclosing(exchange(session, messages.SYNC_MESSAGE)) as replies:
+        async for message in replies:
+            if message[0] != messages.READY_FOR_QUERY:
+                failed = failed or message[0] == messages.ERROR_RESPONSE
+                session.to_client(message)
+    session.batch_open = False
+    if session.pending_resets:  # a batch ending at Flush ran with settings of its own
+        for name in session.pending_resets:
+            await port.run_sql(f"RESET {name}")
+        session.pending_resets = ()
+    return failed
+
+
+def _skip_to_sync(session: ClientSession, job: PlannedJob) -> None:
+    if job.ends_at_flush:
+        session.discard_until_sync = True
+    else:
+        session.to_client(messages.ready_for_query(session.link.status))
 
 
 async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, port: SessionPortImpl) -> None:
@@ -241,9 +309,19 @@ async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, po
         job.frames = [messages.frame(b"Q", outcome.sql.encode() + b"\0")]
     for name, value in outcome.settings.items():
         await port.run_sql(f"SET {name} = '{value}'")
+    if not job.simple and not job.held:
+        failed = await _prepare_statement(session, job, outcome, port)
+        if failed is not None:
+            for name in outcome.settings:
+                await port.run_sql(f"RESET {name}")
+            await _fail(session, job, failed, port)
+            return
+        session.batch_open = job.syncs == 0
     if (outcome.after is None and not outcome.settings) or job.syncs != 1:
         link.write(b"".join(job.frames))
         session.syncs_sent += job.syncs
+        if job.syncs == 0 and outcome.settings:  # a batch ending at Flush: reset at its Sync
+            session.pending_resets = tuple(outcome.settings)
         if outcome.after is not None:
             await link.wait_ready(session.syncs_sent)
             await outcome.after()
@@ -257,6 +335,42 @@ async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, po
         await outcome.after()
     link.status = ready[5]  # the client's statement's, not the RESET's
     session.to_client(ready)
+
+
+async def _prepare_statement(
+    session: ClientSession, job: PlannedJob, outcome: Forward, port: SessionPortImpl
+) -> Failed | None:
+    """Before an extended job's frames go to Postgres, prepare what its Bind names.
+
+    With ``outcome.sql`` (the planner's complete statement, values in place) the Bind is
+    rewritten to bind that, prepared as the unnamed statement, with no parameters and the
+    client's portal and result formats; the client's own Parse already had its ParseComplete.
+    Without, an unnamed statement the planner's queries dropped is prepared again. Parse and
+    Sync go in an exchange of their own, so no ParseComplete reaches the client."""
+    bind = job.bind()
+    if bind is None or job.frames[0][0] != messages.BIND:
+        return None
+    if outcome.sql is not None:
+        request = messages.parse("", outcome.sql)
+        job.frames[0] = messages.bind(bind.portal, "", bind.result_formats)
+    elif bind.statement == "" and port.queries:
+        request = messages.parse("", job.sql, job.param_oids)
+    else:
+        return None
+    result = await port.run_request(request + messages.SYNC_MESSAGE)
+    return result.error
+
+
+async def _reset_after_sync(session: ClientSession, job: PlannedJob, port: SessionPortImpl) -> None:
+    """The Sync of a batch whose planned statement ran with settings of its own: the client's
+    next statement waits until they are reset."""
+    link = session.link
+    link.write(b"".join(job.frames))
+    session.syncs_sent += job.syncs
+    session.batch_open = False
+    await link.wait_ready(session.syncs_sent)
+    for name in job.resets:
+        await port.run_sql(f"RESET {name}")
 
 
 async def _relay_until_ready(session: ClientSession, job: PlannedJob) -> bytes:
@@ -310,14 +424,16 @@ async def _fail_transaction(port: SessionPortImpl, link) -> None:
 def _answer(job: PlannedJob, outcome: Done | Rows | Failed, status: int) -> bytes:
     if isinstance(outcome, Failed):
         return _error(outcome) + messages.ready_for_query(status)
-    if isinstance(outcome, Rows):  # only planned for simple-protocol statements
+    if job.simple and isinstance(outcome, Rows):
         body = messages.row_description(outcome.columns) + b"".join(
             messages.data_row(r) for r in outcome.rows
         )
         return body + messages.command_complete(outcome.tag) + messages.ready_for_query(status)
     if job.simple:
         return messages.command_complete(outcome.tag) + messages.ready_for_query(status)
-    return b"".join(_extended_reply(frame, outcome.tag, status) for frame in job.frames)
+    bind = job.bind()
+    formats = bind.result_formats if bind is not None else ()
+    return b"".join(_extended_reply(frame, outcome, formats, status) for frame in job.frames)
 
 
 def _error(outcome: Failed) -> bytes:
@@ -326,17 +442,24 @@ def _error(outcome: Failed) -> bytes:
     )
 
 
-def _extended_reply(frame: bytes, tag: str, status: int) -> bytes:
+def _extended_reply(frame: bytes, outcome: Done | Rows, formats: tuple[int, ...], status: int) -> bytes:
+    """The reply to one held frame of a statement the planner answered itself. Its own rows are
+    text, whose binary format is the same bytes: any result format the Bind asked for holds."""
     kind = frame[0]
+    rows = outcome if isinstance(outcome, Rows) else None
     if kind == messages.PARSE:
         return messages.frame(b"1", b"")
     if kind == messages.BIND:
         return messages.frame(b"2", b"")
     if kind == messages.DESCRIBE:
-        no_params = messages.frame(b"t", b"\0\0") if frame[5] == ord("S") else b""
-        return no_params + messages.frame(b"n", b"")
+        statement = frame[5] == ord("S")
+        no_params = messages.frame(b"t", b"\0\0") if statement else b""
+        if rows is None:
+            return no_params + messages.frame(b"n", b"")
+        return no_params + messages.row_description(rows.columns, () if statement else formats)
     if kind == messages.EXECUTE:
-        return messages.command_complete(tag)
+        data = b"".join(messages.data_row(r) for r in rows.rows) if rows is not None else b""
+        return data + messages.command_complete(outcome.tag)
     if kind == messages.CLOSE:
         return messages.frame(b"3", b"")
     if kind == messages.SYNC:

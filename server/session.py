@@ -14,7 +14,9 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
+from planner.approx.clause import split_clause
 from planner.classify import SIEVE_SETTING, Route
+from planner.outcome import PlanError
 from server import messages, sqlstate, startup
 from server.backend import BackendLink
 from server.params import parse_param_types
@@ -27,6 +29,8 @@ log = logging.getLogger("sievedb.server.session")
 
 _LEN = struct.Struct("!I")
 HOLD_LIMIT = 1 << 20  # stop reading a client whose pipelined messages pile up behind a planned one
+_OPENS_BATCH = frozenset(b"PBDECH")  # extended-protocol frames: Postgres answers them at a Sync
+_CLOSES_BATCH = frozenset(b"QSF")
 
 
 class ProtocolViolation(Exception):
@@ -65,6 +69,8 @@ class ClientSession(asyncio.Protocol):
         self.cancel_reason: str | None = None
         self.in_backend_sql = False  # the planner is running SQL in this session's backend
         self.discard_until_sync = False  # an extended batch failed before its Sync arrived
+        self.batch_open = False  # extended frames went to Postgres since the last Sync
+        self.pending_resets: tuple[str, ...] = ()  # settings to RESET once the client's Sync ran
         self.uses_sieve_settings = False  # the session said "sieve." (SET sieve.recall_target ...)
         self._paused = False
 
@@ -237,14 +243,24 @@ class ClientSession(asyncio.Protocol):
     # -- forwarding ---------------------------------------------------------------------------
 
     def _relay_frontend(self, data: bytes) -> None:
+        pending: bytes | None = data
+        while pending:
+            pending = self._relay_chunk(pending)
+
+    def _relay_chunk(self, data: bytes) -> bytes | None:
+        """Forward the whole frames of ``data`` (after what ``inbuf`` holds); return bytes still
+        to relay when a frame had to be replaced on the way."""
         if self.inbuf:
+            checked = len(self.inbuf) >= 5  # a frame's header was checked when it was kept
             self.inbuf += data
             view: bytes | bytearray = self.inbuf
+            if checked and _LEN.unpack_from(view, 1)[0] >= len(view):
+                return None  # that frame is still incomplete: no need to scan it again
         else:
             view = data
         # One scan of the whole chunk decides whether any statement in it needs a closer look.
         inspect = self.server.classifier.may_plan(view) or bool(self.planned_statements)
-        pos, size = 0, len(view)
+        pos, size, last = 0, len(view), -1
         limit, types, unpack = self.server.max_message_bytes, messages.FRONTEND_TYPES, _LEN.unpack_from
         try:
             while size - pos >= 5:
@@ -256,24 +272,43 @@ class ClientSession(asyncio.Protocol):
                 if end > size:
                     break
                 if self.discard_until_sync:
-                    return self._discard(view, pos, end)
+                    return self._discard(view, pos, end, last)
                 if kind == messages.QUERY:
                     job = self._route(kind, view, pos, end) if inspect else None
                     if job is not None:
-                        return self._hold(view, pos, job)
+                        return self._hold(view, pos, job, last)
                     self.syncs_sent += 1
                 elif kind == messages.SYNC or kind == messages.FUNCTION_CALL:
+                    if self.pending_resets and kind == messages.SYNC:
+                        job = PlannedJob.resetting(self.pending_resets)
+                        self.pending_resets = ()
+                        return self._hold(view, pos, job, last)
                     self.syncs_sent += 1
                 elif inspect and (kind == messages.PARSE or kind == messages.BIND):
                     job = self._route(kind, view, pos, end)
+                    if isinstance(job, bytes):
+                        return self._replace(view, pos, end, job)
                     if job is not None:
-                        return self._hold(view, pos, job)
+                        return self._hold(view, pos, job, last)
+                elif inspect and kind == messages.CLOSE and self.planned_statements:
+                    if view[pos + 5] == ord("S"):  # a closed statement is planned no more
+                        self.planned_statements.pop(cstrings(view, pos + 6, end, 1)[0], None)
                 elif kind == messages.TERMINATE:
                     self._terminating = True
+                last = kind
                 pos = end
         except ProtocolViolation as exc:
             return self._violation(view, pos, str(exc))
+        self._note_forwarded(last)
         self._flush_frontend(view, pos)
+        return None
+
+    def _note_forwarded(self, kind: int) -> None:
+        """Remember whether the last frame forwarded left an extended batch open (no Sync yet)."""
+        if kind in _OPENS_BATCH:
+            self.batch_open = True
+        elif kind in _CLOSES_BATCH:
+            self.batch_open = False
 
     def _frame_end(self, view: bytes | bytearray, pos: int, size: int) -> int | None:
         """End offset of the frame at ``pos``; None while incomplete; raises on a bad header."""
@@ -286,8 +321,9 @@ class ClientSession(asyncio.Protocol):
         end = pos + 1 + length
         return end if end <= size else None
 
-    def _route(self, kind: int, view: bytes | bytearray, pos: int, end: int) -> PlannedJob | None:
-        """Return a job when this frame starts work for the planner; count it when forwarded."""
+    def _route(self, kind: int, view: bytes | bytearray, pos: int, end: int) -> PlannedJob | bytes | None:
+        """Return a job when this frame starts work for the planner, or the frame to forward in
+        its place (a Parse without its approximate clause); None to forward it as it is."""
         if kind == messages.BIND:
             if self.planned_statements:
                 statement = cstrings(view, pos + 5, end, 2)[1]
@@ -309,57 +345,79 @@ class ClientSession(asyncio.Protocol):
             return None
         name, sql = cstrings(view, pos + 5, end, 2)
         oids = parse_param_types(bytes(view[pos:end]))
-        if decision.executes_itself or self.server.classifier.has_clause(sql):
-            # Postgres cannot parse it (LANGUAGE onnx, an approximate clause): hold it whole.
+        if decision.executes_itself:
+            # Postgres cannot parse it (LANGUAGE onnx): hold it whole.
             return PlannedJob.extended(decision, sql, held=True)
+        if self.server.classifier.has_clause(sql):
+            # Postgres cannot parse the approximate clause: it prepares the statement without it
+            # (so it describes parameters and columns itself); each Bind goes to the planner.
+            try:
+                body = split_clause(sql)[0]
+            except PlanError as exc:  # an invalid clause: the Parse fails, as a syntax error would
+                self.planned_statements.pop(name, None)
+                return PlannedJob.extended(decision, sql, held=True, failure=exc.outcome())
+            self.planned_statements[name] = PreparedPlan(decision, sql, oids)
+            return messages.parse(name, body, oids)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.
         self.planned_statements[name] = PreparedPlan(decision, sql, oids)
         return None
 
-    def _discard(self, view: bytes | bytearray, pos: int, end: int) -> None:
+    def _discard(self, view: bytes | bytearray, pos: int, end: int, last: int) -> bytes | None:
         """After an error the server raised itself mid-batch, drop messages up to the Sync,
         answer that with ReadyForQuery, and go on with the rest (Postgres's own rule)."""
-        self._flush_frontend(view[:pos], pos)
+        head, rest = bytes(view[:pos]), bytes(view[end:])
+        self.inbuf.clear()
+        if head:
+            self._note_forwarded(last)
+            self.link.write(head)
         if view[pos] == messages.SYNC:
             self.discard_until_sync = False
             self.to_client(messages.ready_for_query(self.link.status))
-        rest = bytes(view[end:])
+        return rest or None
+
+    def _replace(self, view: bytes | bytearray, pos: int, end: int, frame: bytes) -> bytes | None:
+        """Forward what precedes the frame at ``pos``, then ``frame`` in its place."""
+        head, rest = bytes(view[:pos]), bytes(view[end:])
         self.inbuf.clear()
-        if rest:
-            self._relay_frontend(rest)
+        self.link.write(head + frame)
+        self._note_forwarded(frame[0])
+        return rest or None
 
     def _note_settings(self, decision, sql: bytes | bytearray) -> None:
         if decision is SIEVE_SETTING or (decision.route is Route.PLAN and b"sieve." in bytes(sql).lower()):
             self.uses_sieve_settings = True
 
-    def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob) -> None:
+    def _hold(self, view: bytes | bytearray, pos: int, job: PlannedJob, last: int) -> None:
         """Forward what precedes a planned statement, then keep the rest until the job is done."""
-        self._flush_frontend(view[:pos], pos)
-        rest = bytes(view[pos:])
+        head, rest = bytes(view[:pos]), bytes(view[pos:])
         self.inbuf.clear()
+        if head:
+            self._note_forwarded(last)
+            self.link.write(head)
         self.inbuf += rest
         self.state = State.BUSY
         self.job = job
         self._collect()
 
     def _collect(self) -> None:
-        """Gather the held job's frames (through Sync for extended ones), then start it."""
+        """Gather the held job's frames (through Sync for extended ones), then start it. Each
+        frame moves from ``inbuf`` to the job once whole (its frames may come in many reads)."""
         view, pos, size = self.inbuf, 0, len(self.inbuf)
         try:
             while size - pos >= 5:
                 end = self._frame_end(view, pos, size)
                 if end is None:
                     break
-                if self.job.take(view[pos], bytes(view[pos:end])):
-                    del view[:end]
+                done = self.job.take(view[pos], bytes(view[pos:end]))
+                pos = end
+                if done:
+                    del view[:pos]
                     self.job.started = True
                     asyncio.get_running_loop().create_task(self._run_job(self.job))
                     return
-                pos = end
         except ProtocolViolation as exc:
             return self._violation(b"", 0, str(exc))
-        if size > HOLD_LIMIT:
-            self.pause_client_reading()
+        del view[:pos]  # reading goes on: pausing here would starve the job of its Sync
 
     async def _run_job(self, job: PlannedJob) -> None:
         await run_planned(self, job)
