@@ -56,7 +56,7 @@ INVALID_PARAMETER = "22023"
 SYNTAX_ERROR = "42601"
 INTERNAL_ERROR = "XX000"
 DEFAULT_BUDGET = 1000
-_NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean"}
+_NUMERIC_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool"}  # pg_type names
 _AGGREGATES = {"count", "sum", "avg"}
 _INTEGRAL = {"pg_catalog.int2", "pg_catalog.int4", "pg_catalog.int8"}
 
@@ -296,6 +296,14 @@ class ApproxQuery:
                 hint="approximate queries read FROM tables (and joins of tables), keyed by ctid",
             ) from None
 
+    async def _result_type(self, sql: str, what: str):
+        """The type of the first result column of ``sql`` (prepared, not run)."""
+        try:
+            async with self.planner.db.acquire() as conn:
+                return (await conn.prepare(sql)).get_attributes()[0].type
+        except asyncpg.PostgresError as exc:
+            raise PlanError(getattr(exc, "sqlstate", None) or INTERNAL_ERROR, f"{what}: {exc}") from None
+
     async def _proxy_scores(self, extra_columns: list[str]) -> tuple[list, np.ndarray | None]:
         """Candidate rows: (key, proxy, *extra) and the proxy scores (checked to lie in [0, 1])."""
         proxy = self.clause.proxy
@@ -317,13 +325,12 @@ class ApproxQuery:
                 )
             for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
                 await self._materialize(site)
-            kinds = await self._fetch(
-                f"SELECT DISTINCT pg_typeof({proxy})::text FROM {self.from_sql} WHERE {self._where()}",
-                what=f"USING PROXY {proxy}",
+            kind = await self._result_type(
+                f"SELECT ({proxy}) FROM {self.from_sql} WHERE {self._where()}", what=f"USING PROXY {proxy}"
             )
-            bad = [r[0] for r in kinds if r[0] not in _NUMERIC_TYPES]
-            if bad:
-                raise PlanError(INVALID_PARAMETER, f"USING PROXY {proxy} is not numeric (it is {bad[0]})")
+            if kind.name not in _NUMERIC_TYPES:
+                shown = "text" if kind.name == "unknown" else kind.name
+                raise PlanError(INVALID_PARAMETER, f"USING PROXY {proxy} is not numeric (it is {shown})")
         proxy_col = f"({proxy})::float8" if proxy is not None else "NULL::float8"
         columns = ", ".join([f"{self.key_sql}", proxy_col, *extra_columns])
         rows = await self._fetch(
