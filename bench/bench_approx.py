@@ -45,13 +45,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
-import shutil
 import signal
 import sys
 import tempfile
@@ -69,9 +67,8 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
-from bench_planner import OutOfTime, blob_pixels, load_blobs, log  # noqa: E402
+from bench_planner import OutOfTime, blob_pixels, load_blobs, log, shutdown  # noqa: E402
 
-from storage.embedded import EmbeddedPostgres, EmbeddedSettings  # noqa: E402
 from tests.support.servers import SieveProcess  # noqa: E402
 
 CONF = 0.95
@@ -862,19 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_approx: interrupted ({exc})", file=sys.stderr)
         return 130
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up
-        with contextlib.suppress(Exception):
-            code = server.stop()
-            if code not in (0, None):
-                log(f"sievedb exited with status {code}")
-        with contextlib.suppress(Exception):  # a server killed before it could stop its Postgres
-            EmbeddedPostgres(EmbeddedSettings(data_dir=data_dir)).stop()
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        shutdown([server], data_dir, tmp, args.keep)
 
 
 def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:

@@ -467,23 +467,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_planner: interrupted ({exc})", file=sys.stderr)
         return 130
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up
         for conn in conns:
             with contextlib.suppress(Exception):
                 conn.close()
-        for server in servers:
-            with contextlib.suppress(Exception):
-                code = server.stop()
-                if code not in (0, None):
-                    log(f"sievedb exited with status {code}")
-        with contextlib.suppress(Exception):  # a server killed before it could stop its Postgres
-            EmbeddedPostgres(EmbeddedSettings(data_dir=data_dir)).stop()
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        shutdown(servers, data_dir, tmp, args.keep)
+
+
+def shutdown(servers: list[SieveProcess], data_dir: Path, tmp: Path, keep: bool) -> None:
+    """Stop the servers and their embedded Postgres, then remove (or keep) the temporary tree;
+    SIGTERM is ignored meanwhile so that a second one cannot leave a cluster running."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            code = server.stop()
+            if code not in (0, None):
+                log(f"sievedb exited with status {code}")
+    with contextlib.suppress(Exception):  # a server killed before it could stop its Postgres
+        EmbeddedPostgres(EmbeddedSettings(data_dir=data_dir)).stop()
+    if keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(
