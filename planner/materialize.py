@@ -99,7 +99,8 @@ async def materialize_site(
                 await work.consume_all(peek)
             else:
                 async with reader.transaction(readonly=True):
-                    await work.consume_all(reader.cursor(query, prefetch=BATCH_ROWS))
+                    cursor = await reader.cursor(query)
+                    await work.consume_all(_chunks(cursor))
         except asyncpg.PostgresError as exc:
             raise PlanError(
                 getattr(exc, "sqlstate", None) or "XX000",
@@ -142,18 +143,31 @@ class _Work:
         self.stopped = False
 
     async def consume_all(self, records) -> None:
+        """``records``: a list of input rows, or an async iterator of lists of them."""
         if isinstance(records, list):
-            for record in records:
-                if await self._take(record):
-                    self.stopped = True
-                    return
+            stopped = await self._take_all(records)
         else:
-            async for record in records:
-                if await self._take(record):
-                    self.stopped = True
-                    return
+            stopped = False
+            async for chunk in records:
+                if await self._take_all(chunk):
+                    stopped = True
+                    break
+        if stopped:
+            self.stopped = True
+            return
         if self.batch:  # the input set is exhausted: every input it holds is now cached
             await self._run()
+
+    async def _take_all(self, records: list) -> bool:
+        seen = self.seen
+        for record in records:
+            if record[1] and not self.keyed:  # a cached input: counted once, nothing to run
+                if record[0] not in seen:
+                    seen.add(record[0])
+                    self.hits += 1
+            elif await self._take(record):
+                return True
+        return False
 
     def _keys(self, digests: list) -> list:
         if not self.keyed:
@@ -205,6 +219,12 @@ class _Work:
             pending = await self.dbs.read.fetchrow(pending_inputs_sql(self.site, self.spec))
             self.total = self.runs + pending[0]
         self.port.notice(_progress(self.spec, self.runs, self.total, self.last_notice - self.started))
+
+
+async def _chunks(cursor):
+    """A server-side cursor's rows, BATCH_ROWS at a time."""
+    while chunk := await cursor.fetch(BATCH_ROWS):
+        yield chunk
 
 
 def pending_inputs_sql(site: CallSite, spec: ModelSpec) -> str:

@@ -46,7 +46,9 @@ from planner.approx.explain import (
 from planner.approx.flatten import flatten_views
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
 from planner.calls import conjuncts, find_call_sites, mentions_model
+from planner.install import digest_sql, quote_ident
 from planner.materialize import Materialized, materialize_site
+from planner.model_spec import SCALAR_COLUMN
 from planner.outcome import Forward, Outcome, PlanError, Rows, SessionPort
 
 log = logging.getLogger("sievedb.planner.approx")
@@ -307,6 +309,7 @@ class ApproxQuery:
     async def _proxy_scores(self, extra_columns: list[str]) -> tuple[list, np.ndarray | None]:
         """Candidate rows: (key, proxy, *extra) and the proxy scores (checked to lie in [0, 1])."""
         proxy = self.clause.proxy
+        joined = None  # (site, spec): the proxy's scores come from a join with its model's cache
         if proxy is not None:
             try:
                 probe = parse_sql(f"SELECT ({proxy}) FROM {self.from_sql} WHERE {self._where()}")[0].stmt
@@ -323,19 +326,23 @@ class ApproxQuery:
                     f"USING PROXY {proxy} calls the oracle model {self.site.model} itself",
                     hint="the proxy must be a column, an expression or a cheaper model",
                 )
-            for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
-                await self._materialize(site)
+            joined = self._joinable_proxy(probe, proxy_sites)
+            if joined is None:
+                for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
+                    await self._materialize(site)
             kind = await self._result_type(
                 f"SELECT ({proxy}) FROM {self.from_sql} WHERE {self._where()}", what=f"USING PROXY {proxy}"
             )
             if kind.name not in _NUMERIC_TYPES:
                 shown = "text" if kind.name == "unknown" else kind.name
                 raise PlanError(INVALID_PARAMETER, f"USING PROXY {proxy} is not numeric (it is {shown})")
-        proxy_col = f"({proxy})::float8" if proxy is not None else "NULL::float8"
-        columns = ", ".join([f"{self.key_sql}", proxy_col, *extra_columns])
-        rows = await self._fetch(
-            f"SELECT {columns} FROM {self.from_sql} WHERE {self._where()}", what="reading the candidate rows"
-        )
+        if joined is not None:
+            rows = await self._joined_proxy_rows(*joined, extra_columns)
+        else:
+            proxy_col = f"({proxy})::float8" if proxy is not None else "NULL::float8"
+            columns = ", ".join([f"{self.key_sql}", proxy_col, *extra_columns])
+            sql = f"SELECT {columns} FROM {self.from_sql} WHERE {self._where()}"
+            rows = await self._fetch(sql, what="reading the candidate rows")
         if proxy is None:
             return rows, None
         scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
@@ -350,6 +357,72 @@ class ApproxQuery:
             )
         return rows, scores
 
+    def _joinable_proxy(self, probe: ast.SelectStmt, sites) -> tuple | None:
+        """(call site, model spec) when the proxy is one call of a model with a single scalar
+        output (``USING PROXY cheap_model(x)``): its scores are then read by joining the model's
+        cache once, one digest per candidate row, instead of a materialization pass followed by
+        the model function row by row. None: the general path."""
+        if len(sites) != 1 or sites[0].depth != 0:
+            return None
+        site, call = sites[0], probe.targetList[0].val
+        if not isinstance(call, ast.FuncCall) or [n.sval for n in call.funcname] not in (
+            [site.model],
+            ["public", site.model],
+        ):
+            return None
+        if tuple(RawStream()(a) for a in call.args or ()) != site.args:
+            return None
+        if call.agg_order or call.agg_filter is not None or call.agg_within_group or call.agg_distinct:
+            return None
+        if call.func_variadic or any(isinstance(a, ast.NamedArgExpr) for a in call.args or ()):
+            return None
+        spec = self.planner.catalog.get(site.model)
+        if spec is None or spec.returns_table or spec.row_index or len(spec.bindings) != 1:
+            return None
+        if len(spec.args) != len(site.args):
+            return None
+        return site, spec
+
+    async def _joined_proxy_rows(self, site, spec, extra_columns: list[str]) -> list:
+        """Candidate rows (key, proxy, *extra, ...) with the proxy read from the model's cache by
+        one join; inputs missing from the cache are materialized first (the usual pass, which
+        also counts its hits), then the join is read again. Rows come in the order of the
+        candidate scan, as from the general path's plain read."""
+        digest = digest_sql(spec, list(site.args))
+        inner = ", ".join(
+            [
+                f"{self.key_sql} AS sieve_key",
+                *(f"{c} AS sieve_x{j}" for j, c in enumerate(extra_columns)),
+                f"{digest} AS sieve_digest",
+                "row_number() OVER () AS sieve_n",
+            ]
+        )
+        outer = ", ".join(
+            [
+                "i.sieve_key",
+                f"(c.{quote_ident(SCALAR_COLUMN)})::float8",
+                *(f"i.sieve_x{j}" for j in range(len(extra_columns))),
+                "i.sieve_digest",
+                "c.digest IS NOT NULL",
+                "i.sieve_n",
+            ]
+        )
+        sql = (
+            f"SELECT {outer} FROM (SELECT {inner} FROM {self.from_sql} WHERE {self._where()} OFFSET 0) AS i "
+            f"LEFT JOIN {spec.cache_table} c ON c.digest = i.sieve_digest AND c.ordinal = 0"
+        )
+        rows = await self._fetch(sql, what="reading the candidate rows")
+        hit = len(extra_columns) + 3  # (key, proxy, *extra, digest, hit, ordinal)
+        if any(not r[hit] and r[hit - 1] is not None for r in rows):
+            await self._materialize(site)
+            rows = await self._fetch(sql, what="reading the candidate rows")
+        else:  # every input was cached: what a materialization pass would have counted
+            self.done.add(spec.name, 0, len({r[hit - 1] for r in rows if r[hit - 1] is not None}))
+        order = np.fromiter((r[hit + 1] for r in rows), dtype=np.int64, count=len(rows))
+        if order.size > 1 and (np.diff(order) < 0).any():
+            rows = [rows[i] for i in np.argsort(order, kind="stable")]
+        return rows
+
     def _oracle(self, keys: list[str], cache: dict[int, bool]):
         """A synchronous oracle (for the sampling thread): candidate positions -> predicate."""
         loop = asyncio.get_running_loop()
@@ -359,7 +432,7 @@ class ApproxQuery:
             wanted = sorted({int(i) for i in idx} - cache.keys())
             if wanted:
                 listed = [keys[i] for i in wanted]
-                guard = f"{self.key_sql} = ANY('{_array(listed)}'::text[])"
+                guard = f"{self.key_col} = ANY('{_array(listed)}'::{self.key_type}[])"  # a TID scan
                 restricted = dataclasses.replace(
                     self.site, where_sql=" AND ".join(p for p in (self.site.where_sql, f"({guard})") if p)
                 )
@@ -430,11 +503,21 @@ class ApproxQuery:
 
         clause = self.clause
         features = await auto_proxy.feature_columns(self) if clause.proxy is None else None
-        rows, scores = await self._proxy_scores(features.sql if features else [])
-        keys = [r[0] for r in rows]
         # A seeded run must not depend on what earlier queries cached: it reproduces exactly
-        # (cached outputs are still read, not recomputed, when its sample reaches them).
-        known = await self._cached_labels(keys) if self.settings.seed in (None, "") else {}
+        # (cached outputs are still read, not recomputed, when its sample reaches them). The
+        # cached labels are read on another connection while the candidate rows are.
+        labels = None
+        if self.settings.seed in (None, ""):
+            labels = asyncio.ensure_future(self._cached_labels())
+        try:
+            rows, scores = await self._proxy_scores(features.sql if features else [])
+        except BaseException:
+            if labels is not None:
+                labels.cancel()
+                await asyncio.gather(labels, return_exceptions=True)
+            raise
+        keys = [r[0] for r in rows]
+        known = await labels if labels is not None else {}
         self.known = (len(known), sum(known.values())) if known else None
         rest = [i for i, k in enumerate(keys) if k not in known] if known else list(range(len(keys)))
         selected = [k for k, positive in known.items() if positive]
@@ -464,17 +547,24 @@ class ApproxQuery:
         selected += [sample_keys[int(i)] for i in result.indices]
         return keys, selected, result
 
-    async def _cached_labels(self, keys: list[str]) -> dict[str, bool]:
+    async def _cached_labels(self) -> dict[str, bool]:
         """Predicate values of the candidate rows whose oracle output is cached (free labels).
         An empty cache costs one probe; otherwise one lenient read of the candidates."""
-        if not keys or await self.planner.db.fetchval(
-            f"SELECT NOT EXISTS (SELECT 1 FROM {self.spec.cache_table})"
-        ):
+        if await self.planner.db.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {self.spec.cache_table})"):
             return {}
-        call = f"{self.site.model}({', '.join(self.site.args)})"
+        spec = self.spec
+        if not spec.returns_table and len(spec.args) == len(self.site.args):
+            # the model function is not NULL exactly where its cache holds a value: find those rows
+            # with one semi-join, and evaluate the predicate (the function) for them only
+            cached = (
+                f"{digest_sql(spec, list(self.site.args))} IN (SELECT c.digest FROM {spec.cache_table} c "
+                f"WHERE c.ordinal = 0 AND c.{quote_ident(SCALAR_COLUMN)} IS NOT NULL)"
+            )
+        else:
+            cached = f"({self.site.model}({', '.join(self.site.args)})) IS NOT NULL"
         rows = await self._fetch(
             f"SELECT {self.key_sql}, coalesce(({self.predicate})::bool, false) FROM {self.from_sql} "
-            f"WHERE {self._where(f'({call}) IS NOT NULL')}",
+            f"WHERE {self._where(f'({cached})')}",
             what="reading cached oracle outputs",
         )
         known: dict[str, bool] = {}
