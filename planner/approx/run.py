@@ -432,7 +432,7 @@ class ApproxQuery:
             wanted = sorted({int(i) for i in idx} - cache.keys())
             if wanted:
                 listed = [keys[i] for i in wanted]
-                guard = f"{self.key_col} = ANY('{_array(listed)}'::{self.key_type}[])"  # a TID scan
+                guard = self._guard(listed)  # a TID scan
                 restricted = dataclasses.replace(
                     self.site, where_sql=" AND ".join(p for p in (self.site.where_sql, f"({guard})") if p)
                 )
@@ -485,10 +485,17 @@ class ApproxQuery:
         self.report = {"result": result, "candidates": len(keys), "calls": calls, "known": self.known}
         if result is not None and (not result.target_met or result.budget_hint):
             self._strict(f"BUDGET {budget} is too small for the {mode} target", result.budget_hint)
-        guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
-        level = self.stmt
-        level.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
+        return self._forward_rows(selected)
+
+    def _forward_rows(self, keys: list[str]) -> Forward:
+        """The client's statement with its model predicate replaced by "one of these rows"; the
+        selected rows' model outputs are read leniently (unlabelled ones read as NULL)."""
+        guard = self._guard(keys)
+        self.stmt.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
         return Forward(sql=RawStream()(self.stmt), settings={"sieve.lenient": "on"})
+
+    def _guard(self, keys: list[str]) -> str:
+        return f"{self.key_col} = ANY('{_array(keys)}'::{self.key_type}[])"
 
     async def _select(self) -> tuple[list[str], list[str], object]:
         """Run the selection operator: (candidate keys, selected keys, SelectionResult or None
@@ -624,9 +631,7 @@ class ApproxQuery:
         await self._log("limit", None, float(len(selected)), None, None, confidence=None)
         if result is not None and result.budget_hint:
             self._strict(f"BUDGET {budget} ran out before LIMIT {k} rows were found", result.budget_hint)
-        guard = f"{self.key_col} = ANY('{_array(selected)}'::{self.key_type}[])"
-        stmt.whereClause = parse_sql(f"SELECT 1 WHERE {self._where(guard)}")[0].stmt.whereClause
-        return Forward(sql=RawStream()(stmt), settings={"sieve.lenient": "on"})
+        return self._forward_rows(selected)
 
     # -- aggregates -------------------------------------------------------------------------------
 
