@@ -437,14 +437,7 @@ class ApproxQuery:
                     self.site, where_sql=" AND ".join(p for p in (self.site.where_sql, f"({guard})") if p)
                 )
                 await self._materialize(restricted)
-                rows = await self._fetch(
-                    f"SELECT {self.key_sql}, coalesce(({self.predicate})::bool, false) "
-                    f"FROM {self.from_sql} WHERE {self._where(guard)}",
-                    what="evaluating the model predicate",
-                )
-                found: dict[str, bool] = {}
-                for k, v in rows:
-                    found[k] = found.get(k, False) or bool(v)
+                found = await self._predicate_by_key(guard, "evaluating the model predicate")
                 for i in wanted:
                     cache[i] = found.get(keys[i], False)
             return np.array([cache[int(i)] for i in idx], dtype=bool)
@@ -569,15 +562,20 @@ class ApproxQuery:
             )
         else:
             cached = f"({self.site.model}({', '.join(self.site.args)})) IS NOT NULL"
+        return await self._predicate_by_key(f"({cached})", "reading cached oracle outputs")
+
+    async def _predicate_by_key(self, condition: str, what: str) -> dict[str, bool]:
+        """The model predicate of the candidate rows meeting ``condition``, by row key (a row of
+        a join is positive when any of its combinations is)."""
         rows = await self._fetch(
             f"SELECT {self.key_sql}, coalesce(({self.predicate})::bool, false) FROM {self.from_sql} "
-            f"WHERE {self._where(f'({cached})')}",
-            what="reading cached oracle outputs",
+            f"WHERE {self._where(condition)}",
+            what=what,
         )
-        known: dict[str, bool] = {}
+        found: dict[str, bool] = {}
         for key, value in rows:
-            known[key] = known.get(key, False) or bool(value)
-        return known
+            found[key] = found.get(key, False) or bool(value)
+        return found
 
     def _strict(self, message: str, detail: str | None) -> None:
         """Under SET sieve.strict = on, a target the budget cannot meet is an error (the NOTICE
