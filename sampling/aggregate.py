@@ -2,18 +2,25 @@
 
 Design. Rows are split into ``strata`` equal-size strata by proxy rank (one stratum without a
 proxy, i.e. uniform sampling). Each round draws rows i.i.d. from q(row) = π_k / N_k; the first
-(pilot) round uses π_k ∝ N_k, later rounds the variance-optimal importance allocation
-π_k ∝ N_k · sqrt(E_k[ξ²]) estimated from the draws so far (ξ: a row's contribution, e.g. the
-match indicator for COUNT, so π_k ∝ N_k · sqrt(p_k)), mixed with a ``uniform_share`` of
-proportional allocation so every row keeps probability >= uniform_share / N and every
-importance weight stays <= 1 / uniform_share.
+(pilot) round uses π_k ∝ N_k. Later rounds, for the CLT interval, use the variance-optimal
+importance allocation π_k ∝ N_k · sqrt(E_k[ξ²]) estimated from the draws so far (ξ: a row's
+contribution, e.g. the match indicator for COUNT, so π_k ∝ N_k · sqrt(p_k)), mixed with a
+``uniform_share`` of proportional allocation. For the betting interval they use an allocation
+that minimises distinct oracle calls instead (``_betting_allocation``): the strata dense enough
+to be worth labelling completely take the bulk of the draws (their repeats cost nothing), the
+others get Neyman's rule scaled to the least-sampled strata, which the interval needs at an even
+rate to rule out extreme values it has not seen. Either way every row keeps probability
+>= uniform_share / N and every importance weight stays <= 1 / uniform_share.
 
 Intervals. Each draw gives an unbiased estimate x / (N q) of the population mean of x, in a
 range known before the draw. A betting confidence sequence (Waudby-Smith & Ramdas) turns these
 into an interval that is valid simultaneously at every round (anytime-valid), so sampling can
 stop as soon as the target is met, and tolerates the allocation changing between rounds. AVG
 is handled directly: for a candidate average A, the draws x·(v - A)/(N q) have mean zero exactly
-when A is the true average, so the interval is the set of A that the betting test keeps.
+when A is the true average, so the interval is the set of A that the betting test keeps. Bets
+are the predictable plug-in ones of ``bounds``, truncated at _BET_CAP (0.95) of the largest bet
+that stays safe against the worst draw the range allows. After a betting check that missed the
+target, the next round is sized to what the interval still lacks (see _draws_to_target).
 
 Bounds. ``bound="betting"`` is the interval above. ``bound="empirical"`` also uses it: the range
 argument that makes empirical Bernstein worth its lost guarantee in the selection operators does
@@ -42,7 +49,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .bounds import Side, betting_log_wealth, find_boundary, plugin_bets
+from .bounds import Side, find_boundary, plugin_bets
 from .oracle import BudgetedOracle, Oracle, as_budgeted
 from .results import AggregateResult, GroupEstimate
 from .validation import (
@@ -61,6 +68,29 @@ _AGG_BOUNDS = ("betting", "empirical", "normal")
 # interval used for each bound: "empirical" gets the (tighter, finite-sample) betting interval
 _INTERVAL = {"betting": "betting", "empirical": "betting", "normal": "normal"}
 _GROWTH = 1.25
+# Fraction of the largest bet that keeps the wealth positive whatever the next draw (WSR's
+# truncation c). Any c < 1 keeps the interval valid; c only sets what one worst-case draw can
+# cost (the wealth times 1 - c). With a proxy the side that limits these intervals is bound by
+# the range: an extreme value could still sit in the lightly sampled strata, and only their
+# sampling rate rules it out, with evidence per draw linear in c. 0.95 instead of the 0.75 of
+# the selection operators cut the calls of the benchmark's stratified AVG by 15% and SUM by 13%,
+# at the price of 3 instead of 1.4 nats should such a draw arrive (the plug-in bets then shrink).
+_BET_CAP = 0.95
+# Past d * exp(-d / 2)'s maximum 2 / e (d draws per row) a stratum costs fewer calls labelled in
+# full than sampled: see _betting_allocation.
+_SATURATE = 2.0 / np.e
+# Share of the error budget ε|T| that _betting_allocation leaves to the variance.
+_VAR_SHARE = 0.25
+# After a betting check that missed the target, the next round is at least this share of the
+# draws so far (smaller rounds mostly cost interval computations).
+_MIN_STEP = 0.03
+# Defaults by interval. The betting design labels its densest strata almost completely, so the
+# finer they are the fewer rows that takes: 16 strata, up to 64 on large tables (>= 15,000 rows
+# a stratum). Its floor share 0.2 (weights <= 5) against 0.1, on the benchmark: AVG -6% calls,
+# SUM -2%, COUNT +5%, and half the draws (repeats in the saturated strata) to compute with.
+# The CLT design keeps 16 strata and 0.1, which suit it better.
+_STRATA_CLT, _STRATA_MIN, _STRATA_MAX, _ROWS_PER_STRATUM = 16, 16, 64, 15_000
+_UNIFORM_SHARE = {"normal": 0.1, "betting": 0.2}
 
 
 class _Strata:
@@ -121,12 +151,12 @@ def estimate_aggregate(
     rng: np.random.Generator,
     confidence: float = 0.95,
     proxy: np.ndarray | None = None,
-    strata: int = 16,
+    strata: int | None = None,
     value_bounds: tuple[float, float] | None = None,
     group_keys: Sequence[Any] | None = None,
     bound: str = "betting",
     pilot_size: int | None = None,
-    uniform_share: float = 0.1,
+    uniform_share: float | None = None,
 ) -> AggregateResult:
     """Estimate COUNT(*), SUM(value) or AVG(value) over matching rows, per group if the oracle
     returns groups, so that P(|estimate - truth| <= error_target·|truth|) >= confidence for every
@@ -139,7 +169,9 @@ def estimate_aggregate(
     stratified design. ``bound``: ``"betting"`` (finite-sample, anytime-valid), ``"empirical"``
     (the same betting interval: see the module docstring) or ``"normal"`` (CLT intervals,
     asymptotic baseline). The result's ``bound`` is the one requested; ``details["interval"]``
-    names the interval computed.
+    names the interval computed. ``strata`` (default: 16, or for the betting interval up to 64
+    on large tables) and ``uniform_share`` (default 0.2 for the betting interval, 0.1 for the CLT
+    one) shape the stratified design: see the module docstring.
     """
     n_rows = check_positive_int("n_rows", n_rows)
     agg = str(agg).lower()
@@ -150,8 +182,10 @@ def estimate_aggregate(
     budget = check_budget(budget)
     if bound not in _AGG_BOUNDS:
         raise ValueError(f"aggregates support bound in {_AGG_BOUNDS}, got {bound!r}")
-    uniform_share = check_unit_interval("uniform_share", uniform_share)
-    strata = check_positive_int("strata", strata)
+    if uniform_share is not None:
+        uniform_share = check_unit_interval("uniform_share", uniform_share)
+    if strata is not None:
+        strata = check_positive_int("strata", strata)
     if proxy is not None:
         proxy = check_proxy(proxy, n_rows)
     if value_bounds is not None:
@@ -165,6 +199,11 @@ def estimate_aggregate(
     if bo.remaining >= n_rows - bo.calls:
         return _census(n_rows, bo, agg, eps, conf, group_keys, bound, budget)
     method = _INTERVAL[bound]
+    if uniform_share is None:
+        uniform_share = _UNIFORM_SHARE[method]
+    if strata is None:
+        auto = int(np.clip(n_rows // _ROWS_PER_STRATUM, _STRATA_MIN, _STRATA_MAX))
+        strata = auto if method == "betting" else _STRATA_CLT
 
     st = _Strata(n_rows, proxy, strata if proxy is not None else 1)
     prop = st.sizes / n_rows
@@ -216,16 +255,22 @@ def estimate_aggregate(
         # computation while even the CLT interval misses the target. Checking or not at a round
         # is a data-dependent choice, which the anytime-valid interval allows.
         last = _intervals(*args, "normal", hz)
-        if method == "betting" and (final or all(e.target_met for e in last.values())):
-            clt = last
+        checked = method == "betting" and (final or all(e.target_met for e in last.values()))
+        clt = last
+        if checked:
             last = _intervals(*args, method, hz)
-        else:
-            clt = last
         log.debug("round %d: %d draws, %d oracle calls, last round: %s", rounds, w.size, bo.calls, final)
         if final or all(e.target_met for e in last.values()):
             break
-        pi = _allocation(agg, st, prop, s_cat, m, v, g, last, uniform_share)
         n_round = int(min(bo.remaining * 4, max(n_round * _GROWTH, 100)))
+        if checked:
+            # the betting interval missed: draw about what it still lacks, not a whole 25% more
+            n_round = min(n_round, _draws_to_target(last, w.size, eps))
+        if method == "betting":
+            alloc = (agg, st, prop, s_cat, m, v, g, w, last, uniform_share, eps, bounds_now, n_round)
+            pi = _betting_allocation(*alloc)
+        else:
+            pi = _allocation(agg, st, prop, s_cat, m, v, g, last, uniform_share)
         horizon = _expected_draws(clt, w.size, eps, n_round, budget)
 
     return _result(
@@ -269,6 +314,24 @@ def _expected_draws(groups: dict[Any, GroupEstimate], n: int, eps: float, n_next
         worst = max(worst, half / scale if scale > 0 else np.inf)
     need = n * (worst / eps) ** 2 * 1.5 if np.isfinite(worst) else float(budget)
     return float(np.clip(need, n + n_next, max(budget, n + n_next)))
+
+
+def _draws_to_target(groups: dict[Any, GroupEstimate], n: int, eps: float) -> int:
+    """Further draws after which the intervals would meet the target if their widths shrank like
+    1/n (the range-bound side of a betting interval does; a variance-bound side shrinks slower,
+    so this errs low and the next check comes early rather than late); at least _MIN_STEP * n."""
+    shrink = 1.0
+    for ge in groups.values():
+        if not np.isfinite(ge.delta):
+            continue  # groups outside the δ split never meet the target
+        lo, hi, est = ge.ci_low, ge.ci_high, ge.estimate
+        if hi < 0:
+            lo, hi, est = -hi, -lo, -est
+        if lo <= 0 or est <= 0:
+            return n  # no relative error yet: no prediction
+        # widths shrunk by s meet it when (est + up/s)(1 - ε) <= (est - down/s)(1 + ε)
+        shrink = max(shrink, ((hi - est) * (1 - eps) + (est - lo) * (1 + eps)) / (2 * eps * est))
+    return int(max(n * (shrink - 1.0), n * _MIN_STEP, 100))
 
 
 def _group_list(g: np.ndarray | None, m: np.ndarray) -> list[Any]:
@@ -333,6 +396,21 @@ def _relative_check(lo: float, hi: float, est: float, eps: float) -> tuple[bool,
     return False, est
 
 
+def _log_wealth(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lam: np.ndarray, side: Side) -> float:
+    """Largest log-wealth of the bettor against "mean of x >= 0" (upper) or "<= 0" (lower), each
+    x[i] known beforehand to lie in [lo[i], hi[i]], with predictable bet sizes ``lam`` truncated at
+    _BET_CAP of the largest safe bet. Under the null the wealth is a non-negative supermartingale,
+    so it reaches 1/δ with probability <= δ (Ville)."""
+    tiny = 1e-12 * (hi - lo) + 1e-300
+    if side == "upper":
+        factor = 1.0 - np.minimum(lam, _BET_CAP / np.maximum(hi, tiny)) * x
+    else:
+        factor = 1.0 + np.minimum(lam, _BET_CAP / np.maximum(-lo, tiny)) * x
+    if x.size == 0:
+        return 0.0
+    return max(float(np.cumsum(np.log(np.maximum(factor, 1e-300))).max()), 0.0)
+
+
 def _mean_interval(
     x: np.ndarray,
     a: float,
@@ -358,7 +436,7 @@ def _mean_interval(
     thr = np.log(2.0 / delta)
 
     def score(side: Side) -> Callable[[float], float]:
-        return lambda mu: float(betting_log_wealth(z, 0.0, hi_t, mu, delta / 2, side, None, lam)) - thr
+        return lambda mu: _log_wealth(z - mu, np.full(n, -mu), hi_t - mu, lam, side) - thr
 
     top = float(b - a)  # the mean of x - a cannot exceed b - a
     centre = float(np.clip(est - a, 0.0, top))
@@ -407,7 +485,7 @@ def _avg_interval(
             x = zs - cand * zc
             lo = min(0.0, vlo - cand) * wmax
             hi = max(0.0, vhi - cand) * wmax
-            return float(betting_log_wealth(x, lo, hi, 0.0, delta / 2, side, None, lam)) - thr
+            return _log_wealth(x, lo, hi, lam, side) - thr
 
         return f
 
@@ -458,6 +536,104 @@ def _allocation(
     if opt.sum() <= 0:
         return prop
     pi = (1 - uniform_share) * opt / opt.sum() + uniform_share * prop
+    return pi / pi.sum()
+
+
+def _betting_allocation(
+    agg: str,
+    st: _Strata,
+    prop: np.ndarray,
+    s_cat: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    g: np.ndarray | None,
+    w: np.ndarray,
+    groups: dict[Any, GroupEstimate],
+    uniform_share: float,
+    eps: float,
+    vb: tuple[float, float],
+    n_next: int,
+) -> np.ndarray:
+    """Allocation for the betting interval: the fewest distinct oracle calls, not draws.
+
+    With d_k draws per row of stratum k (with replacement, and a repeat costs no call), the
+    stratum has cost about N_k (1 - exp(-d_k)) calls. A side of the betting interval can be bound
+    by the range: a draw as extreme as the value bounds allow could still come from the least
+    sampled strata, the bets must stay safe against it, and only the sampling rate there,
+    f = min_k d_k, rules it out (each draw per row buys evidence in proportion to c / R, R the
+    row range on that side). Otherwise a side is bound by the variance, sum_k Y_k / d_k with
+    Y_k = N_k E_k[ξ²] (ξ the row's contribution). Minimising calls subject to both (Lagrange:
+    N_k exp(-d_k) = ν Y_k / d_k²) gives d_k = f sqrt(E_k[ξ²] / E*) for the strata above the
+    floor: Neyman's rule, but scaled to the least-sampled strata instead of the densest one,
+    with E* = R ε |T| _VAR_SHARE / N (T the total bounded, _VAR_SHARE of its error budget taken
+    as the variance's). A stratum where f sqrt(E_k / E*) passes _SATURATE, the largest value of
+    d exp(-d / 2), has no such optimum: labelling it completely is cheaper, so it is
+    "saturated" and takes all the draws the others leave (it is labelled after a few rounds and
+    its further repeats are free). The others keep uniform_share * prop * r_k, which holds the
+    least-sampled strata at weight 1 / uniform_share.
+
+    The plain Neyman rule (``_allocation``) ties the middle strata to the densest one and,
+    since that one is labelled in full early, keeps spending calls on them; and its additive
+    mixing leaves the sparse strata at uneven, larger weights. On the benchmark (Beta(0.01, 2)
+    proxy, N = 10^6, 5%, values in [0, 100], everything else equal) this allocation needs 10%
+    (AVG), 12% (SUM) and 16% (COUNT) fewer calls.
+    """
+    if st.k == 1:
+        return prop
+    cnt = np.bincount(s_cat, minlength=st.k)
+    ratio = np.zeros(st.k)
+    for key, ge in groups.items():
+        in_g = m if key is None or g is None else m & (g == key)
+        if agg == "count":
+            xi, span, total = in_g.astype(float), 1.0, abs(ge.estimate)
+        elif agg == "sum":
+            xi, span, total = in_g * v, max(abs(vb[0]), abs(vb[1])), abs(ge.estimate)
+        else:
+            xi = in_g * (v - ge.estimate)
+            span = max(vb[1] - ge.estimate, ge.estimate - vb[0])
+            total = abs(ge.estimate) * st.n * float(np.mean(in_g * w))  # |AVG| x COUNT
+        e_star = span * eps * total * _VAR_SHARE / st.n
+        if not (np.isfinite(e_star) and e_star > 0):
+            continue  # nothing seen to size strata by: proportional
+        sq = np.bincount(s_cat, weights=xi**2, minlength=st.k)
+        # one pseudo-draw at the pooled value keeps unseen strata from being written off
+        m2 = (sq + float(np.mean(xi**2))) / (cnt + 1.0)
+        ratio = np.maximum(ratio, m2 / e_star)
+    r = np.sqrt(np.maximum(ratio, 1.0))
+    sat = np.zeros(st.k, dtype=bool)
+    while True:
+        pi = _floor_mix(prop * r, uniform_share, prop, sat)
+        d = (cnt + pi * n_next) / st.sizes  # draws per row after the next round
+        f = float(d[~sat].min()) if (~sat).any() else 0.0
+        new = ~sat & (r > 1.0) & (r * f >= _SATURATE)
+        if not new.any():
+            return pi
+        sat |= new
+
+
+def _floor_mix(score: np.ndarray, share: float, prop: np.ndarray, sat: np.ndarray) -> np.ndarray:
+    """Shares in proportion to ``score`` (= prop * r), none below the floor share * prop.
+
+    With saturated strata (``sat``) the others get share * score, which puts an r = 1 stratum at
+    the floor, and the saturated ones their floor plus what is left, in proportion to score
+    (their repeats are free); without any (or with nothing left) the shares are
+    max(a * score, floor) with a such that they sum to 1.
+    """
+    floor = share * prop
+    if sat.any():
+        pi = np.where(sat, floor, share * score)
+        rest = 1.0 - float(pi.sum())
+        if rest > 0:
+            pi[sat] += rest * score[sat] / score[sat].sum()
+            return pi
+    lo_a, hi_a = 0.0, 1.0 / float(score.sum())
+    for _ in range(60):
+        a = (lo_a + hi_a) / 2.0
+        if np.maximum(a * score, floor).sum() > 1.0:
+            hi_a = a
+        else:
+            lo_a = a
+    pi = np.maximum(lo_a * score, floor)
     return pi / pi.sum()
 
 
