@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-from pglast import ast
-
 _BOUNDS = {
     "betting": "betting confidence sequence (finite-sample, any data)",
     "bernstein": "empirical Bernstein with the known range (finite-sample, any data)",
@@ -22,22 +20,6 @@ _OPERATORS = {
     "limit": "proxy-ordered LIMIT search (returns oracle-verified rows only)",
     "aggregate": "sampled aggregation: proxy-stratified with ABAE allocation, uniform without a proxy",
 }
-
-
-def explain_options(stmt: ast.ExplainStmt) -> dict[str, bool]:
-    options = {o.defname.lower(): o.arg for o in stmt.options or ()}
-    fmt = options.get("format")
-    return {
-        "analyze": "analyze" in options and _truthy(options["analyze"]),
-        "as_json": fmt is not None and getattr(fmt, "sval", "").lower() == "json",
-    }
-
-
-def _truthy(arg) -> bool:
-    if arg is None:
-        return True
-    value = getattr(arg, "sval", None) or getattr(arg, "boolval", None) or getattr(arg, "ival", None)
-    return str(value).lower() not in ("false", "off", "0")
 
 
 def bound_words(bound: str, finite: bool) -> str:

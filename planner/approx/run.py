@@ -36,7 +36,6 @@ from planner.approx.clause import ApproxClause, split_clause
 from planner.approx.explain import (
     aggregate_actuals,
     bound_words,
-    explain_options,
     limit_actuals,
     plan_json,
     plan_lines,
@@ -46,6 +45,7 @@ from planner.approx.explain import (
 from planner.approx.flatten import flatten_views
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
 from planner.calls import conjuncts, find_call_sites, mentions_model
+from planner.explain import read_explain
 from planner.install import digest_sql, quote_ident
 from planner.materialize import Materialized, materialize_site
 from planner.model_spec import SCALAR_COLUMN
@@ -79,7 +79,8 @@ async def run_approximate(
         raise PlanError(SYNTAX_ERROR, f"{exc} (before the approximate clause)") from None
     explain = None
     if len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt):
-        explain = explain_options(statements[0])
+        request = read_explain(statements[0])
+        explain = {"analyze": request.analyze, "as_json": request.json}
         statements = [statements[0].query]
     if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate clause applies to a single SELECT")
@@ -298,11 +299,11 @@ class ApproxQuery:
                 hint="approximate queries read FROM tables (and joins of tables), keyed by ctid",
             ) from None
 
-    async def _result_type(self, sql: str, what: str):
-        """The type of the first result column of ``sql`` (prepared, not run)."""
+    async def _result_types(self, sql: str, what: str) -> list:
+        """asyncpg types of the result columns of ``sql`` (prepared, not run)."""
         try:
             async with self.planner.db.acquire() as conn:
-                return (await conn.prepare(sql)).get_attributes()[0].type
+                return [a.type for a in (await conn.prepare(sql)).get_attributes()]
         except asyncpg.PostgresError as exc:
             raise PlanError(getattr(exc, "sqlstate", None) or INTERNAL_ERROR, f"{what}: {exc}") from None
 
@@ -330,7 +331,7 @@ class ApproxQuery:
             if joined is None:
                 for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
                     await self._materialize(site)
-            kind = await self._result_type(
+            (kind,) = await self._result_types(
                 f"SELECT ({proxy}) FROM {self.from_sql} WHERE {self._where()}", what=f"USING PROXY {proxy}"
             )
             if kind.name not in _NUMERIC_TYPES:
@@ -723,7 +724,9 @@ class ApproxQuery:
         keys: list = [None]
         if any(o[1] == "group" for o in outputs) or self.stmt.groupClause:
             keys = sorted({k for r in results if r is not None for k in r.groups})
-        types = await self._output_types()
+        types = [
+            _type_sql(t) for t in await self._result_types(RawStream()(self.stmt), "typing the estimates")
+        ]
         columns: list[tuple[str, str]] = []  # (name, SQL type)
         for (name, kind, _), type_name in zip(outputs, types, strict=True):
             columns.append((name, type_name))
@@ -770,15 +773,6 @@ class ApproxQuery:
                 _budget_words(needed, self.report["candidates"]),
             )
         return Forward(sql=_values_sql(columns, table))
-
-    async def _output_types(self) -> list[str]:
-        """Postgres's result types of the statement without its clause (a prepare, no run)."""
-        try:
-            async with self.planner.db.acquire() as conn:
-                stmt = await conn.prepare(RawStream()(self.stmt))
-                return [_type_sql(a.type) for a in stmt.get_attributes()]
-        except asyncpg.PostgresError as exc:
-            raise PlanError(getattr(exc, "sqlstate", None) or INTERNAL_ERROR, str(exc)) from None
 
     # -- reporting --------------------------------------------------------------------------------
 
@@ -921,11 +915,8 @@ def _selection_notice(
         targets.append(f"precision target {_pct(clause.precision_target)}")
     head = f"approximate selection: {' and '.join(targets)} at confidence {_pct(clause.confidence)}"
     if result is None:
-        return (
-            f"{head}: "
-            + (f"{candidates} candidate rows" if candidates else "no candidate rows")
-            + (", 0 oracle calls")
-        )
+        rows = f"{candidates} candidate rows" if candidates else "no candidate rows"
+        return f"{head}: {rows}, 0 oracle calls"
     text = (
         f"{head}: {result.size if returned is None else returned} of {candidates} rows returned; "
         f"{result.oracle_calls} oracle rows labelled "
@@ -998,16 +989,12 @@ def _values_sql(columns: list[tuple[str, str]], table: list[list[str | None]]) -
         cells = []
         for (name, type_name), value in zip(columns, line, strict=True):
             literal = "NULL" if value is None else "'" + value.replace("'", "''") + "'"
-            cells.append(f"CAST({literal} AS {type_name}) AS {_quote(name)}")
+            cells.append(f"CAST({literal} AS {type_name}) AS {quote_ident(name)}")
         return "SELECT " + ", ".join(cells)
 
     if not table:
         return select([None] * len(columns)) + " WHERE false"
     return " UNION ALL ".join(select(line) for line in table)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _finite(value) -> float | None:
