@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .bounds import Side, find_boundary, plugin_bets
+from .bounds import Side, betting_log_wealth, find_boundary, plugin_bets
 from .oracle import BudgetedOracle, Oracle, as_budgeted
 from .results import AggregateResult, GroupEstimate
 from .validation import (
@@ -399,16 +399,9 @@ def _relative_check(lo: float, hi: float, est: float, eps: float) -> tuple[bool,
 def _log_wealth(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lam: np.ndarray, side: Side) -> float:
     """Largest log-wealth of the bettor against "mean of x >= 0" (upper) or "<= 0" (lower), each
     x[i] known beforehand to lie in [lo[i], hi[i]], with predictable bet sizes ``lam`` truncated at
-    _BET_CAP of the largest safe bet. Under the null the wealth is a non-negative supermartingale,
-    so it reaches 1/δ with probability <= δ (Ville)."""
-    tiny = 1e-12 * (hi - lo) + 1e-300
-    if side == "upper":
-        factor = 1.0 - np.minimum(lam, _BET_CAP / np.maximum(hi, tiny)) * x
-    else:
-        factor = 1.0 + np.minimum(lam, _BET_CAP / np.maximum(-lo, tiny)) * x
-    if x.size == 0:
-        return 0.0
-    return max(float(np.cumsum(np.log(np.maximum(factor, 1e-300))).max()), 0.0)
+    _BET_CAP of the largest safe bet (see ``bounds.betting_log_wealth``)."""
+    # delta only sizes default bets; these are given
+    return float(betting_log_wealth(x, lo, hi, 0.0, 0.5, side, lam_tilde=lam, cap=_BET_CAP))
 
 
 def _mean_interval(

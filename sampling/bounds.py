@@ -112,6 +112,7 @@ def betting_log_wealth(
     side: Side,
     horizon: int | None = None,
     lam_tilde: np.ndarray | None = None,
+    cap: float = _BET_CAP,
 ) -> np.ndarray:
     """Largest log-wealth reached by a bettor against ``mean >= m`` (side upper) or ``<= m``.
 
@@ -120,7 +121,8 @@ def betting_log_wealth(
     is a non-negative supermartingale, so P(max wealth >= 1/delta) <= delta. The bet sizes do not
     depend on ``m`` except through the safety cap, which keeps the wealth monotone in ``m``
     (so the rejected means form a half-line and bisection finds the bound). ``lam_tilde`` (bet
-    sizes before the cap, predictable) overrides the default plug-in computed from ``x``.
+    sizes before the cap, predictable) overrides the default plug-in computed from ``x``; ``cap``
+    (below 1) is the share of the largest safe bet a bet may stake.
     """
     x = np.asarray(x, dtype=np.float64)
     lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), x.shape)
@@ -133,10 +135,10 @@ def betting_log_wealth(
         lam_tilde = plugin_bets(x, lo[..., :1], hi[..., :1], delta, horizon)
     tiny = 1e-12 * (hi - lo) + 1e-300
     if side == "upper":
-        lam = np.minimum(lam_tilde, _BET_CAP / np.maximum(hi - m, tiny))
+        lam = np.minimum(lam_tilde, cap / np.maximum(hi - m, tiny))
         factor = 1.0 - lam * (x - m)
     elif side == "lower":
-        lam = np.minimum(lam_tilde, _BET_CAP / np.maximum(m - lo, tiny))
+        lam = np.minimum(lam_tilde, cap / np.maximum(m - lo, tiny))
         factor = 1.0 + lam * (x - m)
     else:
         raise ValueError(f"side must be 'upper' or 'lower', got {side!r}")
