@@ -108,7 +108,6 @@ def bind(portal: str, statement: str, result_formats: list[int] | tuple[int, ...
 
 
 SYNC_MESSAGE = frame(b"S", b"")
-PARSE_COMPLETE = ord("1")
 
 
 def notice(message: str) -> bytes:

@@ -156,7 +156,7 @@ class SessionPortImpl:
 
     async def describe_statement(self, name: str) -> list[int]:
         """Parameter type OIDs of a statement prepared in this session (Describe + Sync)."""
-        request = messages.frame(b"D", b"S" + name.encode() + b"\0") + messages.frame(b"S", b"")
+        request = messages.frame(b"D", b"S" + name.encode() + b"\0") + messages.SYNC_MESSAGE
         oids: list[int] = []
         async with contextlib.aclosing(exchange(self._session, request)) as replies:
             async for message in replies:
