@@ -578,35 +578,40 @@ def _f(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _row(m: Method, middle: list[str], exact_calls: int) -> list[str]:
+    """One table row: query, method, trials, success, the table's own cells, then calls, the
+    exact/calls ratio, warnings, wall time and the first error."""
+    ok = [t for t in m.trials if not t.error]
+    errors = [t.error for t in m.trials if t.error]
+    calls = [t.calls for t in ok if t.calls is not None]
+    mean_calls = _mean([t.calls for t in ok])
+    return [
+        m.query,
+        m.name,
+        f"{len(m.trials)}",
+        _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
+        *middle,
+        _f(mean_calls, ",.0f"),
+        _f(max(calls, default=None), ","),
+        _f(exact_calls / mean_calls if mean_calls else None, ".1f"),
+        _f(_mean([float(t.warned) for t in ok]), ".2f") if m.sql and not m.name.startswith("(c)") else "-",
+        _f(_mean([t.wall_s for t in ok]), ".2f"),
+        (f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else ""),
+    ]
+
+
 def selection_table(methods: list[Method], exact_calls: int) -> str:
     rows = []
     for m in methods:
         if m.query.startswith("COUNT"):
             continue
         ok = [t for t in m.trials if not t.error]
-        errors = [t.error for t in m.trials if t.error]
-        calls = [t.calls for t in ok]
-        mean_calls = _mean(calls)
-        ratio = exact_calls / mean_calls if mean_calls else None
-        rows.append(
-            [
-                m.query,
-                m.name,
-                f"{len(m.trials)}",
-                _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
-                _f(_mean([t.precision for t in ok]), ".3f"),
-                _f(_mean([t.recall for t in ok]), ".3f") if m.query != "LIMIT" else "-",
-                _f(_mean([t.size for t in ok]), ",.0f"),
-                _f(mean_calls, ",.0f"),
-                _f(max([c for c in calls if c is not None], default=None), ","),
-                _f(ratio, ".1f"),
-                _f(_mean([float(t.warned) for t in ok]), ".2f")
-                if m.sql and not m.name.startswith("(c)")
-                else "-",
-                _f(_mean([t.wall_s for t in ok]), ".2f"),
-                (f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else ""),
-            ]
-        )
+        middle = [
+            _f(_mean([t.precision for t in ok]), ".3f"),
+            _f(_mean([t.recall for t in ok]), ".3f") if m.query != "LIMIT" else "-",
+            _f(_mean([t.size for t in ok]), ",.0f"),
+        ]
+        rows.append(_row(m, middle, exact_calls))
     head = [
         "query",
         "method",
@@ -631,7 +636,6 @@ def aggregate_table(methods: list[Method], exact: dict, exact_calls: int) -> str
         if not m.query.startswith("COUNT"):
             continue
         ok = [t for t in m.trials if not t.error]
-        errors = [t.error for t in m.trials if t.error]
         within, covered, rel = [], [], []
         for t in ok:
             for key, truth in exact.items():
@@ -643,26 +647,12 @@ def aggregate_table(methods: list[Method], exact: dict, exact_calls: int) -> str
                     covered.append(low <= truth <= high)
                 if truth:
                     rel.append(abs(est - truth) / truth)
-        mean_calls = _mean([t.calls for t in ok])
-        rows.append(
-            [
-                m.query,
-                m.name,
-                f"{len(m.trials)}",
-                _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
-                _f(_mean([float(w) for w in within]), ".2f"),
-                _f(_mean([float(c) for c in covered]), ".2f"),
-                _f(_mean(rel), ".3f"),
-                _f(mean_calls, ",.0f"),
-                _f(max([t.calls for t in ok if t.calls is not None], default=None), ","),
-                _f(exact_calls / mean_calls if mean_calls else None, ".1f"),
-                _f(_mean([float(t.warned) for t in ok]), ".2f")
-                if m.sql and not m.name.startswith("(c)")
-                else "-",
-                _f(_mean([t.wall_s for t in ok]), ".2f"),
-                (f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else ""),
-            ]
-        )
+        middle = [
+            _f(_mean([float(w) for w in within]), ".2f"),
+            _f(_mean([float(c) for c in covered]), ".2f"),
+            _f(_mean(rel), ".3f"),
+        ]
+        rows.append(_row(m, middle, exact_calls))
     head = [
         "query",
         "method",
