@@ -15,6 +15,8 @@ from pglast import ast, parse_sql
 from pglast.stream import RawStream
 
 from planner.outcome import PlanError
+from planner.send_forms import send_sql
+from planner.sqltypes import SqlType
 
 FEATURE_NOT_SUPPORTED = "0A000"
 _LEVELS = (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)
@@ -33,11 +35,12 @@ class CallSite:
     row_key: str | None = field(default=None, compare=False, hash=False)  # e.g. "d".ctid
 
     def input_query(
-        self, digest_sql: str, arg_types: list[str], cache_table: str, with_row_key: bool = False
+        self, digest_sql: str, arg_types: list[SqlType], cache_table: str, with_row_key: bool = False
     ) -> str:
-        """Rows (digest, cached?, arguments-when-not-cached[, row key]) reaching this call."""
+        """Rows (digest, cached?, send forms of the arguments when not cached[, row key])
+        reaching this call."""
         pairs = list(zip(self.args, arg_types, strict=True))
-        args = ", ".join(f"({a})::{t} AS a{i}" for i, (a, t) in enumerate(pairs))
+        args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(pairs))
         if with_row_key:
             args += f", ({self.row_key})::text AS sieve_row"
         inner = f"SELECT {digest_sql} AS sieve_digest, {args}"
@@ -46,7 +49,10 @@ class CallSite:
         if self.where_sql:
             inner += f" WHERE {self.where_sql}"
         cached = "c.digest IS NOT NULL"
-        outer_args = ", ".join(f"CASE WHEN {cached} THEN NULL ELSE i.a{i} END" for i in range(len(pairs)))
+        outer_args = ", ".join(
+            f"CASE WHEN {cached} THEN NULL ELSE {send_sql(t, f'i.a{i}')} END"
+            for i, (_, t) in enumerate(pairs)
+        )
         # OFFSET 0 keeps the digest a computed column (not re-evaluated per reference). A join,
         # not a per-row subquery: Postgres hashes a big cache once or probes its index for a
         # few inputs, and never rescans a cache that grows while this query streams.

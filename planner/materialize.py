@@ -13,6 +13,7 @@ import numpy as np
 from inference.errors import InferenceLayerError
 from inference.model import ModelRef
 from inference.preprocess import apply_post_ops
+from planner import send_forms
 from planner.calls import CallSite
 from planner.install import digest_sql, quote_ident
 from planner.model_spec import ModelSpec
@@ -87,28 +88,15 @@ async def materialize_site(
     has one (``site.row_key``), else the digests just materialized. True when stopped early."""
     keyed = enough is not None and site.row_key is not None
     query = site.input_query(
-        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table, keyed
+        digest_sql(spec, list(site.args)), [t for _, t in spec.args], spec.cache_table, keyed
     )
     work = _Work(site, spec, dbs, pool, port, enough, keyed)
-    async with dbs.read.acquire() as reader:
-        try:
-            # Most statements reach few inputs: one plain fetch answers them. Only when there are
-            # more is the input set streamed through a cursor (inside a transaction).
-            peek = await reader.fetch(f"{query} LIMIT {PEEK_ROWS + 1}")
-            if len(peek) <= PEEK_ROWS:
-                await work.consume_all(peek)
-            else:
-                async with reader.transaction(readonly=True):
-                    cursor = await reader.cursor(query)
-                    await work.consume_all(_chunks(cursor))
-        except asyncpg.PostgresError as exc:
-            raise PlanError(
-                getattr(exc, "sqlstate", None) or "XX000",
-                f"could not collect the inputs of model {spec.name}: {exc}",
-                hint="model calls inside correlated subqueries are not supported yet",
-            ) from None
-        except InferenceLayerError as exc:
-            raise PlanError("XX000", f"model {spec.name} failed: {exc}") from None
+    try:
+        # The inputs stream through the client's own session: its role, database and snapshot.
+        async with port.stream(query, chunk_rows=BATCH_ROWS) as chunks:
+            await work.consume_all(_decoded(chunks, spec))
+    except InferenceLayerError as exc:
+        raise PlanError("XX000", f"model {spec.name} failed: {exc}") from None
     runs, hits = work.runs, work.hits
     stopped = work.stopped
     if runs >= ANALYZE_AFTER_ROWS:  # fresh statistics keep the next input query's plan right
@@ -216,22 +204,34 @@ class _Work:
             return
         self.last_notice = time.monotonic()
         if self.total is None:  # counted once, when the work turns out to be long
-            pending = await self.dbs.read.fetchrow(pending_inputs_sql(self.site, self.spec))
-            self.total = self.runs + pending[0]
+            pending = await self.port.fetch(pending_inputs_sql(self.site, self.spec))
+            self.total = self.runs + pending[0][0]
         self.port.notice(_progress(self.spec, self.runs, self.total, self.last_notice - self.started))
 
 
-async def _chunks(cursor):
-    """A server-side cursor's rows, BATCH_ROWS at a time."""
-    while chunk := await cursor.fetch(BATCH_ROWS):
-        yield chunk
+async def _decoded(chunks, spec: ModelSpec):
+    """Input rows with the arguments of uncached inputs decoded from their send forms, keyed
+    by the digest SieveDB computes from those bytes (see planner.send_forms)."""
+    names = [name for name, _ in spec.args]
+    types = [t for _, t in spec.args]
+    width = len(types)
+    async for rows in chunks:
+        decoded = []
+        for row in rows:
+            if row[1]:  # cached: no arguments were sent
+                decoded.append(row)
+                continue
+            raw = row[2 : 2 + width]
+            values = tuple(
+                send_forms.decode(t, r, spec.name, n) for t, r, n in zip(types, raw, names, strict=True)
+            )
+            decoded.append((send_forms.digest_of(list(raw)), False, *values, *row[2 + width :]))
+        yield decoded
 
 
 def pending_inputs_sql(site: CallSite, spec: ModelSpec) -> str:
     """Distinct inputs reaching the call: (still to run, already cached)."""
-    inputs = site.input_query(
-        digest_sql(spec, list(site.args)), [t.sql for _, t in spec.args], spec.cache_table
-    )
+    inputs = site.input_query(digest_sql(spec, list(site.args)), [t for _, t in spec.args], spec.cache_table)
     return (
         "SELECT count(*) FILTER (WHERE NOT hit), count(*) FILTER (WHERE hit) FROM "
         f"(SELECT DISTINCT ON (sieve_digest) sieve_digest, hit FROM ({inputs}) AS i) AS d"

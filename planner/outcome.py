@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,6 +80,28 @@ class SessionPort(Protocol):
 
     async def run_sql(self, sql: str) -> SqlResult:
         """Run SQL (simple protocol, text results) in the client's own backend session."""
+        ...
+
+    async def fetch(self, sql: str, args: tuple = (), *, lenient: bool = False) -> list[tuple]:
+        """Rows of a query derived from the client's statement, run with the client's role,
+        database and transaction; Postgres's error is raised as a PlanError."""
+        ...
+
+    async def fetchval(self, sql: str, args: tuple = (), *, lenient: bool = False) -> object: ...
+
+    def stream(
+        self, sql: str, args: tuple = (), *, chunk_rows: int = 1024, lenient: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[list[tuple]]]:
+        """Rows in chunks (``async with port.stream(sql) as chunks: async for rows in chunks``);
+        other queries may run between chunks."""
+        ...
+
+    async def column_types(self, sql: str) -> list:
+        """Result column types (``.schema``, ``.name``) of ``sql``, prepared but not run."""
+        ...
+
+    def batch(self) -> AbstractAsyncContextManager[None]:
+        """Run the queries inside in one snapshot (one implicit transaction when idle)."""
         ...
 
     def notice(self, message: str) -> None:

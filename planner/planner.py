@@ -8,12 +8,13 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import asyncpg
 from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
 from inference.errors import ModelLoadError, ModelNotFoundError
-from inference.signature import load_signature
+from inference.signature import read_signature
 from planner.bound_params import bind_params
 from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
@@ -23,13 +24,20 @@ from planner.install import drop_sql, install_sql
 from planner.limit import plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
-from planner.model_spec import INVALID_DEFINITION, UNDEFINED_FILE, ModelSpec, bind_signature, resolve_path
+from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SessionPort
 from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
 
 PLAN_CACHE_SIZE = 256
+DEFAULT_MAX_MODEL_BYTES = 2 << 30  # --max-model-bytes
+NEXT_MODEL_ID = "SELECT nextval('sieve.model_ids')"
+REINSTALL_LOCK = 0x5133_7EDC  # advisory lock: one server at a time re-installs stale models
+STALE_MODELS = (
+    "SELECT name FROM sieve.models "
+    "WHERE to_regclass(format('sieve_cache.m%s_v%s', id, version)) IS NULL ORDER BY id"
+)
 SYNTAX_ERROR = "42601"
 DUPLICATE_FUNCTION = "42723"
 UNDEFINED_FUNCTION = "42883"
@@ -37,16 +45,47 @@ FEATURE_NOT_SUPPORTED = "0A000"
 
 
 class Planner:
-    def __init__(self, dbs: Databases, inference_pool, classifier: Classifier, models_dir: Path) -> None:
+    def __init__(
+        self,
+        dbs: Databases,
+        inference_pool,
+        classifier: Classifier,
+        models_dir: Path,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ) -> None:
         self.dbs = dbs
         self.db = dbs.read
         self.inference = inference_pool
         self.classifier = classifier
         self.models_dir = models_dir
+        self.max_model_bytes = max_model_bytes
         self.catalog = ModelCatalog(dbs.read)
         self._plans: OrderedDict = OrderedDict()  # (sql, bound values, rewritable) -> analysis
 
     async def start(self) -> None:
+        await self.refresh()
+        await self._reinstall_stale()
+
+    async def _reinstall_stale(self) -> None:
+        """Re-install models whose cache table is missing: after the upgrade to per-model ids and
+        SHA-256 keys (migration 0006 drops the old caches), their SQL functions still read the old
+        tables. Serialised by an advisory lock: servers sharing one Postgres start together."""
+        stale = await self.db.fetch(STALE_MODELS)
+        if not stale:
+            return
+        async with self.dbs.write.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", REINSTALL_LOCK)
+            for row in await conn.fetch(STALE_MODELS):
+                spec = self.catalog.get(row["name"])
+                if spec is None:
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: one broken model spoils no other
+                        await conn.execute(install_sql(spec, spec))
+                except asyncpg.PostgresError as exc:
+                    log.error("could not re-install model %s: %s", spec.name, exc)
+                    continue
+                log.info("model re-installed name=%s version=%d", spec.name, spec.version)
         await self.refresh()
 
     async def refresh(self) -> None:
@@ -131,23 +170,22 @@ class Planner:
                 f"function {spec.name} already exists",
                 hint="use CREATE OR REPLACE FUNCTION to load a new version",
             )
-        path = resolve_path(spec.path, self.models_dir)
+        declared = spec.path
+        path = resolve_path(declared, self.models_dir, self.max_model_bytes)
         spec.path = str(path)
         try:
-            signature = load_signature(path)
-        except ModelNotFoundError:
-            raise PlanError(
-                UNDEFINED_FILE,
-                f'could not open model file "{path}": no such file',
-                hint=f"paths are relative to --models-dir ({self.models_dir})",
-            ) from None
+            # off the event loop: a large file is parsed in a child process (see read_signature)
+            signature = await read_signature(path)
+        except ModelNotFoundError:  # removed since resolve_path looked: the same answer as then
+            raise missing_file(declared) from None
         except ModelLoadError as exc:
             raise PlanError(
-                INVALID_DEFINITION, f"model file {path} is not a loadable ONNX model: {exc}"
+                INVALID_DEFINITION, f'model file "{declared}" is not a loadable ONNX model: {exc}'
             ) from None
         spec.content_hash = signature.sha256
         bind_signature(spec, signature)
         spec.version = _next_version(previous, spec)
+        spec.id = previous.id if previous is not None else await self.db.fetchval(NEXT_MODEL_ID)
         result = await port.run_sql(install_sql(spec, previous))
         if result.error is not None:
             return result.error
@@ -231,7 +269,7 @@ class Planner:
             await self._log(sql, done, request.started)
         else:
             for plan in request.sites:
-                row = await self.db.fetchrow(pending_inputs_sql(plan.site, plan.spec))
+                (row,) = await port.fetch(pending_inputs_sql(plan.site, plan.spec))
                 plan.to_run, plan.cached = row[0], row[1]
         result = await port.run_sql(sql)
         if result.error is not None:
@@ -261,14 +299,14 @@ class Planner:
         new to the check, stop at k. With a row key (a single blob table) cached rows are found
         by the same stream; otherwise the cache is counted once up front."""
         keyed = plan.site.row_key is not None
-        found = 0 if keyed else await self._count(plan.count_sql(plan.cached_guard()))
+        found = 0 if keyed else await _count(port, plan.count_sql(plan.cached_guard()))
         checked: list = []
 
         async def enough(keys: list) -> bool:
             nonlocal found
             if keys:
                 checked.extend(keys)
-                found += await self._count(plan.count_sql(plan.batch_guard(keys)))
+                found += await _count(port, plan.count_sql(plan.batch_guard(keys)))
             return found >= plan.rows
 
         stopped = found >= plan.rows
@@ -284,12 +322,6 @@ class Planner:
         guard = plan.batch_guard(checked) if keyed else plan.cached_guard()
         return Forward(sql=plan.guarded_sql(guard), settings={"sieve.lenient": "on"})
 
-    async def _count(self, sql: str) -> int:
-        """Count under the guard; lenient reads because Postgres may test the guard last."""
-        async with self.db.acquire() as conn, conn.transaction(readonly=True):
-            await conn.execute("SET LOCAL sieve.lenient = on")
-            return await conn.fetchval(sql)
-
     async def _log(self, sql: str, done: Materialized, started: float) -> None:
         elapsed_ms = 1000 * (time.monotonic() - started)
         await self.db.execute(
@@ -300,6 +332,12 @@ class Planner:
             done.cache_hits,
             elapsed_ms,
         )
+
+
+async def _count(port: SessionPort, sql: str) -> int:
+    """Count under the guard, in the client's session; lenient reads because Postgres may test
+    the guard last."""
+    return await port.fetchval(sql, lenient=True)
 
 
 def _params_key(params: list | None) -> tuple | None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from planner.classify import FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
 from server import messages, sqlstate
+from server.client_sql import ClientSql
 from server.params import Bind, ParamText, as_text, parse_bind
 
 if TYPE_CHECKING:
@@ -118,7 +119,20 @@ class SessionPortImpl:
         self._armed = False
         self.user = session.user
         self.database = session.database
-        self.queries = 0  # simple Query messages sent: each drops the unnamed prepared statement
+        self._simple_queries = 0
+        client_sql = ClientSql(session)
+        # the planner's SQL derived from the client's statement: run with the client's privileges
+        self.fetch = client_sql.fetch
+        self.fetchval = client_sql.fetchval
+        self.stream = client_sql.stream
+        self.column_types = client_sql.column_types
+        self.batch = client_sql.batch
+        self._client_sql = client_sql
+
+    @property
+    def queries(self) -> int:
+        """Statements the planner ran here: each drops the client's unnamed prepared statement."""
+        return self._simple_queries + self._client_sql.parses
 
     @property
     def uses_sieve_settings(self) -> bool:
@@ -146,13 +160,14 @@ class SessionPortImpl:
 
     async def statement_timeout(self) -> float | None:
         """The session's statement_timeout in seconds (None when off)."""
-        result = await self.run_sql(
-            "SELECT extract(epoch FROM current_setting('statement_timeout')::interval)"
-        )
-        if result.error is not None or not result.rows:
+        try:
+            seconds = await self.fetchval(
+                "SELECT pg_catalog.date_part('epoch', "
+                "pg_catalog.current_setting('statement_timeout')::pg_catalog.interval)::pg_catalog.float8"
+            )
+        except PlanError:
             return None
-        seconds = float(result.rows[0][0])
-        return seconds or None
+        return float(seconds) or None
 
     async def describe_statement(self, name: str) -> list[int]:
         """Parameter type OIDs of a statement prepared in this session (Describe + Sync)."""
@@ -166,7 +181,8 @@ class SessionPortImpl:
         return oids
 
     async def run_sql(self, sql: str) -> SqlResult:
-        self.queries += 1
+        """Simple-protocol SQL (DDL scripts); never while a batch of ``fetch`` is open."""
+        self._simple_queries += 1
         return await self.run_request(messages.frame(b"Q", sql.encode() + b"\0"))
 
     async def run_request(self, request: bytes) -> SqlResult:
