@@ -15,6 +15,7 @@ chunk while Postgres waits, and run other queries in between.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -48,13 +49,16 @@ _BUILTIN_OIDS = 16384  # FirstNormalObjectId: types below it are the same in eve
 class ColumnType:
     oid: int
     schema: str
-    name: str
+    name: str  # the type's name, e.g. float4
+    column: str = ""  # the result column's name
 
 
 class ClientSql:
     def __init__(self, session: ClientSession) -> None:
         self._session = session
         self._depth = 0
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task | None = None
         self._queue = None
         self._error: PlanError | None = None
         self._in_block = False
@@ -117,7 +121,8 @@ class ClientSql:
             self._send(messages.parse("", sql) + _describe_statement() + _FLUSH)
             await self._expect(ord("1"))
             await self._expect(ord("t"))
-            oids = _row_oids(await self._next_of(ord("T"), ord("n")))
+            columns = _row_columns(await self._next_of(ord("T"), ord("n")))
+            oids = [oid for _, oid in columns]
             unknown = sorted({o for o in oids if o not in self._type_names})
             fresh = {}
             if unknown:
@@ -125,13 +130,20 @@ class ClientSql:
                     fresh[oid] = ColumnType(oid, schema, name)
             # built-in types are the same everywhere; user types may change: asked each time
             self._type_names.update({o: t for o, t in fresh.items() if o < _BUILTIN_OIDS})
-            found = [self._type_names.get(o) or fresh[o] for o in oids]
+            found = []
+            for column, oid in columns:
+                known = self._type_names.get(oid) or fresh[oid]
+                found.append(ColumnType(oid, known.schema, known.name, column))
         return found
 
     @contextlib.asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
-        """Group queries in one batch (one implicit transaction when the client is idle)."""
-        if self._depth == 0:
+        """Group queries in one batch (one implicit transaction when the client is idle).
+        Batches of other tasks (an oracle called from a thread, say) wait their turn."""
+        task = asyncio.current_task()
+        if self._owner is not task:
+            await self._lock.acquire()
+            self._owner = task
             self._begin()
         self._depth += 1
         try:
@@ -144,6 +156,9 @@ class ClientSql:
                     await self._end()
             finally:
                 self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._lock.release()
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -195,7 +210,7 @@ class ClientSql:
         self._send(messages.parse("", sql, [0] * nparams) + _describe_statement() + _FLUSH)
         await self._expect(ord("1"))
         await self._expect(ord("t"))
-        oids = _row_oids(await self._next_of(ord("T"), ord("n")))
+        oids = [oid for _, oid in _row_columns(await self._next_of(ord("T"), ord("n")))]
         formats = [pgvalues.result_format(o) for o in oids]
         return [pgvalues.decoder(o, f) for o, f in zip(oids, formats, strict=True)], formats
 
@@ -292,14 +307,15 @@ def _bind(portal: str, args: tuple, result_formats: list[int]) -> bytes:
     return messages.frame(b"B", bytes(body))
 
 
-def _row_oids(message: bytes) -> list[int]:
-    """Type OIDs of a RowDescription ('T'); none for NoData ('n')."""
+def _row_columns(message: bytes) -> list[tuple[str, int]]:
+    """(name, type OID) of each column of a RowDescription ('T'); none for NoData ('n')."""
     if message[0] != ord("T"):
         return []
     (count,) = _SHORT.unpack_from(message, 5)
-    pos, oids = 7, []
+    pos, columns = 7, []
     for _ in range(count):
-        pos = message.index(0, pos) + 1
-        oids.append(_INT.unpack_from(message, pos + 6)[0])
-        pos += 18
-    return oids
+        end = message.index(0, pos)
+        name = message[pos:end].decode("utf-8", "replace")
+        columns.append((name, _INT.unpack_from(message, end + 7)[0]))
+        pos = end + 19
+    return columns

@@ -14,9 +14,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
-import asyncpg
 import numpy as np
 
+from planner.install import quote_ident
 from planner.outcome import PlanError
 
 TRAIN_FRACTION = 0.2  # share of BUDGET spent on the training sample
@@ -61,21 +61,19 @@ class AutoProxyInfo:
 async def feature_columns(query) -> Features:
     """The usable columns of the query's FROM tables (one prepared statement per table)."""
     names, kinds, sql = [], [], []
-    async with query.planner.db.acquire() as conn:
-        for rel in query.relations:
-            try:
-                stmt = await conn.prepare(f"SELECT {rel}.* FROM {query.from_sql} LIMIT 0")
-            except asyncpg.PostgresError as exc:
-                message = f"reading the columns of {rel} for an automatic proxy: {exc}"
-                raise PlanError("0A000", message) from None
-            for attr in stmt.get_attributes():
-                kind = _kind(attr.type.name)
-                if kind is None or len(names) >= MAX_COLUMNS:
-                    continue
-                column = f'{rel}."{attr.name}"'
-                names.append(attr.name if len(query.relations) == 1 else f"{rel}.{attr.name}")
-                kinds.append(kind)
-                sql.append(_fetch_sql(column, kind, attr.type.name))
+    for rel in query.relations:
+        try:
+            columns = await query.port.column_types(f"SELECT {rel}.* FROM {query.from_sql} LIMIT 0")
+        except PlanError as exc:
+            message = f"reading the columns of {rel} for an automatic proxy: {exc}"
+            raise PlanError(exc.sqlstate, message) from None
+        for column in columns:
+            kind = _kind(column.name)
+            if kind is None or len(names) >= MAX_COLUMNS:
+                continue
+            names.append(column.column if len(query.relations) == 1 else f"{rel}.{column.column}")
+            kinds.append(kind)
+            sql.append(_fetch_sql(f"{rel}.{quote_ident(column.column)}", kind, column.name))
     if not names:
         raise PlanError(
             "0A000",

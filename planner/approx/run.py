@@ -25,7 +25,6 @@ import logging
 import math
 import time
 
-import asyncpg
 import numpy as np
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
@@ -287,25 +286,23 @@ class ApproxQuery:
         await materialize_site(site, spec, self.planner.dbs, self.planner.inference, self.port, self.done)
 
     async def _fetch(self, sql: str, *args, what: str) -> list:
-        """Run on the admin pool with lenient reads (unmaterialized outputs read as NULL)."""
+        """Run in the client's session with lenient reads (unmaterialized outputs read as NULL)."""
         try:
-            async with self.planner.db.acquire() as conn, conn.transaction(readonly=True):
-                await conn.execute("SET LOCAL sieve.lenient = on")
-                return await conn.fetch(sql, *args)
-        except asyncpg.PostgresError as exc:
+            return await self.port.fetch(sql, args, lenient=True)
+        except PlanError as exc:
             raise PlanError(
-                getattr(exc, "sqlstate", None) or INTERNAL_ERROR,
+                exc.sqlstate,
                 f"{what}: {exc}",
-                hint="approximate queries read FROM tables (and joins of tables), keyed by ctid",
+                detail=exc.detail,
+                hint=exc.hint or "approximate queries read FROM tables (and joins of tables), keyed by ctid",
             ) from None
 
     async def _result_types(self, sql: str, what: str) -> list:
-        """asyncpg types of the result columns of ``sql`` (prepared, not run)."""
+        """Types (``.schema``, ``.name``) of the result columns of ``sql`` (prepared, not run)."""
         try:
-            async with self.planner.db.acquire() as conn:
-                return [a.type for a in (await conn.prepare(sql)).get_attributes()]
-        except asyncpg.PostgresError as exc:
-            raise PlanError(getattr(exc, "sqlstate", None) or INTERNAL_ERROR, f"{what}: {exc}") from None
+            return await self.port.column_types(sql)
+        except PlanError as exc:
+            raise PlanError(exc.sqlstate, f"{what}: {exc}", detail=exc.detail, hint=exc.hint) from None
 
     async def _proxy_scores(self, extra_columns: list[str]) -> tuple[list, np.ndarray | None]:
         """Candidate rows: (key, proxy, *extra) and the proxy scores (checked to lie in [0, 1])."""
@@ -505,20 +502,10 @@ class ApproxQuery:
         clause = self.clause
         features = await auto_proxy.feature_columns(self) if clause.proxy is None else None
         # A seeded run must not depend on what earlier queries cached: it reproduces exactly
-        # (cached outputs are still read, not recomputed, when its sample reaches them). The
-        # cached labels are read on another connection while the candidate rows are.
-        labels = None
-        if self.settings.seed in (None, ""):
-            labels = asyncio.ensure_future(self._cached_labels())
-        try:
-            rows, scores = await self._proxy_scores(features.sql if features else [])
-        except BaseException:
-            if labels is not None:
-                labels.cancel()
-                await asyncio.gather(labels, return_exceptions=True)
-            raise
+        # (cached outputs are still read, not recomputed, when its sample reaches them).
+        rows, scores = await self._proxy_scores(features.sql if features else [])
         keys = [r[0] for r in rows]
-        known = await labels if labels is not None else {}
+        known = await self._cached_labels() if self.settings.seed in (None, "") else {}
         self.known = (len(known), sum(known.values())) if known else None
         rest = [i for i, k in enumerate(keys) if k not in known] if known else list(range(len(keys)))
         selected = [k for k, positive in known.items() if positive]
