@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import resource
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from planner.classify import Classifier
 from planner.lazy_pool import LazyInferencePool
 from planner.materialize import Databases
 from planner.planner import Planner
-from server import messages
+from server import hba, messages, tls
 from server.backend import send_cancel
 from server.session import ClientSession
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings
@@ -24,6 +25,14 @@ from storage.migrations import migrate
 from storage.target import BackendTarget, parse_dsn
 
 log = logging.getLogger("sievedb.server")
+
+# The planner's pools open all their connections at start and keep them, so that clients filling
+# the backing Postgres never starve a model query (it would fail with "too many clients").
+PLANNER_POOL_SIZE = 16
+WRITER_POOL_SIZE = 4
+# Backends beyond the pools and the clients: Postgres's superuser_reserved_connections (3 by
+# default, unusable by other roles) and SieveDB's own short connections (migration, checks).
+BACKEND_HEADROOM = 3 + 1
 
 
 class PlannerConnection(asyncpg.Connection):
@@ -48,9 +57,13 @@ class ServerConfig:
     tls_key: Path | None = None
     embedded_password: str | None = None
     allow_trust_remote: bool = False
+    tls_require: bool = False
     max_message_bytes: int = messages.FRAME_MAX_LEN
+    max_connections: int = 100
+    authentication_timeout: float = 60.0
     max_backend_connections: int = 300
     models_dir: Path = Path("models")
+    max_model_bytes: int = 2 << 30
     inference_workers: int | None = None
 
 
@@ -71,7 +84,10 @@ class SieveServer:
         self.inference: LazyInferencePool | None = None
         self.db: asyncpg.Pool | None = None
         self.db_writer: asyncpg.Pool | None = None
-        self.sessions: set[ClientSession] = set()
+        self.sessions: set[ClientSession] = set()  # every open client socket
+        self.admitted = 0  # sessions past their startup packet: each holds a backend
+        # Sockets still in startup are bounded too; each closes after authentication_timeout.
+        self.socket_limit = 2 * config.max_connections + 16
         self.max_message_bytes = config.max_message_bytes
         self.ssl_context = self._ssl_context()
         self.embedded: EmbeddedPostgres | None = None
@@ -83,8 +99,10 @@ class SieveServer:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._check_limits()
         self._check_open_door()
         self.backend_target = await asyncio.to_thread(self._start_storage)
+        await self._check_backend()
         await self._migrate()
         await self._start_planner()
         loop = asyncio.get_running_loop()
@@ -140,17 +158,57 @@ class SieveServer:
     async def _start_planner(self) -> None:
         connect = self.backend_target.asyncpg_kwargs()
         self.db = await asyncpg.create_pool(
-            **connect, min_size=1, max_size=16, connection_class=PlannerConnection
+            **connect,
+            min_size=PLANNER_POOL_SIZE,
+            max_size=PLANNER_POOL_SIZE,
+            max_inactive_connection_lifetime=0,
+            connection_class=PlannerConnection,
         )
         self.db_writer = await asyncpg.create_pool(
-            **connect, min_size=1, max_size=4, connection_class=PlannerConnection
+            **connect,
+            min_size=WRITER_POOL_SIZE,
+            max_size=WRITER_POOL_SIZE,
+            max_inactive_connection_lifetime=0,
+            connection_class=PlannerConnection,
         )
         self.inference = LazyInferencePool(workers=self.config.inference_workers)
         dbs = Databases(read=self.db, write=self.db_writer)
-        self.planner = Planner(dbs, self.inference, self.classifier, self.config.models_dir.resolve())
+        self.planner = Planner(
+            dbs,
+            self.inference,
+            self.classifier,
+            self.config.models_dir.resolve(),
+            max_model_bytes=self.config.max_model_bytes,
+        )
         await self.planner.start()
 
+    def _check_limits(self) -> None:
+        config = self.config
+        if config.max_connections < 1 or config.authentication_timeout <= 0:
+            raise ConfigError("--max-connections and --authentication-timeout must be positive")
+        if not 4 < config.max_message_bytes <= messages.FRAME_MAX_LEN:
+            raise ConfigError(f"--max-message-bytes must be between 5 and {messages.FRAME_MAX_LEN}")
+        needed = config.max_connections + PLANNER_POOL_SIZE + WRITER_POOL_SIZE + BACKEND_HEADROOM
+        if not config.postgres_dsn and needed > config.max_backend_connections:
+            raise ConfigError(
+                f"--max-connections {config.max_connections} does not fit the embedded Postgres: "
+                f"with the planner's {PLANNER_POOL_SIZE + WRITER_POOL_SIZE} connections and "
+                f"{BACKEND_HEADROOM} reserved it needs --max-backend-connections {needed} or more"
+            )
+        # Each admitted session holds two descriptors (client, backend); startup sockets one.
+        wanted = 2 * config.max_connections + self.socket_limit + 256
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < wanted and (hard == resource.RLIM_INFINITY or hard > soft):
+            soft = wanted if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft < wanted:
+            raise ConfigError(
+                f"--max-connections {config.max_connections} needs {wanted} file descriptors, "
+                f"the limit is {soft} (raise ulimit -n or lower --max-connections)"
+            )
+
     def _check_open_door(self) -> None:
+        """Before anything starts: the embedded cluster without a password trusts every role."""
         if self.config.postgres_dsn or is_loopback(self.config.host):
             return
         if self.config.embedded_password or self.config.allow_trust_remote:
@@ -161,15 +219,62 @@ class SieveServer:
             "pass --allow-trust-remote if this network is trusted."
         )
 
+    async def _check_backend(self) -> None:
+        """What only the running Postgres can tell: whether its pg_hba.conf admits relayed
+        connections without a password (when listening beyond loopback), and whether
+        --max-connections fits its max_connections."""
+        conn = await asyncpg.connect(**self.backend_target.asyncpg_kwargs())
+        try:
+            if not is_loopback(self.config.host) and not self.config.allow_trust_remote:
+                await self._check_backend_door(conn)
+            row = await conn.fetchrow(
+                "SELECT current_setting('max_connections')::int AS max,"
+                " current_setting('superuser_reserved_connections')::int"
+                " + current_setting('reserved_connections')::int AS reserved"
+            )
+        finally:
+            await conn.close()
+        needed = self.config.max_connections + PLANNER_POOL_SIZE + WRITER_POOL_SIZE + 1
+        if needed > row["max"] - row["reserved"]:
+            log.warning(
+                "--max-connections %d and the planner's %d connections exceed the backing Postgres's "
+                "max_connections %d (less %d reserved): clients may see its 'too many clients'",
+                self.config.max_connections,
+                PLANNER_POOL_SIZE + WRITER_POOL_SIZE,
+                row["max"],
+                row["reserved"],
+            )
+
+    async def _check_backend_door(self, conn: asyncpg.Connection) -> None:
+        target = self.backend_target
+        escape = "pass --allow-trust-remote if this network is trusted"
+        try:
+            rows = await conn.fetch(hba.RULES_QUERY)
+            relay_address = None if target.is_unix else await conn.fetchval("SELECT host(inet_client_addr())")
+        except asyncpg.PostgresError as exc:
+            raise ConfigError(
+                f"refusing to listen on {self.config.host}: cannot read the backing Postgres's "
+                f"pg_hba_file_rules as {target.user} ({exc}), so cannot tell whether it lets relayed "
+                f"clients in without a password; connect as a superuser, or {escape}."
+            ) from exc
+        rule = hba.passwordless_rule(hba.rules_from_rows(rows), target.is_unix, relay_address)
+        if rule is not None:
+            via = "its unix socket" if target.is_unix else f"TCP from {relay_address}"
+            raise ConfigError(
+                f"refusing to listen on {self.config.host}: the backing Postgres admits SieveDB's "
+                f"relayed connections ({via}) without a password by {rule.describe()}. Require "
+                f"a password there (scram-sha-256), or {escape}."
+            )
+
     def _ssl_context(self) -> ssl.SSLContext | None:
         cert, key = self.config.tls_cert, self.config.tls_key
         if not cert and not key:
+            if self.config.tls_require:
+                raise ConfigError("--tls-require needs --tls-cert and --tls-key")
             return None
         if not (cert and key):
             raise ConfigError("--tls-cert and --tls-key must be given together")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(cert), str(key))
-        return context
+        return tls.server_context(cert, key)
 
     async def serve_until_stopped(self) -> None:
         await self._stopped.wait()
@@ -198,8 +303,19 @@ class SieveServer:
         self._cancel_keys[key] = session
         return key
 
+    def admit(self, session: ClientSession) -> bool:
+        """Count a session that is about to spend a backend; False when the house is full."""
+        if self.admitted >= self.config.max_connections:
+            return False
+        self.admitted += 1
+        session.admitted = True
+        return True
+
     def forget(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        if session.admitted:
+            session.admitted = False
+            self.admitted -= 1
         if session.cancel_key is not None:
             self._cancel_keys.pop(session.cancel_key, None)
 

@@ -122,6 +122,11 @@ class BackendLink(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def release(self) -> None:
+        """The session is closed: drop what is buffered (nobody will read it)."""
+        self._buf = bytearray()
+        self._partial = b""
+
     def pause_writing(self) -> None:
         self.session.pause_client_reading()
 
@@ -129,6 +134,7 @@ class BackendLink(asyncio.Protocol):
         self.session.resume_client_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
         if self._capture is not None:
             self._capture.put_nowait(None)  # wakes a planner waiting on this backend
         self.session.on_backend_lost(exc)

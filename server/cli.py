@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from server import messages
 from server.app import ConfigError, ServerConfig, SieveServer
 
 log = logging.getLogger("sievedb.cli")
@@ -31,6 +32,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate: enables TLS for clients")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     serve.add_argument(
+        "--tls-require",
+        action="store_true",
+        help="refuse clients that do not use TLS (FATAL 28000, as a hostssl-only pg_hba.conf would)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=100,
+        help="client sessions at once; more are refused with 53300 'too many clients' (default 100)",
+    )
+    serve.add_argument(
+        "--authentication-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has from connecting to its first ReadyForQuery (default 60)",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=messages.FRAME_MAX_LEN,
+        help="largest message an authenticated client may send "
+        f"(default {messages.FRAME_MAX_LEN}, Postgres's own limit)",
+    )
+    serve.add_argument(
         "--embedded-password-file",
         type=Path,
         help="file holding the embedded cluster's superuser password (enables SCRAM); "
@@ -39,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-trust-remote",
         action="store_true",
-        help="listen beyond loopback even though the embedded Postgres trusts every role",
+        help="listen beyond loopback even though the backing Postgres admits relayed clients "
+        "without a password (or its pg_hba.conf cannot be read)",
     )
     serve.add_argument(
         "--max-backend-connections", type=int, default=300, help="max_connections of the embedded Postgres"
@@ -49,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("models"),
         help="where relative paths of CREATE FUNCTION ... LANGUAGE onnx point (default models/)",
+    )
+    serve.add_argument(
+        "--max-model-bytes",
+        type=int,
+        default=2 << 30,
+        help="largest model file CREATE FUNCTION ... LANGUAGE onnx accepts (default 2 GiB)",
     )
     serve.add_argument(
         "--inference-workers",
@@ -91,8 +123,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         embedded_password=password,
         allow_trust_remote=args.allow_trust_remote,
+        tls_require=args.tls_require,
+        max_connections=args.max_connections,
+        authentication_timeout=args.authentication_timeout,
+        max_message_bytes=args.max_message_bytes,
         max_backend_connections=args.max_backend_connections,
         models_dir=args.models_dir,
+        max_model_bytes=args.max_model_bytes,
         inference_workers=args.inference_workers,
     )
 

@@ -13,11 +13,17 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 
-STARTUP_MAX_LEN = 10_000  # Postgres's own MAX_STARTUP_PACKET_LENGTH
-FRAME_MAX_LEN = 0x3FFF_FFFF  # Postgres's PQ_LARGE_MESSAGE_LIMIT (1 GiB - 1)
+# Postgres's limits on what a client may send (libpq/libpq.h, libpq/auth.h, tcop/backend_startup.h).
+STARTUP_MAX_LEN = 10_000  # MAX_STARTUP_PACKET_LENGTH
+AUTH_MAX_LEN = 65_535  # PG_MAX_AUTH_TOKEN_LENGTH: the largest message before authentication completes
+FRAME_MAX_LEN = 0x3FFF_FFFE  # PQ_LARGE_MESSAGE_LIMIT (MaxAllocSize - 1): Query, Parse, Bind, ...
+SMALL_FRAME_MAX_LEN = 10_000  # PQ_SMALL_MESSAGE_LIMIT: the types in SMALL_TYPES
+TLS_HANDSHAKE = 0x16  # first byte of a TLS record carrying a ClientHello (direct SSL)
 
 # Frontend message types after startup.
 FRONTEND_TYPES = frozenset(b"QPBEDCSHXdcfFp")
+SMALL_TYPES = frozenset(b"CDEHSXcf")  # Close, Describe, Execute, Flush, Sync, Terminate, CopyDone/Fail
+PASSWORD = ord("p")
 QUERY = ord("Q")
 PARSE = ord("P")
 BIND = ord("B")

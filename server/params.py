@@ -13,6 +13,8 @@ import struct
 import uuid
 from dataclasses import dataclass
 
+from planner.outcome import PlanError
+
 _SHORT = struct.Struct("!h")
 _INT = struct.Struct("!i")
 _EPOCH = dt.datetime(2000, 1, 1)
@@ -61,9 +63,9 @@ class Bind:
 def parse_bind(frame: bytes) -> Bind:
     body = frame[5:]
     portal_end = body.index(0)
-    portal = body[:portal_end].decode()
+    portal = body[:portal_end].decode("utf-8", "replace")
     statement_end = body.index(0, portal_end + 1)
-    statement = body[portal_end + 1 : statement_end].decode()
+    statement = body[portal_end + 1 : statement_end].decode("utf-8", "replace")
     pos = statement_end + 1
     (count,) = _SHORT.unpack_from(body, pos)
     codes = [_SHORT.unpack_from(body, pos + 2 + 2 * i)[0] for i in range(count)]
@@ -113,7 +115,17 @@ def as_text(bind: Bind, oids: list[int]) -> list[ParamText | None]:
         elif fmt == 0:
             out.append(ParamText(value.decode("utf-8", "replace"), type_name))
         elif oid in _BINARY:
-            out.append(ParamText(_BINARY[oid][1](value), type_name))
+            out.append(ParamText(_decode_binary(oid, value, i + 1), type_name))
         else:
             out.append(None)
     return out
+
+
+def _decode_binary(oid: int, value: bytes, number: int) -> str:
+    """A binary value as text, refused as Postgres's receive functions refuse it."""
+    try:
+        return _BINARY[oid][1](value)
+    except UnicodeDecodeError as exc:
+        raise PlanError("22021", 'invalid byte sequence for encoding "UTF8"') from exc
+    except (struct.error, ValueError, IndexError, OverflowError) as exc:
+        raise PlanError("22P03", f"incorrect binary data format in bind parameter {number}") from exc

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from planner.classify import FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
-from server import messages, sqlstate
+from server import frames, messages, sqlstate
 from server.client_sql import ClientSql
 from server.params import Bind, ParamText, as_text, parse_bind
 
@@ -68,6 +68,7 @@ class PlannedJob:
     held: bool = False  # Postgres never sees its Parse: answered here or forwarded whole
     failure: Failed | None = None  # known to fail before planning (an invalid approximate clause)
     resets: tuple[str, ...] = ()  # not a statement: the client's Sync, then RESET of these settings
+    malformed: frames.Malformed | None = None  # the first held frame Postgres could not read
 
     @classmethod
     def simple(cls, decision: Decision, sql: str) -> PlannedJob:
@@ -239,7 +240,16 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
             return
     except ConnectionError:
         return  # the session is already failing
-    outcome = job.failure or await _plan(session, job, port)
+    if job.malformed is not None:
+        # Not a statement to plan. Postgres prepared it: the frames go to Postgres as they came,
+        # which answers them as it would a client of its own. Only SieveDB knows it: fail here.
+        if job.held:
+            with contextlib.suppress(ConnectionError):
+                await _fail_unreadable(session, job, port)
+            return
+        outcome: Outcome | None = Forward()
+    else:
+        outcome = job.failure or await _plan(session, job, port)
     if outcome is None or session.closed:
         return
     # The backend going away mid-statement has already failed the session.
@@ -292,6 +302,18 @@ async def _fail(session: ClientSession, job: PlannedJob, outcome: Failed, port: 
         session.to_client(_error(outcome))
         return
     session.to_client(_answer(job, outcome, link.status))
+
+
+async def _fail_unreadable(session: ClientSession, job: PlannedJob, port: SessionPortImpl) -> None:
+    """Postgres's answer to a batch with a frame it cannot read: the error, then nothing up to
+    the Sync (which ends the skipping even when it has a body of its own)."""
+    link = session.link
+    await _fail_transaction(port, link)
+    session.to_client(_error(Failed(job.malformed.sqlstate, str(job.malformed))))
+    if job.frames[-1][0] == messages.SYNC:
+        session.to_client(messages.ready_for_query(link.status))
+    else:
+        session.discard_until_sync = True
 
 
 async def _close_batch(session: ClientSession, port: SessionPortImpl) -> bool:

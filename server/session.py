@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from planner.approx.clause import split_clause
 from planner.classify import SIEVE_SETTING, Route
 from planner.outcome import PlanError
-from server import messages, sqlstate, startup
+from server import frames, messages, sqlstate, startup, tls
 from server.backend import BackendLink
 from server.params import parse_param_types
 from server.planned import PlannedJob, PreparedPlan, cstrings, run_planned
@@ -73,6 +73,12 @@ class ClientSession(asyncio.Protocol):
         self.pending_resets: tuple[str, ...] = ()  # settings to RESET once the client's Sync ran
         self.uses_sieve_settings = False  # the session said "sieve." (SET sieve.recall_target ...)
         self._paused = False
+        # Until Postgres says AuthenticationOk a frame is a password or SASL message at most.
+        self.frame_limit = messages.AUTH_MAX_LEN
+        self.small_frame_limit = min(messages.SMALL_FRAME_MAX_LEN, self.frame_limit)
+        self.admitted = False  # counted against --max-connections (it spends a backend)
+        self._startup_packets = 0
+        self._deadline: asyncio.TimerHandle | None = None  # authentication_timeout
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -84,12 +90,25 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=512 * 1024)  # type: ignore[attr-defined]
+        if len(self.server.sessions) >= self.server.socket_limit:
+            # Sockets that never finish their startup are bounded too (each holds a descriptor
+            # for up to authentication_timeout): refuse at once, reading nothing.
+            self.state = State.CLOSED
+            transport.write(messages.fatal(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already"))
+            transport.close()
+            return
         self.server.sessions.add(self)
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.server.config.authentication_timeout, self._authentication_timeout
+        )
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.READY or self.state is State.AUTH:
             self._relay_frontend(data)
         elif self.state is State.STARTUP:
+            if not self._startup_packets and not self.inbuf and data[0] == messages.TLS_HANDSHAKE:
+                self._direct_tls(data)
+                return
             self.inbuf += data
             self._drive_startup()
         elif self.state is State.BUSY:
@@ -100,6 +119,8 @@ class ClientSession(asyncio.Protocol):
                 self.pause_client_reading()
         elif self.state is State.CONNECTING:
             self.inbuf += data  # relayed once the backend link is up
+            if len(self.inbuf) > 5 + messages.AUTH_MAX_LEN:
+                self._violation(b"", 0, "invalid message length before authentication")
 
     def eof_received(self) -> bool:
         return False
@@ -107,11 +128,23 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = State.CLOSED
         self.cancel_planned("client disconnect")  # stop work nobody will read
-        self.server.forget(self)
+        self._release()
         if self.link is not None:
             if not self._terminating:
                 self.link.write(messages.frame(b"X", b""))
             self.link.close()
+
+    def _release(self) -> None:
+        """Give back what a closed session holds: its place in the server's counts, its timer
+        (whose callback would keep it alive) and its buffers (up to --max-message-bytes)."""
+        self.server.forget(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.inbuf = bytearray()
+        self.planned_statements = {}
+        if self.link is not None:
+            self.link.release()
 
     def pause_writing(self) -> None:
         if self.link is not None and self.link.transport is not None:
@@ -129,6 +162,7 @@ class ClientSession(asyncio.Protocol):
                 packet = startup.split_packet(self.inbuf)
                 if packet is None:
                     return
+                self._startup_packets += 1
                 self._on_startup_packet(startup.decode(packet))
         except startup.StartupError as exc:
             self.fail(exc.sqlstate, str(exc))
@@ -159,19 +193,45 @@ class ClientSession(asyncio.Protocol):
         self.state = State.TLS_HANDSHAKE
         asyncio.get_running_loop().create_task(self._upgrade_tls())
 
-    async def _upgrade_tls(self) -> None:
+    def _direct_tls(self, client_hello: bytes) -> None:
+        """A TLS ClientHello in place of the first startup packet (PostgreSQL 17's
+        sslnegotiation=direct)."""
+        if self.server.ssl_context is None:
+            # Postgres closes without a word too: the client expects TLS, not a plaintext error.
+            log.info("direct TLS connection refused peer=%s: TLS is not configured", self.peer)
+            self.state = State.CLOSED
+            self._release()
+            self.transport.abort()
+            return
+        self.state = State.TLS_HANDSHAKE
+        asyncio.get_running_loop().create_task(self._upgrade_tls(client_hello))
+
+    async def _upgrade_tls(self, client_hello: bytes | None = None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self.transport = await loop.start_tls(
-                self.transport, self, self.server.ssl_context, server_side=True
-            )
+            if client_hello is None:
+                self.transport = await loop.start_tls(
+                    self.transport, self, self.server.ssl_context, server_side=True
+                )
+            else:
+                self.transport = await tls.wrap_server_side(
+                    self.transport, self, self.server.ssl_context, client_hello
+                )
         except (OSError, ConnectionError, asyncio.CancelledError) as exc:
             log.info("tls handshake failed peer=%s error=%s", self.peer, exc)
             if self.transport is not None:
                 self.transport.abort()
             return
+        if self.state is not State.TLS_HANDSHAKE:
+            self.transport.abort()  # timed out or shut down meanwhile
+            return
         self.tls = True
         self.state = State.STARTUP
+        if client_hello is not None and tls.negotiated_alpn(self.transport) != tls.ALPN:
+            self.fail(
+                sqlstate.PROTOCOL_VIOLATION,
+                "received direct SSL connection request without ALPN protocol negotiation extension",
+            )
 
     def _begin(self, packet: startup.StartupMessage) -> None:
         if packet.major != 3:
@@ -186,6 +246,19 @@ class ClientSession(asyncio.Protocol):
         self.uses_sieve_settings = "sieve." in packet.params.get("options", "")
         if not self.user:
             self.fail(sqlstate.INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
+            return
+        # Postgres's order: a full house is refused before any pg_hba.conf rule is looked at.
+        if not self.server.admit(self):
+            log.info("connection refused peer=%s user=%s: too many clients", self.peer, self.user)
+            self.fail(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            return
+        if self.server.config.tls_require and not self.tls:
+            host = self.peer.rsplit(":", 1)[0]
+            self.fail(
+                sqlstate.INVALID_AUTHORIZATION,
+                f'no pg_hba.conf entry for host "{host}", user "{self.user}", '
+                f'database "{self.database}", no encryption',
+            )
             return
         self.state = State.CONNECTING
         asyncio.get_running_loop().create_task(self._connect_backend(packet))
@@ -221,7 +294,13 @@ class ClientSession(asyncio.Protocol):
             self._swap_key(message)
             return
         self._write(message)
-        if kind == messages.READY_FOR_QUERY:
+        if kind == messages.AUTHENTICATION and message[5:9] == b"\0\0\0\0":  # AuthenticationOk
+            self.frame_limit = self.server.max_message_bytes
+            self.small_frame_limit = min(messages.SMALL_FRAME_MAX_LEN, self.frame_limit)
+        elif kind == messages.READY_FOR_QUERY:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             self.state = State.READY
             self.link.start_passthrough()
             log.info("session ready peer=%s user=%s tls=%s", self.peer, self.user, self.tls)
@@ -261,12 +340,12 @@ class ClientSession(asyncio.Protocol):
         # One scan of the whole chunk decides whether any statement in it needs a closer look.
         inspect = self.server.classifier.may_plan(view) or bool(self.planned_statements)
         pos, size, last = 0, len(view), -1
-        limit, types, unpack = self.server.max_message_bytes, messages.FRONTEND_TYPES, _LEN.unpack_from
+        small, types, unpack = self.small_frame_limit, messages.FRONTEND_TYPES, _LEN.unpack_from
         try:
             while size - pos >= 5:
                 kind = view[pos]
                 length = unpack(view, pos + 1)[0]
-                if kind not in types or length < 4 or length > limit:
+                if kind not in types or length < 4 or length > small:
                     self._frame_end(view, pos, size)  # raises with the precise complaint
                 end = pos + 1 + length
                 if end > size:
@@ -291,7 +370,8 @@ class ClientSession(asyncio.Protocol):
                     if job is not None:
                         return self._hold(view, pos, job, last)
                 elif inspect and kind == messages.CLOSE and self.planned_statements:
-                    if view[pos + 5] == ord("S"):  # a closed statement is planned no more
+                    # A closed statement is planned no more (a Close Postgres cannot read closes nothing).
+                    if view[pos + 5] == ord("S") and frames.malformed(view, pos, end) is None:
                         self.planned_statements.pop(cstrings(view, pos + 6, end, 1)[0], None)
                 elif kind == messages.TERMINATE:
                     self._terminating = True
@@ -311,19 +391,28 @@ class ClientSession(asyncio.Protocol):
             self.batch_open = False
 
     def _frame_end(self, view: bytes | bytearray, pos: int, size: int) -> int | None:
-        """End offset of the frame at ``pos``; None while incomplete; raises on a bad header."""
+        """End offset of the frame at ``pos``; None while incomplete; raises on a bad header.
+
+        Lengths are Postgres's limits, checked at the header before anything is buffered: 64 KiB
+        before authentication, 10,000 bytes for the small types, --max-message-bytes else."""
         kind = view[pos]
         (length,) = _LEN.unpack_from(view, pos + 1)
         if kind not in messages.FRONTEND_TYPES:
             raise ProtocolViolation(f"invalid frontend message type {kind}")
-        if length < 4 or length > self.server.max_message_bytes:
+        limit = self.small_frame_limit if kind in messages.SMALL_TYPES else self.frame_limit
+        if length < 4 or length > limit:
             raise ProtocolViolation(f"invalid message length {length} for message type {kind}")
         end = pos + 1 + length
         return end if end <= size else None
 
     def _route(self, kind: int, view: bytes | bytearray, pos: int, end: int) -> PlannedJob | bytes | None:
         """Return a job when this frame starts work for the planner, or the frame to forward in
-        its place (a Parse without its approximate clause); None to forward it as it is."""
+        its place (a Parse without its approximate clause); None to forward it as it is.
+
+        A frame Postgres could not read is no statement: it goes to Postgres, which answers it
+        as it answers any malformed message (ERROR 08P01, skip to Sync, the session kept)."""
+        if frames.malformed(view, pos, end) is not None:
+            return None
         if kind == messages.BIND:
             if self.planned_statements:
                 statement = cstrings(view, pos + 5, end, 2)[1]
@@ -408,7 +497,10 @@ class ClientSession(asyncio.Protocol):
                 end = self._frame_end(view, pos, size)
                 if end is None:
                     break
-                done = self.job.take(view[pos], bytes(view[pos:end]))
+                frame = bytes(view[pos:end])
+                if self.job.malformed is None:
+                    self.job.malformed = frames.malformed(frame)
+                done = self.job.take(view[pos], frame)
                 pos = end
                 if done:
                     del view[:pos]
@@ -500,12 +592,24 @@ class ClientSession(asyncio.Protocol):
         """Server shutdown: tell the client why, then close both ends."""
         self.fail(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
 
+    def _authentication_timeout(self) -> None:
+        """authentication_timeout ran out before the first ReadyForQuery (Postgres's wording)."""
+        self._deadline = None
+        if self.state is State.TLS_HANDSHAKE:
+            log.info("tls handshake timed out peer=%s", self.peer)
+            self.state = State.CLOSED
+            self._release()
+            self.transport.abort()
+            return
+        log.info("authentication timed out peer=%s user=%s state=%s", self.peer, self.user, self.state.value)
+        self.fail(sqlstate.QUERY_CANCELED, "canceling authentication due to timeout")
+
     def fail(self, code: str, message: str) -> None:
         """Send a FATAL error and close this session only."""
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.server.forget(self)
+        self._release()
         self._write(messages.fatal(code, message))
         if self.transport is not None:
             self.transport.close()
