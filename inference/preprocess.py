@@ -8,6 +8,9 @@ Input preprocessing is described by JSON-like options, e.g. for an image column:
 Every image is decoded with Pillow into one preallocated uint8 batch; scaling, normalisation and the
 layout change then run once, vectorised, over the whole batch.
 
+``{"decode": "bytes"}`` feeds the raw bytes themselves, as a uint8 [N, length] batch (every value
+of the batch must have the same length).
+
 Output post-ops work per row on the last axis: ``"argmax"``, ``"max"``, ``"softmax"``, or
 ``{"op": "index", "index": i}``; a list applies several in order.
 """
@@ -15,6 +18,7 @@ Output post-ops work per row on the last axis: ``"argmax"``, ``"max"``, ``"softm
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +28,7 @@ import numpy as np
 
 _IMAGE_KEYS = {"decode", "mode", "resize", "scale", "mean", "std", "layout", "dtype", "flatten", "resample"}
 _CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # Pillow names its file object
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,7 @@ def _decode_uint8(blobs: Sequence[bytes] | np.ndarray, spec: ImageSpec) -> np.nd
             img = Image.open(io.BytesIO(bytes(blob)))
             img = img.convert(spec.mode)
         except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, ...
-            raise ValueError(f"row {i}: cannot decode image: {exc}") from exc
+            raise ValueError(f"row {i}: cannot decode image: {image_error(exc)}") from exc
         if spec.resize is not None and img.size != (spec.resize[1], spec.resize[0]):
             img = img.resize((spec.resize[1], spec.resize[0]), resample)
         arr = np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], spec.channels)
@@ -149,6 +154,39 @@ def _decode_uint8(blobs: Sequence[bytes] | np.ndarray, spec: ImageSpec) -> np.nd
         h, w = spec.resize or (0, 0)
         batch = np.empty((0, h, w, spec.channels), dtype=np.uint8)
     return batch
+
+
+def image_error(exc: Exception) -> str:
+    """Why Pillow could not decode an image, in words fit for a user (no object addresses)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognized image format"
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def find_undecodable(
+    blobs: Sequence[bytes | None], options: Mapping[str, Any] | ImageSpec, *, full: bool = True
+) -> tuple[int, str] | None:
+    """The first blob that is not a decodable image, and why; None when every one is.
+
+    ``full=False`` reads headers only (Pillow opens lazily: format, size, mode), cheap enough to
+    run on every batch before it goes to a worker; ``full=True`` decodes the pixels too, which
+    finds the truncated or corrupt images a header check lets through."""
+    from PIL import Image
+
+    spec = options if isinstance(options, ImageSpec) else parse_image_options(options)
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            return i, "the image is NULL"
+        try:
+            img = Image.open(io.BytesIO(bytes(blob)))
+            if full:
+                img.convert(spec.mode)
+        except Exception as exc:  # as in _decode_uint8
+            return i, image_error(exc)
+    return None
 
 
 def _to_tensor(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
@@ -166,10 +204,38 @@ def _to_tensor(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def decode_bytes(blobs: Sequence[bytes] | np.ndarray) -> np.ndarray:
+    """Raw bytes as one uint8 [N, length] batch."""
+    if len(blobs) == 0:
+        return np.empty((0, 0), dtype=np.uint8)
+    length = len(blobs[0])
+    out = np.empty((len(blobs), length), dtype=np.uint8)
+    for i, blob in enumerate(blobs):
+        if len(blob) != length:
+            raise ValueError(f"row {i}: {len(blob)} bytes, earlier rows {length}: lengths must agree")
+        out[i] = np.frombuffer(bytes(blob), dtype=np.uint8)
+    return out
+
+
+def check_preprocess(options: Mapping[str, Any]) -> None:
+    """Raise ValueError when one input's preprocessing options are not valid."""
+    decode = options.get("decode")
+    if decode == "image":
+        parse_image_options(options)
+    elif decode == "bytes":
+        extra = sorted(set(options) - {"decode"})
+        if extra:
+            raise ValueError(f'decode "bytes" takes no other options, not {extra}')
+    else:
+        raise ValueError(f"unsupported decode {decode!r} (use 'image' or 'bytes')")
+
+
 def preprocess_input(values: Any, options: Mapping[str, Any]) -> np.ndarray:
-    """Apply one input's preprocessing options (currently ``decode: image``)."""
+    """Apply one input's preprocessing options (``decode``: ``image`` or ``bytes``)."""
     if options.get("decode") == "image":
         return decode_images(values, options)
+    if options.get("decode") == "bytes":
+        return decode_bytes(values)
     raise ValueError(f"unsupported preprocessing options {dict(options)!r}")
 
 

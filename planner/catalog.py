@@ -50,7 +50,7 @@ class ModelCatalog:
 
     async def reload(self) -> None:
         rows = await self._pool.fetch(
-            "SELECT name, path, content_hash, version, signature, options FROM sieve.models"
+            "SELECT id, name, path, content_hash, version, signature, options FROM sieve.models"
         )
         models = {}
         for row in rows:

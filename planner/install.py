@@ -6,7 +6,7 @@ real function; its body looks the input's digest up in the cache table of the mo
 
 from __future__ import annotations
 
-from planner.model_spec import SCALAR_COLUMN, ModelSpec
+from planner.model_spec import SCALAR_COLUMN, ModelSpec, cache_table_name
 
 BODY_TAG = "$sieve$"
 FUNCTION_COST = 10000
@@ -21,12 +21,19 @@ def quote_ident(name: str) -> str:
 
 
 def digest_sql(spec: ModelSpec, arg_exprs: list[str]) -> str:
-    """Content address of one input: md5 over the binary send form of each argument."""
+    """Content address of one input (bytea): SHA-256 over the binary send form of each argument.
+    Collision resistant: inputs an attacker made to share an MD5 never share a cached output."""
     parts = [t.digest_bytes(f"({e})::{t.sql}") for (_, t), e in zip(spec.args, arg_exprs, strict=True)]
     if len(parts) == 1:
-        return f"md5({parts[0]})::uuid"
+        return f"sha256({parts[0]})"
     framed = " || ".join(f"int4send(octet_length({p})) || {p}" for p in parts)
-    return f"md5({framed})::uuid"
+    return f"sha256({framed})"
+
+
+def digests_literal(digests: list[bytes]) -> str:
+    """A bytea[] literal of digests, spelled in hex (safe whatever standard_conforming_strings)."""
+    listed = ",".join(bytes(d).hex() for d in digests)
+    return f"ARRAY(SELECT decode(h, 'hex') FROM unnest('{{{listed}}}'::text[]) AS h)"
 
 
 def signature_sql(spec: ModelSpec, with_names: bool = True) -> str:
@@ -40,7 +47,7 @@ def signature_sql(spec: ModelSpec, with_names: bool = True) -> str:
 def cache_table_sql(spec: ModelSpec) -> str:
     columns = ", ".join(f"{quote_ident(b.column)} {b.sql_type.sql}" for b in spec.bindings)
     return (
-        f"CREATE TABLE IF NOT EXISTS {spec.cache_table} (digest uuid NOT NULL, "
+        f"CREATE TABLE IF NOT EXISTS {spec.cache_table} (digest bytea NOT NULL, "
         f"ordinal integer NOT NULL DEFAULT 0, {columns}, PRIMARY KEY (digest, ordinal))"
     )
 
@@ -89,7 +96,8 @@ def install_sql(spec: ModelSpec, previous: ModelSpec | None) -> str:
         function_sql(spec, or_replace=in_place),
         f"COMMENT ON FUNCTION {signature_sql(spec, with_names=False)} IS "
         + quote_literal(f"SieveDB model {spec.name} v{spec.version}: {spec.path}"),
-        "INSERT INTO sieve.models (name, path, content_hash, version, signature, options) VALUES ("
+        "INSERT INTO sieve.models (id, name, path, content_hash, version, signature, options) VALUES ("
+        + f"{int(spec.id)}, "
         + ", ".join(quote_literal(str(row[k])) for k in ("name", "path", "content_hash"))
         + f", {spec.version}, {quote_literal(row['signature'])}::jsonb, "
         f"{quote_literal(row['options'])}::jsonb) "
@@ -109,7 +117,7 @@ def _shape(spec: ModelSpec) -> tuple:
 
 
 def drop_sql(spec: ModelSpec) -> str:
-    tables = [f'DROP TABLE IF EXISTS sieve_cache."{spec.name}_v{v}"' for v in range(1, spec.version + 1)]
+    tables = [f"DROP TABLE IF EXISTS {cache_table_name(spec.id, v)}" for v in range(1, spec.version + 1)]
     return ";\n".join(
         [
             f"DROP FUNCTION {signature_sql(spec, with_names=False)}",

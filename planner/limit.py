@@ -14,7 +14,7 @@ from pglast import ast, parse_sql
 from pglast.stream import RawStream
 
 from planner.calls import CallSite
-from planner.install import digest_sql
+from planner.install import digest_sql, digests_literal
 from planner.model_spec import ModelSpec
 from planner.views import has_aggregates
 
@@ -39,8 +39,7 @@ class LimitPlan:
         if self.site.row_key is not None:
             listed = ",".join(f'"{k}"' for k in keys)
             return f"{self.site.row_key} = ANY('{{{listed}}}'::tid[])"
-        listed = ",".join(str(d) for d in keys)
-        return f"{self._digest()} = ANY('{{{listed}}}'::uuid[])"
+        return f"{self._digest()} = ANY({digests_literal(keys)})"
 
     def guarded_sql(self, guard: str) -> str:
         """The statement with ``guard`` added to the WHERE of the call site's level."""

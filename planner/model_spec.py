@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.preprocess import check_preprocess
 from planner.outcome import PlanError
 from planner.sqltypes import SqlType, input_mismatch, output_mismatch
 
 INVALID_DEFINITION = "42P13"
 UNDEFINED_FILE = "58P01"
 INVALID_PARAMETER = "22023"
+PROGRAM_LIMIT_EXCEEDED = "54000"
 SCALAR_COLUMN = "value"  # cache column of a function that returns one value
 
 _POST_OPS = {"argmax", "max", "softmax", "index"}
@@ -41,10 +44,16 @@ class ModelSpec:
     version: int = 1
     signature: dict[str, Any] = field(default_factory=dict)
     row_index: bool = False  # several result rows per input, keyed by the first output
+    id: int | None = None  # sieve.models.id: names the model's storage (any name fits in 63 bytes)
 
     @property
     def cache_table(self) -> str:
-        return f'sieve_cache."{self.name}_v{self.version}"'
+        return cache_table_name(self.id, self.version)
+
+    @property
+    def stage_table(self) -> str:
+        """The per-connection temporary table a batch is copied into before it joins the cache."""
+        return "sieve_stage_" + self.cache_table.removeprefix("sieve_cache.")
 
     @property
     def key(self) -> str:
@@ -69,6 +78,7 @@ class ModelSpec:
             "model": self.signature,
         }
         return {
+            "id": self.id,
             "name": self.name,
             "path": self.path,
             "content_hash": self.content_hash,
@@ -91,16 +101,52 @@ class ModelSpec:
             version=row["version"],
             signature=definition["model"],
             row_index=definition["row_index"],
+            id=row.get("id"),
         )
+
+
+def cache_table_name(model_id: int | None, version: int) -> str:
+    """``sieve_cache.m<id>_v<version>``: named by the model id, never by the (up to 63-byte) name,
+    so that two names sharing a 61-byte prefix can never share a table."""
+    if model_id is None:
+        raise ValueError("a model's cache table needs the model's id")
+    return f"sieve_cache.m{int(model_id)}_v{int(version)}"
 
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def resolve_path(path: str, models_dir: Path) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else (models_dir / candidate).resolve()
+def resolve_path(path: str, models_dir: Path, max_bytes: int | None = None) -> Path:
+    """The regular file ``path`` names inside ``models_dir``, symlinks resolved; relative paths
+    are relative to ``models_dir``, absolute ones must resolve inside it. A missing file and a
+    file outside the directory fail alike (see ``missing_file``), so that the answer says nothing
+    of files the server may read and the user may not. A file over ``max_bytes`` is refused
+    before anything reads it."""
+    root = models_dir.resolve()
+    try:
+        resolved = (root / path).resolve(strict=True)  # an absolute ``path`` replaces ``root``
+        st = resolved.stat() if resolved.is_relative_to(root) else None
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte ...
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise missing_file(path)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise PlanError(
+            PROGRAM_LIMIT_EXCEEDED,
+            f'model file "{path}" is {st.st_size:,} bytes, over the limit of {max_bytes:,} bytes',
+            hint="the server's --max-model-bytes sets the limit",
+        )
+    return resolved
+
+
+def missing_file(path: str) -> PlanError:
+    """The one error for a model file that is missing, outside --models-dir, or not a file."""
+    return PlanError(
+        UNDEFINED_FILE,
+        f'could not open model file "{path}": no such file in the models directory',
+        hint="name a file inside the server's --models-dir, relative to it",
+    )
 
 
 def bind_signature(spec: ModelSpec, signature) -> None:
@@ -115,6 +161,11 @@ def bind_signature(spec: ModelSpec, signature) -> None:
         )
     for (arg, sql_type), tensor in zip(spec.args, inputs, strict=True):
         opts = spec.options.get(arg)
+        if isinstance(opts, dict) and opts.get("decode"):
+            try:
+                check_preprocess(opts)
+            except ValueError as exc:
+                raise PlanError(INVALID_DEFINITION, f'options of argument "{arg}": {exc}') from None
         why = input_mismatch(sql_type, tensor, isinstance(opts, dict) and bool(opts.get("decode")))
         if why:
             raise PlanError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
 
 import numpy as np
 
@@ -38,10 +37,10 @@ def send_sql(sql_type: SqlType, expr: str) -> str:
     return f"pg_catalog.{sql_type.base if sql_type.base != 'varchar' else 'text'}send({expr})"
 
 
-def digest_of(parts: list[bytes]) -> uuid.UUID:
+def digest_of(parts: list[bytes]) -> bytes:
     """The content address of one input, computed as the SQL digest is (planner.install)."""
     data = parts[0] if len(parts) == 1 else b"".join(_INT.pack(len(p)) + p for p in parts)
-    return uuid.UUID(bytes=hashlib.md5(data).digest())
+    return hashlib.sha256(data).digest()
 
 
 def decode(sql_type: SqlType, raw: bytes, model: str, arg: str) -> object:
