@@ -77,6 +77,7 @@ class SessionPort(Protocol):
 
     user: str
     database: str
+    in_transaction: bool  # inside the client's transaction block
 
     async def run_sql(self, sql: str) -> SqlResult:
         """Run SQL (simple protocol, text results) in the client's own backend session."""

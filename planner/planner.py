@@ -20,12 +20,13 @@ from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.explain import SitePlan, json_plan, read_explain, text_plan
-from planner.install import drop_sql, install_sql
+from planner.install import drop_sql, grant_sql, install_sql, signature_sql
 from planner.limit import plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
 from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SessionPort
+from planner.privileges import refuse_in_transaction, require_execute, require_model_admin, require_owner
 from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
@@ -160,9 +161,11 @@ class Planner:
         return Forward()
 
     async def _create(self, stmt, port: SessionPort) -> Outcome:
-        await self.catalog.reload()
         request = read_create(stmt)
         spec = request.spec
+        refuse_in_transaction(port, "CREATE FUNCTION ... LANGUAGE onnx")
+        owner = await require_model_admin(port, spec.name)  # before any file is looked at
+        await self.catalog.reload()
         previous = self.catalog.get(spec.name)
         if previous is not None and not request.replace:
             raise PlanError(
@@ -170,6 +173,8 @@ class Planner:
                 f"function {spec.name} already exists",
                 hint="use CREATE OR REPLACE FUNCTION to load a new version",
             )
+        if previous is not None:
+            await require_owner(port, previous)
         declared = spec.path
         path = resolve_path(declared, self.models_dir, self.max_model_bytes)
         spec.path = str(path)
@@ -186,9 +191,7 @@ class Planner:
         bind_signature(spec, signature)
         spec.version = _next_version(previous, spec)
         spec.id = previous.id if previous is not None else await self.db.fetchval(NEXT_MODEL_ID)
-        result = await port.run_sql(install_sql(spec, previous))
-        if result.error is not None:
-            return result.error
+        await self._privileged(install_sql(spec, previous), *grant_sql(spec, owner))
         await self.refresh()
         log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
         return Done("CREATE FUNCTION")
@@ -200,12 +203,24 @@ class Planner:
             return Forward()  # not a model: an ordinary DROP FUNCTION for Postgres
         if not all(specs):
             return Failed(FEATURE_NOT_SUPPORTED, "drop model functions in a statement of their own")
+        refuse_in_transaction(port, "DROP FUNCTION of a model")
         for spec in specs:
-            result = await port.run_sql(drop_sql(spec))
+            # Postgres decides in the client's session: ownership, dependent views, CASCADE
+            result = await port.run_sql(f"DROP FUNCTION {signature_sql(spec, with_names=False)}")
             if result.error is not None:
                 return result.error
+            await self._privileged(drop_sql(spec, function=False))
         await self.refresh()
         return Done("DROP FUNCTION")
+
+    async def _privileged(self, *scripts: str) -> None:
+        """SieveDB's own catalog and cache DDL, in one transaction on its own connection."""
+        try:
+            async with self.dbs.write.acquire() as conn, conn.transaction():
+                for script in scripts:
+                    await conn.execute(script)
+        except asyncpg.PostgresError as exc:
+            raise PlanError(getattr(exc, "sqlstate", None) or "XX000", str(exc)) from None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -216,6 +231,7 @@ class Planner:
         sites = self._sites(statements) if sites is None else sites
         if not sites:
             return Forward()
+        await require_execute(port, self._specs(sites))
         done = Materialized()
         limit = plan_limit(statements, sites, self.catalog.models) if rewritable else None
         if limit is not None:
@@ -223,7 +239,7 @@ class Planner:
         for site in sites:
             spec = self.catalog.get(site.model)
             await materialize_site(site, spec, self.dbs, self.inference, port, done)
-        await self._log(sql, done, started)
+        await self._log(sql, done, started, port)
         await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
         return Forward()
 
@@ -251,6 +267,9 @@ class Planner:
                 spec.version,
             )
 
+    def _specs(self, sites: list) -> list[ModelSpec]:
+        return [self.catalog.get(name) for name in dict.fromkeys(site.model for site in sites)]
+
     def _sites(self, statements: list) -> list:
         models = self.catalog.names
         for stmt in statements:
@@ -262,11 +281,12 @@ class Planner:
         request = read_explain(stmt)
         sites = self._sites([request.statement])
         request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in sites]
+        await require_execute(port, self._specs(sites))
         if request.analyze:
             done = Materialized()
             for plan in request.sites:
                 await self._analyze_site(plan, port, done)
-            await self._log(sql, done, request.started)
+            await self._log(sql, done, request.started, port)
         else:
             for plan in request.sites:
                 (row,) = await port.fetch(pending_inputs_sql(plan.site, plan.spec))
@@ -315,22 +335,23 @@ class Planner:
                 plan.site, plan.spec, self.dbs, self.inference, port, done, enough
             )
         done.model_calls.setdefault(plan.spec.name, 0)
-        await self._log(sql, done, started)
+        await self._log(sql, done, started, port)
         await self._record_costs([plan.spec] if done.model_calls[plan.spec.name] else [])
         if not stopped:
             return Forward()  # the whole input set is materialized: the statement runs as sent
         guard = plan.batch_guard(checked) if keyed else plan.cached_guard()
         return Forward(sql=plan.guarded_sql(guard), settings={"sieve.lenient": "on"})
 
-    async def _log(self, sql: str, done: Materialized, started: float) -> None:
+    async def _log(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
         elapsed_ms = 1000 * (time.monotonic() - started)
         await self.db.execute(
-            "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms) "
-            "VALUES ($1, 'exact', $2::jsonb, $3, $4)",
+            "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms, role) "
+            "VALUES ($1, 'exact', $2::jsonb, $3, $4, $5)",
             sql,
             json.dumps(done.model_calls),
             done.cache_hits,
             elapsed_ms,
+            port.user,
         )
 
 

@@ -17,11 +17,13 @@ from planner.classify import Classifier
 from planner.lazy_pool import LazyInferencePool
 from planner.materialize import Databases
 from planner.planner import Planner
+from planner.planners import Planners
 from server import hba, messages, tls
 from server.backend import send_cancel
 from server.session import ClientSession
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings
 from storage.migrations import migrate
+from storage.pools import DatabasePools
 from storage.target import BackendTarget, parse_dsn
 
 log = logging.getLogger("sievedb.server")
@@ -172,15 +174,21 @@ class SieveServer:
             connection_class=PlannerConnection,
         )
         self.inference = LazyInferencePool(workers=self.config.inference_workers)
-        dbs = Databases(read=self.db, write=self.db_writer)
-        self.planner = Planner(
-            dbs,
+        self.pools = DatabasePools(self.backend_target, PlannerConnection)
+        self.pools.add(self.backend_target.database, self.db, self.db_writer)
+
+        async def open_database(name: str) -> Databases:
+            read, write = await self.pools.get(name)
+            return Databases(read=read, write=write)
+
+        self.planners = Planners(
+            open_database,
             self.inference,
             self.classifier,
             self.config.models_dir.resolve(),
             max_model_bytes=self.config.max_model_bytes,
         )
-        await self.planner.start()
+        self.planner = await self.planners.get(self.backend_target.database)
 
     def _check_limits(self) -> None:
         config = self.config
@@ -288,6 +296,8 @@ class SieveServer:
         await asyncio.sleep(0.05)  # let the closes flush
         if self.inference is not None:
             await self.inference.close()
+        if getattr(self, "pools", None) is not None:
+            await self.pools.close()
         for pool in (self.db, self.db_writer):
             if pool is not None:
                 await pool.close()

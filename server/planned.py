@@ -131,6 +131,11 @@ class SessionPortImpl:
         self._client_sql = client_sql
 
     @property
+    def in_transaction(self) -> bool:
+        """The client is inside a transaction block (or a failed one)."""
+        return self._session.link.status in _IN_TRANSACTION
+
+    @property
     def queries(self) -> int:
         """Statements the planner ran here: each drops the client's unnamed prepared statement."""
         return self._simple_queries + self._client_sql.parses
@@ -273,7 +278,8 @@ async def _plan(session: ClientSession, job: PlannedJob, port: SessionPortImpl) 
                 hint="send it as a simple query (e.g. asyncpg execute() without arguments)",
             )
         params = await _bound_values(job, port)
-        run = session.server.planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
+        planner = await session.server.planners.get(session.database)
+        run = planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
         work = loop.create_task(run)
         session.planner_task = work
         return await work

@@ -49,6 +49,7 @@ from planner.install import digest_sql, quote_ident
 from planner.materialize import Materialized, materialize_site
 from planner.model_spec import SCALAR_COLUMN
 from planner.outcome import Forward, Outcome, PlanError, Rows, SessionPort
+from planner.privileges import require_execute
 
 log = logging.getLogger("sievedb.planner.approx")
 
@@ -217,6 +218,7 @@ class ApproxQuery:
 
     async def run(self) -> Outcome:
         self._analyse()
+        await require_execute(self.port, [self.spec])
         kind = self._kind()
         if kind == "aggregate":
             return await self._aggregate()
@@ -324,6 +326,7 @@ class ApproxQuery:
                     f"USING PROXY {proxy} calls the oracle model {self.site.model} itself",
                     hint="the proxy must be a column, an expression or a cheaper model",
                 )
+            await require_execute(self.port, [self.planner.catalog.get(s.model) for s in proxy_sites])
             joined = self._joinable_proxy(probe, proxy_sites)
             if joined is None:
                 for site in proxy_sites:  # a cheap model as the proxy: run it exactly, over all candidates
@@ -769,7 +772,8 @@ class ApproxQuery:
         self.done.model_calls.setdefault(self.spec.name, 0)
         await self.planner.db.execute(
             "INSERT INTO sieve.query_log (query, mode, model_calls, cache_hits, elapsed_ms, target, "
-            "confidence, estimate, ci_low, ci_high) VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)",
+            "confidence, estimate, ci_low, ci_high, role) "
+            "VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)",
             self.sql,
             mode,
             json.dumps(self.done.model_calls),
@@ -780,6 +784,7 @@ class ApproxQuery:
             _finite(estimate),
             _finite(ci_low),
             _finite(ci_high),
+            self.port.user,
         )
 
 

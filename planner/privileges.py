@@ -1,0 +1,69 @@
+"""Who may do what with models: Postgres's own privileges, checked in the client's session.
+
+Registering a model is like creating a function in an untrusted language: superusers and
+members of ``sieve_model_admin`` only (the role is made by migration 0005). Running a model
+follows the function's EXECUTE privilege (GRANT/REVOKE as for any function), checked before
+any input is read or any model runs. Dropping one takes ownership (Postgres's DROP decides).
+"""
+
+from __future__ import annotations
+
+from planner.install import signature_sql
+from planner.model_spec import ModelSpec
+from planner.outcome import PlanError, SessionPort
+
+ADMIN_ROLE = "sieve_model_admin"
+INSUFFICIENT_PRIVILEGE = "42501"
+ACTIVE_SQL_TRANSACTION = "25001"
+
+_MAY_REGISTER = (
+    "SELECT current_user::text, coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r "
+    "WHERE r.rolname = current_user), false) OR pg_catalog.pg_has_role(current_user, "
+    f"'{ADMIN_ROLE}', 'MEMBER')"
+)
+_NOT_EXECUTABLE = (
+    "SELECT s FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s "
+    "WHERE NOT pg_catalog.has_function_privilege(s, 'EXECUTE')"
+)
+
+
+async def require_model_admin(port: SessionPort, name: str) -> str:
+    """The client's current role, when it may register models; else 42501."""
+    role, allowed = (await port.fetch(_MAY_REGISTER))[0]
+    if not allowed:
+        raise PlanError(
+            INSUFFICIENT_PRIVILEGE,
+            f"permission denied to register model {name}",
+            detail="Registering a model loads a file into the server, like an untrusted language.",
+            hint=f"ask a superuser to GRANT {ADMIN_ROLE} TO {role}",
+        )
+    return role
+
+
+def refuse_in_transaction(port: SessionPort, what: str) -> None:
+    """Model DDL writes the model's caches and catalog outside the client's transaction, so a
+    ROLLBACK could not undo it: refused inside a block, as CREATE DATABASE is."""
+    if port.in_transaction:
+        raise PlanError(ACTIVE_SQL_TRANSACTION, f"{what} cannot run inside a transaction block")
+
+
+async def require_execute(port: SessionPort, specs: list[ModelSpec]) -> None:
+    """42501 unless the client may EXECUTE every model function of the statement."""
+    signatures = [signature_sql(s, with_names=False) for s in specs]
+    if not signatures:
+        return
+    denied = await port.fetch(_NOT_EXECUTABLE, (signatures,))
+    if denied:
+        names = {signature_sql(s, with_names=False): s.name for s in specs}
+        raise PlanError(INSUFFICIENT_PRIVILEGE, f"permission denied for function {names[denied[0][0]]}")
+
+
+async def require_owner(port: SessionPort, spec: ModelSpec) -> None:
+    """Replacing a model, like CREATE OR REPLACE FUNCTION, takes owning the function."""
+    owns = await port.fetchval(
+        "SELECT pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE') "
+        "FROM pg_catalog.pg_proc p WHERE p.oid = $1::pg_catalog.regprocedure",
+        (signature_sql(spec, with_names=False),),
+    )
+    if owns is False:
+        raise PlanError(INSUFFICIENT_PRIVILEGE, f"must be owner of function {spec.name}")
