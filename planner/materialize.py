@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import numpy as np
 
-from inference.errors import InferenceLayerError
+from inference.errors import InferenceError, InferenceLayerError
 from inference.model import ModelRef
-from inference.preprocess import apply_post_ops
+from inference.preprocess import apply_post_ops, find_undecodable
 from planner import send_forms
 from planner.calls import CallSite
 from planner.install import digest_sql, quote_ident
@@ -27,6 +28,8 @@ FIRST_BATCH_ROWS = 64  # LIMIT queries start small and double: stop as soon as t
 PEEK_ROWS = 1024  # input sets up to this size are read with one fetch, no cursor
 NOTICE_EVERY_S = 3.0
 INVALID_PARAMETER = "22023"
+NULL_VALUE_NOT_ALLOWED = "22004"
+INVALID_BINARY_REPRESENTATION = "22P03"
 _DTYPES = {
     "float32": np.float32,
     "float64": np.float64,
@@ -245,30 +248,123 @@ def _progress(spec: ModelSpec, done: int, total: int, elapsed: float) -> str:
 
 
 async def _run_batch(spec: ModelSpec, batch: list, db: asyncpg.Pool, pool) -> int:
-    inputs = {}
-    for i, info in enumerate(spec.signature["inputs"]):
-        inputs[info["name"]] = _tensor([r[2 + i] for r in batch], spec, i, info)
-    outputs = await pool.infer(model_ref(spec), inputs)
-    rows = _cache_rows(spec, [r[0] for r in batch], outputs)
-    await _write_cache(spec, rows, db)
+    """Run the model over a batch of input rows (digest, hit, *args[, row key]) and cache the
+    outputs; returns how many inputs the model ran on.
+
+    Other sessions, here or on other servers sharing the Postgres, may reach the same inputs at
+    the same time. The batch claims its digests with transaction-level advisory locks, always
+    taken in one order (so no two batches wait on each other in a cycle), runs the model only on
+    the inputs no other batch cached meanwhile, writes, and commits, which frees the claims: a
+    second session waits for the first one's outputs instead of computing them again."""
+    batch = sorted(batch, key=lambda r: bytes(r[0]))
+    digests = [bytes(r[0]) for r in batch]
+    async with db.acquire() as writer, writer.transaction():
+        await writer.execute(_CLAIM, spec.id, sorted({_lock_key(d) for d in digests}))
+        done = await writer.fetch(
+            f"SELECT DISTINCT digest FROM {spec.cache_table} WHERE digest = ANY($1::bytea[])", digests
+        )
+        if done:
+            cached = {bytes(r[0]) for r in done}
+            batch = [r for r, d in zip(batch, digests, strict=True) if d not in cached]
+        if not batch:
+            return 0
+        _check_images(spec, batch, full=False)  # headers only: cheap, and names a bad input
+        inputs = {}
+        for i, info in enumerate(spec.signature["inputs"]):
+            inputs[info["name"]] = _tensor([r[2 + i] for r in batch], spec, i, info, batch)
+        try:
+            outputs = await pool.infer(model_ref(spec), inputs)
+        except InferenceError:
+            await _explain_bad_images(spec, batch)  # a data error, when an image is the cause
+            raise
+        await _write_cache(spec, _cache_rows(spec, [r[0] for r in batch], outputs), writer)
     return len(batch)
 
 
-def _tensor(values: list, spec: ModelSpec, index: int, info: dict) -> np.ndarray:
+# Claims (model id, first 4 bytes of the digest) in ascending order: the ORDER BY sits in a
+# subquery Postgres keeps whole, whose rows the aggregate takes, and locks, one by one in order.
+_CLAIM = (
+    "SELECT count(pg_advisory_xact_lock($1::int4, k)) "
+    "FROM (SELECT k FROM unnest($2::int4[]) AS k ORDER BY k OFFSET 0) AS claims"
+)
+
+
+def _lock_key(digest: bytes) -> int:
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def _input_label(spec: ModelSpec, row) -> str:
+    """How an error names one input: its digest, and the row it came from when known."""
+    label = f"input {bytes(row[0]).hex()}"
+    if len(row) > 2 + len(spec.args) and row[2 + len(spec.args)] is not None:
+        label += f", row {row[2 + len(spec.args)]}"
+    return label
+
+
+def _image_inputs(spec: ModelSpec) -> list[tuple[int, str, dict]]:
+    return [
+        (i, name, opts)
+        for i, (name, _) in enumerate(spec.args)
+        if isinstance(opts := spec.options.get(name), dict) and opts.get("decode") == "image"
+    ]
+
+
+def _check_images(spec: ModelSpec, batch: list, full: bool) -> None:
+    for i, name, opts in _image_inputs(spec):
+        bad = find_undecodable([r[2 + i] for r in batch], opts, full=full)
+        if bad is not None:
+            row, why = bad
+            raise PlanError(
+                INVALID_BINARY_REPRESENTATION,
+                f'model {spec.name}: argument "{name}" of {_input_label(spec, batch[row])} '
+                f"is not a decodable image: {why}",
+            )
+
+
+async def _explain_bad_images(spec: ModelSpec, batch: list) -> None:
+    """After a failed batch: raise the data error naming the first image that cannot be decoded,
+    if one is the cause (decoding every image again, in a thread, only on this path)."""
+    if _image_inputs(spec):
+        await asyncio.to_thread(_check_images, spec, batch, True)
+
+
+def _has_null(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype == object and any(_has_null(v) for v in value.flat)
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], list | tuple | np.ndarray):
+            return any(_has_null(v) for v in value)
+        return None in value
+    return value is None
+
+
+def _tensor(values: list, spec: ModelSpec, index: int, info: dict, rows: list | None = None) -> np.ndarray:
+    """One model input for a batch; ``rows`` (the input rows) name the culprit of an error."""
     name, sql_type = spec.args[index]
     shape = info["shape"]
     if sql_type.base in ("bytea", "text"):
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         return arr.reshape(-1, 1) if sql_type.base == "text" and shape and len(shape) == 2 else arr
+    if sql_type.is_array:
+        # NULL elements would become NaN in a float tensor, and NaN passes `score > 2`
+        for k, value in enumerate(values):
+            if _has_null(value):
+                where = f" ({_input_label(spec, rows[k])})" if rows is not None else ""
+                raise PlanError(
+                    NULL_VALUE_NOT_ALLOWED,
+                    f'null value not allowed: argument "{name}" of model {spec.name} has a NULL '
+                    f"element{where}",
+                    hint="filter such rows out (e.g. WHERE array_position(col, NULL) IS NULL) "
+                    "or replace the NULLs",
+                )
     dtype = _DTYPES.get(info["elem"], np.float32)
     try:
         arr = np.asarray(values, dtype=dtype)
     except (ValueError, TypeError):
         raise PlanError(
             INVALID_PARAMETER,
-            f'argument "{name}" of model {spec.name}: arrays of different '
-            "lengths or NULL elements cannot form one tensor",
+            f'argument "{name}" of model {spec.name}: arrays of different lengths cannot form one tensor',
         ) from None
     if not sql_type.is_array and shape is not None and len(shape) == 2:
         arr = arr.reshape(-1, 1)
@@ -315,16 +411,17 @@ def _column_values(binding, outputs: dict) -> list:
     return [float(v) for v in flat.tolist()]
 
 
-async def _write_cache(spec: ModelSpec, rows: list[tuple], db: asyncpg.Pool) -> None:
-    """One transaction per batch; concurrent queries may race to fill the same inputs."""
+async def _write_cache(spec: ModelSpec, rows: list[tuple], writer: asyncpg.Connection) -> None:
+    """Add a batch's outputs to the cache, inside the caller's transaction. Rows go in in key
+    order, so that writers whose batches overlap (none should: see _run_batch) lock index
+    entries in one order and cannot deadlock."""
     columns = ["digest", "ordinal", *[b.column for b in spec.bindings]]
-    stage = f"sieve_stage_{spec.name}_v{spec.version}"
-    async with db.acquire() as writer, writer.transaction():
-        await writer.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} (LIKE {spec.cache_table}) "
-            "ON COMMIT DELETE ROWS"
-        )
-        await writer.copy_records_to_table(stage, records=rows, columns=columns)
-        await writer.execute(
-            f"INSERT INTO {spec.cache_table} SELECT * FROM {quote_ident(stage)} ON CONFLICT DO NOTHING"
-        )
+    stage = quote_ident(spec.stage_table)
+    await writer.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {spec.cache_table}) ON COMMIT DELETE ROWS"
+    )
+    await writer.copy_records_to_table(spec.stage_table, records=rows, columns=columns)
+    await writer.execute(
+        f"INSERT INTO {spec.cache_table} SELECT * FROM {stage} ORDER BY digest, ordinal "
+        "ON CONFLICT DO NOTHING"
+    )
