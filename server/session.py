@@ -117,6 +117,10 @@ class ClientSession(asyncio.Protocol):
                 self._collect()
             elif len(self.inbuf) > HOLD_LIMIT:
                 self.pause_client_reading()
+        elif self.state is State.TLS_HANDSHAKE:
+            # Decrypted bytes the TLS layer delivers as the handshake completes, before
+            # _upgrade_tls resumes (the startup packet often travels with the client's Finished).
+            self.inbuf += data
         elif self.state is State.CONNECTING:
             self.inbuf += data  # relayed once the backend link is up
             if len(self.inbuf) > 5 + messages.AUTH_MAX_LEN:
@@ -232,6 +236,8 @@ class ClientSession(asyncio.Protocol):
                 sqlstate.PROTOCOL_VIOLATION,
                 "received direct SSL connection request without ALPN protocol negotiation extension",
             )
+        elif self.inbuf:
+            self._drive_startup()
 
     def _begin(self, packet: startup.StartupMessage) -> None:
         if packet.major != 3:
