@@ -108,6 +108,27 @@ def install_sql(spec: ModelSpec, previous: ModelSpec | None) -> str:
     return ";\n".join(steps)
 
 
+def grant_sql(spec: ModelSpec, owner: str) -> list[str]:
+    """Privileges of an installed model: the registering role owns the function (and so may
+    GRANT or REVOKE EXECUTE); the cache table stays SieveDB's, readable only by roles that may
+    execute the function (row-level security keyed on the function's OID, which needs no
+    dependency: a rename keeps it, a new function gets a new policy)."""
+    signature = signature_sql(spec, with_names=False)
+    table = spec.cache_table
+    policy = (
+        f"CREATE POLICY sieve_executors ON {table} FOR SELECT "
+        "USING (pg_catalog.has_function_privilege(%s::pg_catalog.oid, 'EXECUTE'))"
+    )
+    return [
+        f"ALTER FUNCTION {signature} OWNER TO {quote_ident(owner)}",
+        f"GRANT SELECT ON {table} TO PUBLIC",
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS sieve_executors ON {table}",
+        f"DO {BODY_TAG} BEGIN EXECUTE pg_catalog.format({quote_literal(policy)}, "
+        f"{quote_literal(signature)}::pg_catalog.regprocedure::pg_catalog.oid); END {BODY_TAG}",
+    ]
+
+
 def _shape(spec: ModelSpec) -> tuple:
     return (
         [t for _, t in spec.args],
@@ -116,11 +137,13 @@ def _shape(spec: ModelSpec) -> tuple:
     )
 
 
-def drop_sql(spec: ModelSpec) -> str:
+def drop_sql(spec: ModelSpec, function: bool = True) -> str:
+    """Drop the model; ``function=False`` leaves its SQL function to a DROP already run."""
     tables = [f"DROP TABLE IF EXISTS {cache_table_name(spec.id, v)}" for v in range(1, spec.version + 1)]
+    drop_function = [f"DROP FUNCTION {signature_sql(spec, with_names=False)}"] if function else []
     return ";\n".join(
         [
-            f"DROP FUNCTION {signature_sql(spec, with_names=False)}",
+            *drop_function,
             *tables,
             f"DELETE FROM sieve.models WHERE name = {quote_literal(spec.name)}",
         ]

@@ -57,7 +57,9 @@ class ModelSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.version}"
+        # Databases of one cluster may each have a model of this name and version: the file's
+        # hash keeps their worker sessions (and statistics) apart.
+        return f"{self.name}@{self.version}#{self.content_hash[:16]}"
 
     def preprocess(self) -> dict[str, dict]:
         """Per model-input preprocessing, keyed by the ONNX input name."""
