@@ -45,6 +45,11 @@ _ONNX_OR_APPROX = re.compile(b"onnx|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNO
 # --- end approximate queries
 
 
+def _spellings(name: str) -> set[bytes]:
+    """How a name appears in SQL text: as is, and inside double quotes with each " doubled."""
+    return {name.encode(), name.replace('"', '""').encode()}
+
+
 class Classifier:
     """Routes statements; keeps the forward path to one cheap call."""
 
@@ -54,15 +59,16 @@ class Classifier:
         self._prefilter = _ONNX_OR_APPROX
 
     def set_models(self, names: set[str], views: set[str] = frozenset()) -> None:
-        self._names = frozenset(n.encode() for n in names)
+        self._names = frozenset(spelled for n in names for spelled in _spellings(n))
         if not names:
             self._calls = None
             self._prefilter = _ONNX_OR_APPROX
             return
-        alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
+        alternatives = b"|".join(re.escape(s) for s in sorted(self._names, key=len, reverse=True))
         calls = rb'(?<![\w$])"?(?:' + alternatives + rb')"?\s*\('
         if views:
-            names_of_views = b"|".join(re.escape(v.encode()) for v in sorted(views, key=len, reverse=True))
+            spelled_views = {s for v in views for s in _spellings(v)}
+            names_of_views = b"|".join(re.escape(v) for v in sorted(spelled_views, key=len, reverse=True))
             calls += rb'|(?<![\w$])"?(?:' + names_of_views + rb')"?(?![\w$])'
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.models.test_model_serving import deep_shared_mlp
+from tests.support.model_files import cache_table
 
 BATCH_ROWS = 1024  # planner.materialize.BATCH_ROWS: the cache grows by whole batches
 
@@ -34,7 +35,7 @@ def slow_world(world):
 
 
 def _cached_rows(conn, name: str) -> int:
-    return conn.execute(f'select count(*) from sieve_cache."{name}_v1"').fetchone()[0]
+    return conn.execute(f"select count(*) from {cache_table(conn, name)}").fetchone()[0]
 
 
 def test_cancel_request_stops_materialization_within_two_seconds(slow_world):

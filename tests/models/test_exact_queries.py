@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from tests.models.conftest import direct_run, label_function, label_view
+from tests.support.model_files import cache_table
 
 QUERIES = [
     # join between two virtual tables (two models over the same blobs)
@@ -62,7 +63,8 @@ def test_clear_cache_forgets_outputs(eager):
         conn.execute("select count(*) from exact_v where id < 20 and digit >= 0").fetchone()
         removed = conn.execute("select sieve.clear_cache('exact_oracle')").fetchone()[0]
         assert removed > 0
-        assert conn.execute('select count(*) from sieve_cache."exact_oracle_v1"').fetchone() == (0,)
+        table = cache_table(conn, "exact_oracle")
+        assert conn.execute(f"select count(*) from {table}").fetchone() == (0,)
         assert conn.execute("select count(*) from exact_v where id < 20").fetchone() == (20,)
 
 

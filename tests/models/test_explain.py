@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.models.conftest import label_function, label_view
+from tests.support.model_files import cache_table
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_explain_shows_model_inputs_to_run_without_running_them(explain_world, p
     assert re.search(r"Model Call explain_oracle v1 on \w+ +\(inputs to run: 120, cached inputs: 0", out)
     assert "Seq Scan on digits" in out or "Index Scan" in out
     with explain_world.connect() as conn:
-        cached = conn.execute('select count(*) from sieve_cache."explain_oracle_v1"').fetchone()[0]
+        cached = conn.execute(f"select count(*) from {cache_table(conn, 'explain_oracle')}").fetchone()[0]
     assert cached == 0, "plain EXPLAIN must not run the model"
 
 
