@@ -26,7 +26,7 @@ import math
 import time
 
 import numpy as np
-from pglast import ast, parse_sql
+from pglast import ast, keywords, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
@@ -58,6 +58,8 @@ INVALID_PARAMETER = "22023"
 SYNTAX_ERROR = "42601"
 INTERNAL_ERROR = "XX000"
 DEFAULT_BUDGET = 1000
+# reserved words name tables only when quoted ("user"); quoting all keywords is always safe
+_KEYWORDS = keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS | keywords.COL_NAME_KEYWORDS
 _NUMERIC_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool"}  # pg_type names
 _AGGREGATES = {"count", "sum", "avg"}
 _INTEGRAL = {"pg_catalog.int2", "pg_catalog.int4", "pg_catalog.int8"}
@@ -811,7 +813,10 @@ def _relations(items) -> list[str]:
 
 
 def _ident(name: str) -> str:
-    return name if name.islower() and name.replace("_", "").isalnum() else '"' + name.replace('"', '""') + '"'
+    plain = name.islower() and name.replace("_", "").isalnum() and not name[0].isdigit()
+    if plain and name not in _KEYWORDS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _array(values: list[str]) -> str:

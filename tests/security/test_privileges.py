@@ -241,3 +241,14 @@ def test_models_work_in_every_database_of_the_cluster(world: World) -> None:
     assert got == [(i, world.expected[i]) for i in range(100, ROWS)]
     with world.connect() as conn:  # the main database knows nothing of it
         assert conn.execute("select count(*) from sieve.models where name = 'p_other'").fetchone() == (0,)
+
+
+def test_approximate_queries_over_a_table_named_by_a_reserved_word(world: World) -> None:
+    with world.connect() as conn:
+        conn.execute('create table "user" as select * from digits')
+        conn.execute("set sieve.seed = 1")
+        rows = conn.execute(
+            'select id from "user" where p_label(pixels) = 3 recall target 90% budget 500'
+        ).fetchall()
+    # a budget above the candidate count labels every row: the exact answer
+    assert sorted(r[0] for r in rows) == sorted(i for i, v in world.expected.items() if v == 3)
