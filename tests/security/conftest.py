@@ -27,6 +27,7 @@ class Lab:
     mlp_path: Path
     image_path: Path
     echo_path: Path
+    max_model_bytes: int = MAX_MODEL_BYTES
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.server.dsn(), autocommit=True, **kwargs)
