@@ -40,9 +40,18 @@ class _Body:
         return self.frame[self.pos - 1]
 
     def string(self) -> None:
+        """A NUL-terminated string, valid UTF-8 (SieveDB's client encoding; Postgres checks it
+        as it reads the string, with SQLSTATE 22021)."""
         end = self.frame.find(0, self.pos, self.stop)
         if end < 0:
             raise Malformed("invalid string in message")
+        try:
+            bytes(self.frame[self.pos : end]).decode()
+        except UnicodeDecodeError as exc:
+            bad = bytes(self.frame[self.pos + exc.start : self.pos + exc.end])
+            raise Malformed(
+                f'invalid byte sequence for encoding "UTF8": {" ".join(f"0x{b:02x}" for b in bad)}', "22021"
+            ) from exc
         self.pos = end + 1
 
     def skip(self, count: int) -> None:

@@ -121,11 +121,21 @@ def as_text(bind: Bind, oids: list[int]) -> list[ParamText | None]:
     return out
 
 
+# Bytes of the fixed-size binary forms: shorter is 08P01 (the receive function runs out of
+# message), longer is 22P03 (bytes left over), as Postgres's exec_bind_message says.
+_BINARY_SIZES = {16: 1, 20: 8, 21: 2, 23: 4, 700: 4, 701: 8, 2950: 16, 1082: 4, 1114: 8, 1184: 8}
+
+
 def _decode_binary(oid: int, value: bytes, number: int) -> str:
     """A binary value as text, refused as Postgres's receive functions refuse it."""
+    size = _BINARY_SIZES.get(oid)
+    if size is not None and len(value) < size:
+        raise PlanError("08P01", "insufficient data left in message")
+    if size is not None and len(value) > size:
+        raise PlanError("22P03", f"incorrect binary data format in bind parameter {number}")
     try:
         return _BINARY[oid][1](value)
     except UnicodeDecodeError as exc:
         raise PlanError("22021", 'invalid byte sequence for encoding "UTF8"') from exc
-    except (struct.error, ValueError, IndexError, OverflowError) as exc:
-        raise PlanError("22P03", f"incorrect binary data format in bind parameter {number}") from exc
+    except (struct.error, ValueError, OverflowError) as exc:
+        raise PlanError("22008", "timestamp out of range") from exc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from planner.approx.clause import split_clause
 from planner.classify import SIEVE_SETTING, Route
-from planner.outcome import PlanError
+from planner.outcome import Failed, PlanError
 from server import frames, messages, sqlstate, startup, tls
 from server.backend import BackendLink
 from server.params import parse_param_types
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sievedb.server.session")
 
 _LEN = struct.Struct("!I")
+SYNTAX_ERROR = "42601"
 HOLD_LIMIT = 1 << 20  # stop reading a client whose pipelined messages pile up behind a planned one
 _OPENS_BATCH = frozenset(b"PBDECH")  # extended-protocol frames: Postgres answers them at a Sync
 _CLOSES_BATCH = frozenset(b"QSF")
@@ -448,9 +449,11 @@ class ClientSession(asyncio.Protocol):
             # (so it describes parameters and columns itself); each Bind goes to the planner.
             try:
                 body = split_clause(sql)[0]
-            except PlanError as exc:  # an invalid clause: the Parse fails, as a syntax error would
+            except Exception as exc:  # an invalid clause: the Parse fails, as a syntax error would
+                # (PlanError, or the scanner's own complaint about a token, e.g. "80O")
+                failure = exc.outcome() if isinstance(exc, PlanError) else Failed(SYNTAX_ERROR, str(exc))
                 self.planned_statements.pop(name, None)
-                return PlannedJob.extended(decision, sql, held=True, failure=exc.outcome())
+                return PlannedJob.extended(decision, sql, held=True, failure=failure)
             self.planned_statements[name] = PreparedPlan(decision, sql, oids)
             return messages.parse(name, body, oids)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.

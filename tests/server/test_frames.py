@@ -58,12 +58,14 @@ def test_well_formed_frames_read_cleanly(frame):
         (message(b"D", b"Sname"), "invalid string in message"),
         (message(b"E", b"\0\0\0"), "insufficient data left in message"),
         (message(b"S", b"x"), "invalid message format"),
+        (message(b"Q", b"select '\xb0'\0"), 'invalid byte sequence for encoding "UTF8": 0xb0'),
     ],
 )
 def test_malformed_frames_say_what_postgres_says(frame, complaint):
     found = frames.malformed(frame)
     assert found is not None and str(found) == complaint
-    assert found.sqlstate == ("22023" if "format code" in complaint else "08P01")
+    codes = {"format code": "22023", "byte sequence": "22021"}
+    assert found.sqlstate == next((c for k, c in codes.items() if k in complaint), "08P01")
 
 
 def test_offsets_read_one_frame_inside_a_buffer():

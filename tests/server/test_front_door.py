@@ -336,3 +336,41 @@ def test_unreadable_pg_hba_refuses_unless_allowed(tmp_path):
         assert "cannot read the backing Postgres's pg_hba_file_rules" in done.stderr
     finally:
         cluster.stop()
+
+
+# -- a full house never starves the planner -------------------------------------------------------
+
+
+def test_a_full_house_never_starves_the_planner(digits_models, tmp_path):
+    from storage.embedded import EmbeddedPostgres, EmbeddedSettings
+    from tests.server.conftest import install_digits
+
+    # 3 clients + the planner's 20 + 4 reserved: the smallest backing Postgres SieveDB accepts.
+    server = SieveProcess(
+        data_dir=tmp_path / "data",
+        extra_args=["--models-dir", str(digits_models), "--inference-workers", "1"]
+        + ["--max-connections", "3", "--max-backend-connections", "27"],
+    ).start()
+    socket_dir = EmbeddedPostgres(EmbeddedSettings(data_dir=tmp_path / "data")).socket_dir
+    direct: list[psycopg.Connection] = []
+    try:
+        first = psycopg.connect(server.dsn(), autocommit=True)
+        install_digits(first)
+        others = [psycopg.connect(server.dsn()) for _ in range(2)]
+        with pytest.raises(psycopg.OperationalError, match="sorry, too many clients already"):
+            psycopg.connect(server.dsn())
+        # Then other clients of the backing Postgres take every backend it has left.
+        with pytest.raises(psycopg.OperationalError, match="too many clients already"):  # noqa: PT012
+            for _ in range(40):
+                direct.append(psycopg.connect(host=str(socket_dir), port=5432, user="postgres"))
+        assert direct, "the backing Postgres had room for other clients"
+        sevens = first.execute("select count(*) from digits where digit_oracle(pixels) = 7").fetchone()[0]
+        assert 0 < sevens < 60
+        assert first.execute("select digit_oracle(pixels) from digits where id = 7").fetchone() == (7,)
+        for conn in others:
+            conn.close()
+        first.close()
+    finally:
+        for conn in direct:
+            conn.close()
+        server.stop()

@@ -27,7 +27,12 @@ def message(kind: bytes, body: bytes) -> bytes:
 
 class RawConnection:
     def __init__(self, host: str, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if host.startswith("/"):  # a unix-socket directory, as libpq takes it
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def send(self, data: bytes) -> None:
