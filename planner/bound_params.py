@@ -6,6 +6,10 @@ from typing import Protocol
 
 from pglast import ast, parse_sql
 
+from planner.outcome import PlanError
+
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
+
 
 class BoundValue(Protocol):
     text: str | None
@@ -13,6 +17,9 @@ class BoundValue(Protocol):
 
 
 def literal(value: BoundValue) -> ast.Node:
+    if value.text is not None and "\x00" in value.text:
+        # Postgres refuses NUL in text values before any statement runs; so does SieveDB
+        raise PlanError(CHARACTER_NOT_IN_REPERTOIRE, 'invalid byte sequence for encoding "UTF8": 0x00')
     if value.text is None:
         sql = "NULL" if value.type_name is None else f"NULL::{value.type_name}"
     else:

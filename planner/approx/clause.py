@@ -62,7 +62,11 @@ class _Tok:
 
 def _tokens(sql: str) -> list[_Tok]:
     out = []
-    for t in scan(sql):  # character offsets, end inclusive
+    try:
+        tokens = scan(sql)  # character offsets, end inclusive
+    except Exception as exc:  # pglast raises its own errors for text it cannot even tokenize
+        raise PlanError(SYNTAX_ERROR, f"syntax error: {exc}") from None
+    for t in tokens:
         if t.name not in _COMMENTS:
             text = sql[t.start : t.end + 1]
             out.append(_Tok(text.upper(), text, t.start, t.end + 1, t.name))
