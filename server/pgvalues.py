@@ -93,8 +93,23 @@ def _nest(flat: list, dims: list[int]) -> list:
     return [_nest(flat[i * step : (i + 1) * step], dims[1:]) for i in range(dims[0])]
 
 
-def decode_row(body: bytes, decoders: list[Callable[[bytes], object]]) -> tuple:
-    """One DataRow body (after the 5-byte header) into a tuple of values."""
+class _EveryColumn:
+    """Decoders of a row whose columns are all text, however many there are."""
+
+    def __getitem__(self, _: int) -> Callable[[bytes], object]:
+        return _utf8
+
+
+def _utf8(raw: bytes) -> str:
+    return raw.decode()
+
+
+TEXT_DECODERS = _EveryColumn()
+
+
+def decode_row(body: bytes, decoders) -> tuple:
+    """One DataRow body (after the 5-byte header) into a tuple of values; ``decoders[i]``
+    decodes column i (``TEXT_DECODERS``: every column as text)."""
     (count,) = _SHORT.unpack_from(body)
     pos, row = 2, []
     for i in range(count):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from planner.classify import FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
-from server import frames, messages, sqlstate
+from server import frames, messages, pgvalues, sqlstate
 from server.client_sql import ClientSql
 from server.params import Bind, ParamText, as_text, parse_bind
 
@@ -202,7 +202,7 @@ class SessionPortImpl:
     def _absorb(self, message: bytes, result: SqlResult) -> None:
         kind, body = message[0], message[5:]
         if kind == ord("D"):
-            result.rows.append(_data_row(body))
+            result.rows.append(list(pgvalues.decode_row(body, pgvalues.TEXT_DECODERS)))
         elif kind == ord("C"):
             result.tags.append(body.rstrip(b"\0").decode())
         elif kind == ord("E") and result.error is None:
@@ -215,20 +215,6 @@ class SessionPortImpl:
             )
         elif kind in (ord("N"), ord("S"), ord("A")):
             self._session.to_client(message)  # notices, parameter changes, notifications
-
-
-def _data_row(body: bytes) -> list[str | None]:
-    (count,) = _SHORT.unpack_from(body)
-    pos, row = 2, []
-    for _ in range(count):
-        (length,) = _LEN.unpack_from(body, pos)
-        pos += 4
-        if length < 0:
-            row.append(None)
-        else:
-            row.append(body[pos : pos + length].decode())
-            pos += length
-    return row
 
 
 async def run_planned(session: ClientSession, job: PlannedJob) -> None:
