@@ -8,6 +8,8 @@ sends back is passed through unparsed once the session is ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import enum
 import logging
 import socket
@@ -32,6 +34,16 @@ SYNTAX_ERROR = "42601"
 HOLD_LIMIT = 1 << 20  # stop reading a client whose pipelined messages pile up behind a planned one
 _OPENS_BATCH = frozenset(b"PBDECH")  # extended-protocol frames: Postgres answers them at a Sync
 _CLOSES_BATCH = frozenset(b"QSF")
+
+
+TRIM_AFTER_BYTES = 16 << 20  # a buffer this large was grown in steps: glibc keeps the heap
+
+
+def return_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc keeps them after a big buffer grew by
+    reallocation under a fragmented heap). Elsewhere there is nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class ProtocolViolation(Exception):
@@ -146,10 +158,13 @@ class ClientSession(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        large = len(self.inbuf) >= TRIM_AFTER_BYTES
         self.inbuf = bytearray()
         self.planned_statements = {}
         if self.link is not None:
             self.link.release()
+        if large:
+            return_free_memory()
 
     def pause_writing(self) -> None:
         if self.link is not None and self.link.transport is not None:
