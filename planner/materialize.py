@@ -25,10 +25,8 @@ log = logging.getLogger("sievedb.planner.materialize")
 BATCH_ROWS = 1024
 ANALYZE_AFTER_ROWS = 10_000
 FIRST_BATCH_ROWS = 64  # LIMIT queries start small and double: stop as soon as the answer is whole
-PEEK_ROWS = 1024  # input sets up to this size are read with one fetch, no cursor
 NOTICE_EVERY_S = 3.0
 INVALID_PARAMETER = "22023"
-NULL_VALUE_NOT_ALLOWED = "22004"
 INVALID_BINARY_REPRESENTATION = "22P03"
 _DTYPES = {
     "float32": np.float32,
@@ -225,10 +223,15 @@ async def _decoded(chunks, spec: ModelSpec):
                 decoded.append(row)
                 continue
             raw = row[2 : 2 + width]
-            values = tuple(
-                send_forms.decode(t, r, spec.name, n) for t, r, n in zip(types, raw, names, strict=True)
-            )
-            decoded.append((send_forms.digest_of(list(raw)), False, *values, *row[2 + width :]))
+            digest = send_forms.digest_of(list(raw))
+            try:
+                values = tuple(
+                    send_forms.decode(t, r, spec.name, n) for t, r, n in zip(types, raw, names, strict=True)
+                )
+            except PlanError as exc:  # name the input, as every data error of a batch does
+                where = _input_label(spec, (digest, False, *raw, *row[2 + width :]))
+                raise PlanError(exc.sqlstate, f"{exc} ({where})", hint=exc.hint) from None
+            decoded.append((digest, False, *values, *row[2 + width :]))
         yield decoded
 
 
@@ -271,7 +274,7 @@ async def _run_batch(spec: ModelSpec, batch: list, db: asyncpg.Pool, pool) -> in
         _check_images(spec, batch, full=False)  # headers only: cheap, and names a bad input
         inputs = {}
         for i, info in enumerate(spec.signature["inputs"]):
-            inputs[info["name"]] = _tensor([r[2 + i] for r in batch], spec, i, info, batch)
+            inputs[info["name"]] = _tensor([r[2 + i] for r in batch], spec, i, info)
         try:
             outputs = await pool.infer(model_ref(spec), inputs)
         except InferenceError:
@@ -328,36 +331,14 @@ async def _explain_bad_images(spec: ModelSpec, batch: list) -> None:
         await asyncio.to_thread(_check_images, spec, batch, True)
 
 
-def _has_null(value) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.dtype == object and any(_has_null(v) for v in value.flat)
-    if isinstance(value, list | tuple):
-        if value and isinstance(value[0], list | tuple | np.ndarray):
-            return any(_has_null(v) for v in value)
-        return None in value
-    return value is None
-
-
-def _tensor(values: list, spec: ModelSpec, index: int, info: dict, rows: list | None = None) -> np.ndarray:
-    """One model input for a batch; ``rows`` (the input rows) name the culprit of an error."""
+def _tensor(values: list, spec: ModelSpec, index: int, info: dict) -> np.ndarray:
+    """One model input for a batch (NULL array elements never get here: see send_forms)."""
     name, sql_type = spec.args[index]
     shape = info["shape"]
     if sql_type.base in ("bytea", "text"):
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         return arr.reshape(-1, 1) if sql_type.base == "text" and shape and len(shape) == 2 else arr
-    if sql_type.is_array:
-        # NULL elements would become NaN in a float tensor, and NaN passes `score > 2`
-        for k, value in enumerate(values):
-            if _has_null(value):
-                where = f" ({_input_label(spec, rows[k])})" if rows is not None else ""
-                raise PlanError(
-                    NULL_VALUE_NOT_ALLOWED,
-                    f'null value not allowed: argument "{name}" of model {spec.name} has a NULL '
-                    f"element{where}",
-                    hint="filter such rows out (e.g. WHERE array_position(col, NULL) IS NULL) "
-                    "or replace the NULLs",
-                )
     dtype = _DTYPES.get(info["elem"], np.float32)
     try:
         arr = np.asarray(values, dtype=dtype)

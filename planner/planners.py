@@ -32,9 +32,6 @@ class _SharedNames:
         self._owner.names[self._database] = (set(names), set(views))
         self._owner.publish()
 
-    def __getattr__(self, name: str):  # everything else is the shared classifier's
-        return getattr(self._owner.classifier, name)
-
 
 class Planners:
     def __init__(

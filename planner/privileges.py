@@ -49,12 +49,11 @@ def refuse_in_transaction(port: SessionPort, what: str) -> None:
 
 async def require_execute(port: SessionPort, specs: list[ModelSpec]) -> None:
     """42501 unless the client may EXECUTE every model function of the statement."""
-    signatures = [signature_sql(s, with_names=False) for s in specs]
-    if not signatures:
+    names = {signature_sql(s, with_names=False): s.name for s in specs}
+    if not names:
         return
-    denied = await port.fetch(_NOT_EXECUTABLE, (signatures,))
+    denied = await port.fetch(_NOT_EXECUTABLE, (list(names),))
     if denied:
-        names = {signature_sql(s, with_names=False): s.name for s in specs}
         raise PlanError(INSUFFICIENT_PRIVILEGE, f"permission denied for function {names[denied[0][0]]}")
 
 

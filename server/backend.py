@@ -66,6 +66,11 @@ class BackendLink(asyncio.Protocol):
             pos += 1 + unpack(data, pos + 1)[0]
         self._skip = pos - size
 
+    @property
+    def in_transaction(self) -> bool:
+        """Postgres's last ReadyForQuery said: inside a transaction block (or a failed one)."""
+        return self.status != _IDLE
+
     def _wake_idle_waiter(self) -> None:
         if self._idle_waiter is not None and self.ready_count >= self._idle_waiter[0]:
             future = self._idle_waiter[1]

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 _SHORT = struct.Struct("!h")
 _INT = struct.Struct("!i")
-_IDLE = ord("I")
 _ASYNC = frozenset(b"NSA")  # notices, parameter changes, notifications: the client's to see
 _FLUSH = messages.frame(b"H", b"")
 _LENIENT_ON = (
@@ -117,11 +116,7 @@ class ClientSql:
     async def column_types(self, sql: str) -> list[ColumnType]:
         """Result column types of ``sql``, prepared in the client's session but not run."""
         async with self.batch():
-            self.parses += 1
-            self._send(messages.parse("", sql) + _describe_statement() + _FLUSH)
-            await self._expect(ord("1"))
-            await self._expect(ord("t"))
-            columns = _row_columns(await self._next_of(ord("T"), ord("n")))
+            columns = await self._describe(sql, 0)
             oids = [oid for _, oid in columns]
             unknown = sorted({o for o in oids if o not in self._type_names})
             fresh = {}
@@ -165,7 +160,7 @@ class ClientSql:
     def _begin(self) -> None:
         link = self._session.link
         self._queue = link.start_capture()
-        self._in_block = link.status != _IDLE
+        self._in_block = link.in_transaction
         self._error = None
         self._lenient_before = False
 
@@ -206,20 +201,23 @@ class ClientSql:
         self._lenient_before = rows[0][0]
 
     async def _prepare(self, sql: str, nparams: int) -> tuple[list[Callable], list[int]]:
-        self.parses += 1
-        self._send(messages.parse("", sql, [0] * nparams) + _describe_statement() + _FLUSH)
-        await self._expect(ord("1"))
-        await self._expect(ord("t"))
-        oids = [oid for _, oid in _row_columns(await self._next_of(ord("T"), ord("n")))]
+        """Prepare ``sql`` unnamed: decoders and result formats of its columns."""
+        oids = [oid for _, oid in await self._describe(sql, nparams)]
         formats = [pgvalues.result_format(o) for o in oids]
         return [pgvalues.decoder(o, f) for o, f in zip(oids, formats, strict=True)], formats
 
-    async def _rows(self, decoders: list, *, bound: bool, parsed: bool = False) -> tuple[list[tuple], bool]:
+    async def _describe(self, sql: str, nparams: int) -> list[tuple[str, int]]:
+        """Parse ``sql`` as the unnamed statement and Describe it: (name, type OID) per column."""
+        self.parses += 1
+        self._send(messages.parse("", sql, [0] * nparams) + _describe_statement() + _FLUSH)
+        await self._next_of(ord("1"))
+        await self._next_of(ord("t"))
+        return _row_columns(await self._next_of(ord("T"), ord("n")))
+
+    async def _rows(self, decoders: list, *, bound: bool) -> tuple[list[tuple], bool]:
         """DataRows up to PortalSuspended (False) or CommandComplete (True)."""
-        if parsed:
-            await self._expect(ord("1"))
         if bound:
-            await self._expect(ord("2"))
+            await self._next_of(ord("2"))
         rows, decode = [], pgvalues.decode_row
         while True:
             message = await self._next()
@@ -236,9 +234,6 @@ class ClientSql:
     async def _drain_portal(self) -> None:
         while (await self._next())[0] != ord("3"):
             pass
-
-    async def _expect(self, kind: int) -> bytes:
-        return await self._next_of(kind)
 
     async def _next_of(self, *kinds: int) -> bytes:
         message = await self._next()

@@ -35,7 +35,6 @@ log = logging.getLogger("sievedb.server.planned")
 
 _SHORT = struct.Struct("!h")
 _LEN = struct.Struct("!i")
-_IN_TRANSACTION = (ord("T"), ord("E"))
 
 
 def cstrings(view: bytes | bytearray, start: int, end: int, count: int) -> list[str]:
@@ -133,7 +132,7 @@ class SessionPortImpl:
     @property
     def in_transaction(self) -> bool:
         """The client is inside a transaction block (or a failed one)."""
-        return self._session.link.status in _IN_TRANSACTION
+        return self._session.link.in_transaction
 
     @property
     def queries(self) -> int:
@@ -447,7 +446,7 @@ async def _bound_values(job: PlannedJob, port: SessionPortImpl) -> list[ParamTex
 
 async def _fail_transaction(port: SessionPortImpl, link) -> None:
     """Inside a transaction block an error must abort it, as Postgres itself would."""
-    if link.status in _IN_TRANSACTION:
+    if link.in_transaction:
         await port.run_sql("DO $$BEGIN RAISE EXCEPTION 'SieveDB statement failed'; END$$")
 
 
