@@ -28,6 +28,7 @@ def _timestamp(raw: bytes) -> str:
 # oid -> (type name for a cast, binary decoder to text)
 _BINARY: dict[int, tuple[str, object]] = {
     16: ("boolean", lambda b: "true" if b[0] else "false"),
+    17: ("bytea", lambda b: "\\x" + b.hex()),
     20: ("bigint", lambda b: str(struct.unpack("!q", b)[0])),
     21: ("smallint", lambda b: str(struct.unpack("!h", b)[0])),
     23: ("integer", lambda b: str(struct.unpack("!i", b)[0])),

@@ -92,6 +92,9 @@ def test_image_model_over_png_bytea(world):
     pixels = np.round(world.digits.x[ids] * 255) / 255
     expected = direct_run(world.image_path, {"image": pixels.reshape(-1, 1, 8, 8).astype(np.float32)})
     assert [r[1] for r in rows] == expected["label"].tolist()
+    with world.connect() as conn:  # the image as a bound (binary) parameter, no table
+        got = [conn.execute("select digit_from_png(%s)", (world.digits.png[i],)).fetchone()[0] for i in ids]
+    assert got == expected["label"].tolist()
 
 
 def test_extended_protocol_and_parameters(world):
