@@ -8,25 +8,21 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import asyncpg
 from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
-from inference.errors import ModelLoadError, ModelNotFoundError
-from inference.signature import read_signature
 from planner.bound_params import bind_params
 from planner.calls import find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.explain import SitePlan, json_plan, read_explain, text_plan
-from planner.install import drop_sql, grant_sql, install_sql, signature_sql
+from planner.lifecycle import ModelLifecycle
 from planner.limit import plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
-from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
-from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
-from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SessionPort
-from planner.privileges import refuse_in_transaction, require_execute, require_model_admin, require_owner
+from planner.model_spec import ModelSpec
+from planner.outcome import Failed, Forward, Outcome, Rows, SessionPort
+from planner.privileges import require_execute
 from planner.views import inline_views, push_down
 
 log = logging.getLogger("sievedb.planner")
@@ -61,33 +57,12 @@ class Planner:
         self.models_dir = models_dir
         self.max_model_bytes = max_model_bytes
         self.catalog = ModelCatalog(dbs.read)
+        self.lifecycle = ModelLifecycle(self)
         self._plans: OrderedDict = OrderedDict()  # (sql, bound values, rewritable) -> analysis
 
     async def start(self) -> None:
         await self.refresh()
-        await self._reinstall_stale()
-
-    async def _reinstall_stale(self) -> None:
-        """Re-install models whose cache table is missing: after the upgrade to per-model ids and
-        SHA-256 keys (migration 0006 drops the old caches), their SQL functions still read the old
-        tables. Serialised by an advisory lock: servers sharing one Postgres start together."""
-        stale = await self.db.fetch(STALE_MODELS)
-        if not stale:
-            return
-        async with self.dbs.write.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REINSTALL_LOCK)
-            for row in await conn.fetch(STALE_MODELS):
-                spec = self.catalog.get(row["name"])
-                if spec is None:
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: one broken model spoils no other
-                        await conn.execute(install_sql(spec, spec))
-                except asyncpg.PostgresError as exc:
-                    log.error("could not re-install model %s: %s", spec.name, exc)
-                    continue
-                log.info("model re-installed name=%s version=%d", spec.name, spec.version)
-        await self.refresh()
+        await self.lifecycle.reinstall_stale()
 
     async def refresh(self) -> None:
         self._plans.clear()
@@ -124,7 +99,7 @@ class Planner:
                 return Failed(SYNTAX_ERROR, str(exc))
             return Forward()  # Postgres reports the syntax error in its own words
         if decision.executes_itself:
-            return await self._ddl(statements, port)
+            return await self.lifecycle.run(statements, port)
         if rewritable and len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt):
             return await self._explain(sql, statements[0], port)
         changes_views = any(_changes_views(stmt) for stmt in statements)
@@ -144,83 +119,6 @@ class Planner:
         self._plans[key] = (statements, sites)
         if len(self._plans) > PLAN_CACHE_SIZE:
             self._plans.popitem(last=False)
-
-    # -- DDL ----------------------------------------------------------------------------------
-
-    async def _ddl(self, statements: list, port: SessionPort) -> Outcome:
-        if len(statements) != 1:
-            return Failed(
-                FEATURE_NOT_SUPPORTED, "put CREATE/DROP FUNCTION of a model in a statement of its own"
-            )
-        stmt = statements[0]
-        if is_onnx_function(stmt):
-            return await self._create(stmt, port)
-        drop = read_drop(stmt)
-        if drop is not None:
-            return await self._drop(drop, port)
-        return Forward()
-
-    async def _create(self, stmt, port: SessionPort) -> Outcome:
-        request = read_create(stmt)
-        spec = request.spec
-        refuse_in_transaction(port, "CREATE FUNCTION ... LANGUAGE onnx")
-        owner = await require_model_admin(port, spec.name)  # before any file is looked at
-        await self.catalog.reload()
-        previous = self.catalog.get(spec.name)
-        if previous is not None and not request.replace:
-            raise PlanError(
-                DUPLICATE_FUNCTION,
-                f"function {spec.name} already exists",
-                hint="use CREATE OR REPLACE FUNCTION to load a new version",
-            )
-        if previous is not None:
-            await require_owner(port, previous)
-        declared = spec.path
-        path = resolve_path(declared, self.models_dir, self.max_model_bytes)
-        spec.path = str(path)
-        try:
-            # off the event loop: a large file is parsed in a child process (see read_signature)
-            signature = await read_signature(path)
-        except ModelNotFoundError:  # removed since resolve_path looked: the same answer as then
-            raise missing_file(declared) from None
-        except ModelLoadError as exc:
-            raise PlanError(
-                INVALID_DEFINITION, f'model file "{declared}" is not a loadable ONNX model: {exc}'
-            ) from None
-        spec.content_hash = signature.sha256
-        bind_signature(spec, signature)
-        spec.version = _next_version(previous, spec)
-        spec.id = previous.id if previous is not None else await self.db.fetchval(NEXT_MODEL_ID)
-        await self._privileged(install_sql(spec, previous), *grant_sql(spec, owner))
-        await self.refresh()
-        log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
-        return Done("CREATE FUNCTION")
-
-    async def _drop(self, drop: DropModel, port: SessionPort) -> Outcome:
-        await self.catalog.reload()
-        specs = [self.catalog.get(n) for n in drop.names]
-        if not any(specs):
-            return Forward()  # not a model: an ordinary DROP FUNCTION for Postgres
-        if not all(specs):
-            return Failed(FEATURE_NOT_SUPPORTED, "drop model functions in a statement of their own")
-        refuse_in_transaction(port, "DROP FUNCTION of a model")
-        for spec in specs:
-            # Postgres decides in the client's session: ownership, dependent views, CASCADE
-            result = await port.run_sql(f"DROP FUNCTION {signature_sql(spec, with_names=False)}")
-            if result.error is not None:
-                return result.error
-            await self._privileged(drop_sql(spec, function=False))
-        await self.refresh()
-        return Done("DROP FUNCTION")
-
-    async def _privileged(self, *scripts: str) -> None:
-        """SieveDB's own catalog and cache DDL, in one transaction on its own connection."""
-        try:
-            async with self.dbs.write.acquire() as conn, conn.transaction():
-                for script in scripts:
-                    await conn.execute(script)
-        except asyncpg.PostgresError as exc:
-            raise PlanError(getattr(exc, "sqlstate", None) or "XX000", str(exc)) from None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -373,15 +271,3 @@ def _changes_views(stmt) -> bool:
     if isinstance(stmt, ast.DropStmt):
         return stmt.removeType in (ObjectType.OBJECT_VIEW, ObjectType.OBJECT_TABLE, ObjectType.OBJECT_SCHEMA)
     return isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt)
-
-
-def _next_version(previous: ModelSpec | None, spec: ModelSpec) -> int:
-    if previous is None:
-        return 1
-    same = (
-        previous.content_hash == spec.content_hash
-        and previous.options == spec.options
-        and previous.args == spec.args
-        and previous.bindings == spec.bindings
-    )
-    return previous.version if same else previous.version + 1
