@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from inference.preprocess import check_preprocess
+from planner.model_checks import INVALID_DEFINITION, check_option_keys, order_inputs
+from planner.model_checks import INVALID_PARAMETER as INVALID_PARAMETER  # model_ddl imports it from here
 from planner.outcome import PlanError
-from planner.sqltypes import SqlType, input_mismatch, output_mismatch
+from planner.sqltypes import SqlType, input_mismatch, output_mismatch, shape_text, values_per_row
 
-INVALID_DEFINITION = "42P13"
 UNDEFINED_FILE = "58P01"
-INVALID_PARAMETER = "22023"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 SCALAR_COLUMN = "value"  # cache column of a function that returns one value
 
@@ -152,35 +152,41 @@ def missing_file(path: str) -> PlanError:
 
 
 def bind_signature(spec: ModelSpec, signature) -> None:
-    """Check the declared SQL signature against the ONNX file and fill in the output bindings."""
-    inputs = signature.inputs
-    if len(inputs) != len(spec.args):
-        names = ", ".join(f"{t.name} ({t.type_str})" for t in inputs)
+    """Check the declared SQL signature against the ONNX file and fill in the output bindings.
+    ``spec.signature["inputs"]`` lists the model inputs in the order of the SQL arguments."""
+    columns = [b.column for b in spec.bindings] if spec.returns_table else None
+    check_option_keys(spec.name, [a for a, _ in spec.args], columns, spec.options)
+    if len(signature.inputs) != len(spec.args):
+        names = ", ".join(f"{t.name} ({t.type_str})" for t in signature.inputs)
         raise PlanError(
             INVALID_DEFINITION,
             f"function {spec.name} declares {len(spec.args)} argument(s) but the model takes "
-            f"{len(inputs)} input(s): {names}",
+            f"{len(signature.inputs)} input(s): {names}",
         )
+    inputs = order_inputs(spec.name, [a for a, _ in spec.args], signature.inputs)
     for (arg, sql_type), tensor in zip(spec.args, inputs, strict=True):
-        opts = spec.options.get(arg)
-        if isinstance(opts, dict) and opts.get("decode"):
-            try:
-                check_preprocess(opts)
-            except ValueError as exc:
-                raise PlanError(INVALID_DEFINITION, f'options of argument "{arg}": {exc}') from None
-        why = input_mismatch(sql_type, tensor, isinstance(opts, dict) and bool(opts.get("decode")))
-        if why:
-            raise PlanError(
-                INVALID_DEFINITION,
-                f'argument "{arg}" of type {sql_type.sql} does not match model input '
-                f'"{tensor.name}" ({tensor.type_str}): {why}',
-            )
+        _check_argument(arg, sql_type, tensor, spec.options.get(arg))
     outputs = {t.name: t for t in signature.outputs}
     spec.bindings = [_check_binding(spec, b, outputs) for b in spec.bindings]
     spec.signature = {
-        "inputs": [_tensor_dict(t) for t in signature.inputs],
+        "inputs": [_tensor_dict(t) for t in inputs],
         "outputs": [_tensor_dict(t) for t in signature.outputs],
     }
+
+
+def _check_argument(arg: str, sql_type: SqlType, tensor, opts: dict | None) -> None:
+    if opts is not None:  # check_option_keys saw that it is an object
+        try:
+            check_preprocess(opts)
+        except ValueError as exc:
+            raise PlanError(INVALID_DEFINITION, f'options of argument "{arg}": {exc}') from None
+    why = input_mismatch(sql_type, tensor, opts is not None)
+    if why:
+        raise PlanError(
+            INVALID_DEFINITION,
+            f'argument "{arg}" of type {sql_type.sql} does not match model input '
+            f'"{tensor.name}" ({tensor.type_str}): {why}',
+        )
 
 
 def _tensor_dict(t) -> dict[str, Any]:
@@ -212,32 +218,97 @@ def _check_binding(spec: ModelSpec, binding: Binding, outputs: dict) -> Binding:
             f"have; its outputs are: {', '.join(outputs)}",
         )
     tensor = outputs[output]
-    elem, rank = _after_post_ops(tensor, binding.post)
-    why = output_mismatch(binding.sql_type, elem, rank)
+    elem, shape = _after_post_ops(tensor, binding.post)
+    described = f"{tensor.type_str} {shape_text(_shape(tensor))}{_post_text(binding.post)}"
+    why = output_mismatch(binding.sql_type, elem, None if shape is None else len(shape))
     if why:
         raise PlanError(
             INVALID_DEFINITION,
-            f'column "{binding.column}" of type {binding.sql_type.sql} does not match model output '
-            f'"{output}" ({tensor.type_str}{_post_text(binding.post)}): {why}',
+            f'{_declared(spec, binding)} does not match model output "{output}" ({described}): {why}',
+        )
+    width = values_per_row(binding.sql_type, shape)
+    if width is not None:
+        raise PlanError(
+            INVALID_DEFINITION,
+            f'{_declared(spec, binding)} does not match model output "{output}" ({described}): '
+            f"it has {width} values per row and a {binding.sql_type.sql} holds one",
+            hint=_pick_one_hint(spec, binding, output),
         )
     return Binding(binding.column, binding.sql_type, output, binding.post)
 
 
-def _after_post_ops(tensor, post: tuple[Any, ...]) -> tuple[str, int | None]:
-    if tensor.kind == "sequence":  # scikit-learn ZipMap: one {label: p} map per row
-        elem, rank = "float32", 2
-    else:
-        elem, rank = tensor.elem_type, (len(tensor.shape) if tensor.shape is not None else None)
+def _declared(spec: ModelSpec, binding: Binding) -> str:
+    if spec.returns_table:
+        return f'column "{binding.column}" of type {binding.sql_type.sql}'
+    return f"function {spec.name} returning {binding.sql_type.sql}"
+
+
+def _pick_one_hint(spec: ModelSpec, binding: Binding, output: str) -> str:
+    """Options that make the output one value per row: a post-op chosen for the declared type."""
+    sql_type = binding.sql_type
+    op: Any = "argmax" if not sql_type.is_numeric or sql_type.base.startswith("int") else "max"
+    target = {"output": output, "post": [*binding.post, op]}
+    options = {"outputs": {binding.column: target}} if spec.returns_table else {"output": target}
+    hint = (
+        f"pick one value per row with a post-op, e.g. '{json.dumps(options)}': \"argmax\" gives "
+        'the index of the largest value (a class), "max" the largest value (its score), '
+        '{"op": "index", "index": i} the value at position i (the score of class i)'
+    )
+    if sql_type.is_numeric:
+        hint += f"; or declare {SqlType(sql_type.base, True).sql} to return them all"
+    return hint
+
+
+def _shape(tensor) -> tuple | None:
+    return ("N", None) if tensor.kind == "sequence" else tensor.shape
+
+
+def _after_post_ops(tensor, post: tuple[Any, ...]) -> tuple[str, tuple | None]:
+    """Element type and shape of an output after its post-ops (which work on the last axis)."""
+    # a scikit-learn ZipMap is one {label: p} map per row: an [N, classes] matrix of floats
+    elem = "float32" if tensor.kind == "sequence" else tensor.elem_type
+    shape = _shape(tensor)
     for op in post:
-        name = op if isinstance(op, str) else op.get("op")
-        if name not in _POST_OPS:
-            raise PlanError(INVALID_DEFINITION, f"unknown post-op {op!r}; use one of {sorted(_POST_OPS)}")
+        name = _check_post_op(op, shape)
         if name == "argmax":
             elem = "int64"
-        if name in ("argmax", "max", "index") and rank is not None:
-            rank -= 1
-    return elem, rank
+        if name in ("argmax", "max", "index") and shape is not None:
+            shape = shape[:-1]
+    return elem, shape
+
+
+def _check_post_op(op: Any, shape: tuple | None) -> str:
+    name = op if isinstance(op, str) else op.get("op") if isinstance(op, dict) else None
+    if name not in _POST_OPS:
+        raise PlanError(
+            INVALID_DEFINITION, f"unknown post-op {json.dumps(op)}; use one of {sorted(_POST_OPS)}"
+        )
+    if shape is not None and len(shape) < 2:
+        raise PlanError(
+            INVALID_DEFINITION,
+            f"post-op {json.dumps(op)} works on a vector per row; the output is {shape_text(shape)}",
+        )
+    extra = sorted(set(op) - {"op", "index"}) if isinstance(op, dict) else []
+    if extra:
+        raise PlanError(INVALID_DEFINITION, f"post-op {json.dumps(op)} has unknown key(s) {extra}")
+    if name == "index":
+        _check_index(op, shape)
+    return name
+
+
+def _check_index(op: Any, shape: tuple | None) -> None:
+    index = op.get("index") if isinstance(op, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise PlanError(
+            INVALID_DEFINITION, 'post-op "index" needs {"op": "index", "index": i}, i a whole number'
+        )
+    width = shape[-1] if shape is not None else None
+    if isinstance(width, int) and not -width <= index < width:
+        raise PlanError(
+            INVALID_DEFINITION,
+            f"post-op {json.dumps(op)} is out of range: the output has {width} values per row",
+        )
 
 
 def _post_text(post: tuple[Any, ...]) -> str:
-    return f" after {list(post)}" if post else ""
+    return f" after {json.dumps(list(post))}" if post else ""

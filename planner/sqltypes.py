@@ -128,3 +128,20 @@ def output_mismatch(sql_type: SqlType, elem: str, rank: int | None) -> str | Non
     if sql_type.base in ("float4", "float8"):
         return None if elem in _NUMERIC_TENSORS else f"expected a numeric output, found {elem}"
     return f"a {sql_type.sql} column cannot hold model output {elem}"
+
+
+def values_per_row(sql_type: SqlType, shape: tuple | None) -> str | None:
+    """How many values per row an output of ``shape`` (after post-ops) gives a column that holds
+    one, when that is not exactly one; None when it fits (or the rank is unknown)."""
+    if sql_type.is_array or shape is None or len(shape) != 2 or shape[1] == 1:
+        return None
+    # a named or unknown width may be 1 or 10: taking column 0 of it would be a guess
+    return str(shape[1]) if isinstance(shape[1], int) else "an unknown number of"
+
+
+def shape_text(shape: tuple | None) -> str:
+    """A shape as users read it: ``[N,10]`` (an unnamed batch axis called N, other unknown dims ?)."""
+    if shape is None:
+        return "[shape unknown]"
+    dims = [str(d) if d is not None else "N" if i == 0 else "?" for i, d in enumerate(shape)]
+    return "[" + ",".join(dims) + "]"
