@@ -9,12 +9,23 @@ unchanged in Postgres, reading outputs through the installed functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pglast import ast, parse_sql
-from pglast.stream import RawStream
 
 from planner.outcome import PlanError
+from planner.rewrite.ast_util import (
+    and_of,
+    children,
+    conjuncts,
+    mentions_model,
+    model_name,
+    parse_condition,
+    render,
+    walk,
+)
+from planner.rewrite.implied import narrowing_conjuncts
+from planner.rewrite.push_down import PushContext, is_volatile
 from planner.send_forms import send_sql
 from planner.sqltypes import SqlType
 
@@ -33,6 +44,8 @@ class CallSite:
     level: object = field(default=None, compare=False, hash=False, repr=False)  # its AST level
     nesting: int = field(default=0, compare=False, hash=False)  # statement levels around it
     row_key: str | None = field(default=None, compare=False, hash=False)  # e.g. "d".ctid
+    lateral_rank: int = field(default=0, compare=False, hash=False)  # reads model functions' rows
+    with_sql: str = ""  # the WITH clauses in scope: the input query names their CTEs too
 
     def input_query(
         self, digest_sql: str, arg_types: list[SqlType], cache_table: str, with_row_key: bool = False
@@ -43,7 +56,7 @@ class CallSite:
         args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(pairs))
         if with_row_key:
             args += f", ({self.row_key})::text AS sieve_row"
-        inner = f"SELECT {digest_sql} AS sieve_digest, {args}"
+        inner = f"{self.with_sql} SELECT {digest_sql} AS sieve_digest, {args}".lstrip()
         if self.from_sql:
             inner += f" FROM {self.from_sql}"
         if self.where_sql:
@@ -67,71 +80,137 @@ class CallSite:
         )
 
 
-def find_call_sites(sql: str | list[ast.Node], models: set[str]) -> list[CallSite]:
-    """Model call sites of every statement (SQL text or parsed), innermost calls first."""
+def find_call_sites(
+    sql: str | list[ast.Node], models: set[str], ctx: PushContext | None = None
+) -> list[CallSite]:
+    """Model call sites of every statement (SQL text or parsed), in the order they must run:
+    a call in a subquery (an inlined view) feeds the levels around it, an argument's call feeds
+    the call it is an argument of, a model function in FROM feeds the calls that read its rows."""
     statements = [raw.stmt for raw in parse_sql(sql)] if isinstance(sql, str) else sql
+    ctx = ctx or PushContext(models)
     sites: list[CallSite] = []
     for stmt in statements:
-        _walk(stmt, models, level=None, depth=0, out=sites)
+        _walk(stmt, ctx, level=None, depth=0, out=sites, withs=())
     unique = list(dict.fromkeys(sites))  # ORDER BY f(x) repeats the SELECT list's f(x)
-    # A call in a subquery (an inlined view) feeds the levels around it; an argument's call feeds
-    # the call it is an argument of: both run first.
-    return sorted(unique, key=lambda s: (-s.nesting, -s.depth))
+    return sorted(unique, key=lambda s: (-s.nesting, s.lateral_rank, -s.depth))
 
 
-def _children(node: ast.Node):
-    for name in node.__slots__:
-        yield from nodes_in(getattr(node, name, None))
-
-
-def nodes_in(value):
-    """Every AST node in a field value (a node, or lists of nodes nested in lists)."""
-    if isinstance(value, ast.Node):
-        yield value
-    elif isinstance(value, tuple | list):  # RangeFunction.functions nests lists in a list
-        for item in value:
-            yield from nodes_in(item)
-
-
-def _walk(node: ast.Node, models: set[str], level, depth: int, out: list[CallSite], nesting: int = 0) -> None:
+def _walk(
+    node: ast.Node, ctx: PushContext, level, depth: int, out: list[CallSite], withs: tuple, nesting: int = 0
+) -> None:
     if isinstance(node, _SKIP):
         return
     if isinstance(node, _LEVELS):
         level = node
         nesting += 1
-    if isinstance(node, ast.FuncCall) and _model_name(node, models):
+        if node.withClause is not None:
+            withs = (*withs, node.withClause)
+    if isinstance(node, ast.FuncCall) and model_name(node, ctx.models):
         if level is None:
             raise PlanError(FEATURE_NOT_SUPPORTED, "model calls are supported in SELECT, UPDATE and DELETE")
-        site = _site(node, models, level, depth)
-        out.append(CallSite(**{**site.__dict__, "nesting": nesting}))
+        site = _site(node, ctx, level, depth)
+        out.append(replace(site, nesting=nesting, with_sql=_with_sql(withs)))
         depth += 1
-    for child in _children(node):
-        _walk(child, models, level, depth, out, nesting)
+    for child in children(node):
+        _walk(child, ctx, level, depth, out, withs, nesting)
 
 
-def _model_name(call: ast.FuncCall, models: set[str]) -> str | None:
-    names = [n.sval for n in call.funcname]
-    if len(names) == 2 and names[0] != "public":
-        return None
-    return names[-1] if names[-1] in models else None
+def _with_sql(withs: tuple) -> str:
+    """One WITH clause naming every CTE in scope, so the input query binds names as the
+    statement does. A CTE that writes (WITH d AS (DELETE ...)) must run exactly once: refused."""
+    if not withs:
+        return ""
+    ctes, names, recursive = [], set(), False
+    for clause in withs:
+        recursive = recursive or bool(clause.recursive)
+        for cte in clause.ctes:
+            if not isinstance(cte.ctequery, ast.SelectStmt):
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    "model calls in a statement whose WITH clause modifies data are not supported",
+                    hint="run the data-modifying part as a statement of its own",
+                )
+            if cte.ctename in names:
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    f'a nested WITH redefines "{cte.ctename}": rename it to call models here',
+                )
+            names.add(cte.ctename)
+            ctes.append(render(cte))
+    return ("WITH RECURSIVE " if recursive else "WITH ") + ", ".join(ctes)
 
 
-def _site(call: ast.FuncCall, models: set[str], level, depth: int) -> CallSite:
+def _site(call: ast.FuncCall, ctx: PushContext, level, depth: int) -> CallSite:
+    models = ctx.models
     if call.agg_star or call.over is not None:
-        raise PlanError(FEATURE_NOT_SUPPORTED, f"model {_model_name(call, models)} is not an aggregate")
-    args = tuple(RawStream()(a) for a in call.args or ())
+        raise PlanError(FEATURE_NOT_SUPPORTED, f"model {model_name(call, models)} is not an aggregate")
     items = _from_items(level)
-    hidden = _model_function_aliases(items, models)
-    kept = [i for i in (_relax_joins(item, models, hidden) for item in items) if i is not None]
+    lateral = _model_functions(items, models)
+    own = next((a for a, f in lateral.items() if f.call is call), None)
+    reads = _aliases_read(call, lateral) if own is None else lateral[own].reads
+    # Model functions this call reads stay in FROM (they are materialized first); the others go.
+    needed = _closure(reads, lateral)
+    hidden = set(lateral) - needed
+    kept = [i for i in (_relax_joins(item, models, hidden, needed) for item in items) if i is not None]
+    rank = 0 if not reads else 1 + max(_rank(a, lateral) for a in reads)
     return CallSite(
-        model=_model_name(call, models),
-        args=args,
-        from_sql=", ".join(RawStream()(i) for i in kept),
-        where_sql=_pushable(level.whereClause, models, hidden),
+        model=model_name(call, models),
+        args=tuple(render(a) for a in call.args or ()),
+        from_sql=", ".join(render(i) for i in kept),
+        where_sql=_narrowing(level.whereClause, ctx, hidden, _aliases(kept)),
         depth=depth,
         level=level,
         row_key=_row_key(kept),
+        lateral_rank=rank,
     )
+
+
+@dataclass(frozen=True)
+class _ModelFunction:
+    call: ast.FuncCall
+    reads: frozenset[str]  # aliases of other model functions its arguments read
+
+
+def _model_functions(items: list[ast.Node], models: set[str]) -> dict[str, _ModelFunction]:
+    """``FROM model(x) AS s`` (LATERAL) items of a level by the name their rows are read under."""
+    found: dict[str, ast.FuncCall] = {}
+    stack = list(items)
+    while stack:
+        node = stack.pop()
+        if _is_model_function(node, models):
+            for func in node.functions or ():
+                for part in func:
+                    if isinstance(part, ast.FuncCall):
+                        name = node.alias.aliasname if node.alias is not None else part.funcname[-1].sval
+                        found[name] = part
+        elif isinstance(node, ast.JoinExpr):
+            stack += [node.larg, node.rarg]
+    return {a: _ModelFunction(c, frozenset(_aliases_read(c, found))) for a, c in found.items()}
+
+
+def _aliases_read(node: ast.Node, aliases) -> set[str]:
+    read = set()
+    for item in walk(node):
+        if isinstance(item, ast.ColumnRef) and len(item.fields) > 1:
+            first = item.fields[0]
+            if isinstance(first, ast.String) and first.sval in aliases:
+                read.add(first.sval)
+    return read
+
+
+def _closure(aliases: set[str] | frozenset, lateral: dict[str, _ModelFunction]) -> set[str]:
+    out, stack = set(), list(aliases)
+    while stack:
+        alias = stack.pop()
+        if alias not in out:
+            out.add(alias)
+            stack += list(lateral[alias].reads)
+    return out
+
+
+def _rank(alias: str, lateral: dict[str, _ModelFunction], seen: frozenset = frozenset()) -> int:
+    reads = lateral[alias].reads - seen
+    return 0 if not reads else 1 + max(_rank(a, lateral, seen | {alias}) for a in reads)
 
 
 def _row_key(items: list[ast.Node]) -> str | None:
@@ -152,42 +231,44 @@ def _from_items(level) -> list[ast.Node]:
 
 
 def _is_model_function(item: ast.Node, models: set[str]) -> bool:
-    return isinstance(item, ast.RangeFunction) and _mentions(item, models)
+    return isinstance(item, ast.RangeFunction) and mentions_model(item, models)
 
 
-def _model_function_aliases(items: list[ast.Node], models: set[str]) -> set[str]:
-    """Names under which ``FROM model(x) AS s`` (LATERAL) rows are visible: s, or the model's name."""
-    aliases: set[str] = set()
-    for item in items:
-        stack = [item]
-        while stack:
-            node = stack.pop()
-            if _is_model_function(node, models):
-                if node.alias is not None:
-                    aliases.add(node.alias.aliasname)
-                for func in node.functions or ():
-                    for part in func:
-                        if isinstance(part, ast.FuncCall):
-                            aliases.add(part.funcname[-1].sval)
-            elif isinstance(node, ast.JoinExpr):
-                stack += [node.larg, node.rarg]
-    return aliases
+def _aliases(items: list[ast.Node]) -> set[str] | None:
+    """Names the kept FROM items are read under; None when one of them cannot be named here."""
+    names: set[str] = set()
+    stack = list(items)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.JoinExpr):
+            stack += [item.larg, item.rarg]
+            if item.alias is not None:
+                names.add(item.alias.aliasname)
+        elif isinstance(item, ast.RangeVar):
+            names.add(item.alias.aliasname if item.alias is not None else item.relname)
+        elif getattr(item, "alias", None) is not None:
+            names.add(item.alias.aliasname)
+        elif isinstance(item, ast.RangeFunction):
+            for func in item.functions or ():
+                names.update(p.funcname[-1].sval for p in func if isinstance(p, ast.FuncCall))
+    return names
 
 
-def _relax_joins(item: ast.Node, models: set[str], hidden: set[str]) -> ast.Node | None:
-    """The FROM item with model functions left out and join conditions calling models dropped:
-    it then yields a superset of the rows that reach each call."""
+def _relax_joins(item: ast.Node, models: set[str], hidden: set[str], needed: set[str]) -> ast.Node | None:
+    """The FROM item with model functions the call does not read left out and join conditions
+    that need models dropped: it then yields a superset of the rows that reach the call."""
     if _is_model_function(item, models):
-        return None
+        return item if _function_alias(item) in needed else None
     if not isinstance(item, ast.JoinExpr):
         return item
-    larg, rarg = _relax_joins(item.larg, models, hidden), _relax_joins(item.rarg, models, hidden)
+    larg = _relax_joins(item.larg, models, hidden, needed)
+    rarg = _relax_joins(item.rarg, models, hidden, needed)
     if larg is None or rarg is None:
         return larg if rarg is None else rarg
     quals = item.quals
-    if quals is not None and _mentions(quals, models, hidden):
-        kept = _pushable(quals, models, hidden)
-        quals = parse_sql(f"SELECT 1 WHERE {kept or 'true'}")[0].stmt.whereClause
+    if quals is not None and mentions_model(quals, models, hidden):
+        kept = [c for c in narrowing_conjuncts(conjuncts(quals), models, hidden) if not is_volatile(c)]
+        quals = and_of(kept) or parse_condition("true")
     return ast.JoinExpr(
         jointype=item.jointype,
         isNatural=item.isNatural,
@@ -199,37 +280,34 @@ def _relax_joins(item: ast.Node, models: set[str], hidden: set[str]) -> ast.Node
     )
 
 
-def _pushable(where: ast.Node | None, models: set[str], hidden: frozenset | set = frozenset()) -> str:
-    if where is None:
-        return ""
-    kept = [c for c in conjuncts(where) if not _mentions(c, models, hidden)]
-    return " AND ".join(f"({RawStream()(c)})" for c in kept)
+def _function_alias(item: ast.RangeFunction) -> str | None:
+    if item.alias is not None:
+        return item.alias.aliasname
+    for func in item.functions or ():
+        for part in func:
+            if isinstance(part, ast.FuncCall):
+                return part.funcname[-1].sval
+    return None
 
 
-def conjuncts(node: ast.Node) -> list[ast.Node]:
-    from pglast.enums import BoolExprType
-
-    if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
-        out = []
-        for arg in node.args:
-            out.extend(conjuncts(arg))
-        return out
-    return [node]
-
-
-def mentions_model(node: ast.Node, models: set[str]) -> bool:
-    return _mentions(node, models)
+def _narrowing(where: ast.Node | None, ctx: PushContext, hidden: set[str], aliases: set[str]) -> str:
+    """The WHERE conditions (and conditions they imply) the call's input query may apply: no
+    model, no parameter, nothing volatile, no name of a level around this one."""
+    kept = []
+    for condition in narrowing_conjuncts(conjuncts(where), ctx.models, hidden):
+        if is_volatile(condition) or _reads_outer(condition, aliases):
+            continue
+        kept.append(condition)
+    return " AND ".join(f"({render(c)})" for c in kept)
 
 
-def _mentions(node: ast.Node, models: set[str], hidden: frozenset | set = frozenset()) -> bool:
-    """True when ``node`` calls a model, reads a model function's rows (``hidden`` aliases), or
-    uses a parameter (unknown while planning)."""
-    if isinstance(node, ast.ParamRef):
-        return True
-    if isinstance(node, ast.FuncCall) and _model_name(node, models):
-        return True
-    if hidden and isinstance(node, ast.ColumnRef) and len(node.fields) > 1:
-        first = node.fields[0]
-        if isinstance(first, ast.String) and first.sval in hidden:
+def _reads_outer(condition: ast.Node, aliases: set[str]) -> bool:
+    """A qualified name neither this level's FROM nor a subquery inside the condition defines
+    (a correlated subquery's outer row, which the input query cannot see)."""
+    if isinstance(condition, ast.SelectStmt):
+        aliases = aliases | _aliases(list(condition.fromClause or ()))
+    if isinstance(condition, ast.ColumnRef) and len(condition.fields) > 1:
+        first = condition.fields[0]
+        if isinstance(first, ast.String) and first.sval not in aliases:
             return True
-    return any(_mentions(child, models, hidden) for child in _children(node))
+    return any(_reads_outer(child, aliases) for child in children(condition))

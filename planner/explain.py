@@ -10,6 +10,7 @@ from pglast import ast
 from pglast.stream import RawStream
 
 from planner.calls import CallSite
+from planner.limit import LimitRun
 from planner.materialize import BATCH_ROWS
 from planner.model_spec import ModelSpec
 
@@ -24,6 +25,7 @@ class SitePlan:
     actual_hits: int | None = None
     inference_ms: float | None = None
     device: str = "cpu"
+    depends: list[str] = field(default_factory=list)  # models whose outputs its inputs read
 
 
 @dataclass
@@ -34,6 +36,9 @@ class ExplainRequest:
     statement: ast.Node
     sites: list[SitePlan] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    limit_run: LimitRun | None = None  # ANALYZE of a LIMIT that ran block range by block range
+    cache_hits: int | None = None  # ANALYZE: inputs found cached, all sites together
+    total_ms: float | None = None  # SieveDB's whole time: inference, materialization, Postgres
 
 
 def read_explain(stmt: ast.ExplainStmt) -> ExplainRequest:
@@ -54,24 +59,38 @@ def _truthy(arg) -> bool:
 def text_plan(request: ExplainRequest, postgres_lines: list[str]) -> list[str]:
     lines = [f"SieveDB ML Materialize  (call sites: {len(request.sites)})"]
     for plan in request.sites:
-        spec, site = plan.spec, plan.site
-        head = f"  ->  Model Call {spec.name} v{spec.version} on {plan.device}"
-        if plan.to_run is not None:
-            head += (
-                f"  (inputs to run: {plan.to_run}, cached inputs: {plan.cached}, batch size: {BATCH_ROWS})"
-            )
-        lines.append(head)
-        where = f" WHERE {site.where_sql}" if site.where_sql else ""
-        source = f" FROM {site.from_sql}" if site.from_sql else ""
-        lines.append(f"        Inputs: {', '.join(site.args)}{source}{where}")
-        if plan.actual_calls is not None:
-            lines.append(
-                f"        Actual: model calls={plan.actual_calls} cache hits={plan.actual_hits} "
-                f"inference={plan.inference_ms:.3f} ms"
-            )
+        lines += _site_lines(plan)
+    if request.limit_run is not None:
+        lines.append(f"  ->  LIMIT Early Stop: {_limit_text(request.limit_run)}")
     lines.append("  ->  Postgres")
     lines += [f"        {line}" for line in postgres_lines]
+    if request.analyze and request.total_ms is not None:
+        hits = f" (cache hits: {request.cache_hits})" if request.cache_hits is not None else ""
+        lines.append(f"SieveDB Total Time: {request.total_ms:.3f} ms{hits}")
     return lines
+
+
+def _site_lines(plan: SitePlan) -> list[str]:
+    spec, site = plan.spec, plan.site
+    head = f"  ->  Model Call {spec.name} v{spec.version} on {plan.device}"
+    if plan.to_run is not None:
+        head += f"  (inputs to run: {plan.to_run}, cached inputs: {plan.cached}, batch size: {BATCH_ROWS})"
+    lines = [head]
+    where = f" WHERE {site.where_sql}" if site.where_sql else ""
+    source = f" FROM {site.from_sql}" if site.from_sql else ""
+    lines.append(f"        Inputs: {', '.join(site.args)}{source}{where}")
+    if plan.depends:
+        lines.append(f"        Depends on: {', '.join(plan.depends)} (inputs counted once those have run)")
+    if plan.actual_calls is not None:
+        hits = f" cache hits={plan.actual_hits}" if plan.actual_hits is not None else ""
+        inference = f" inference={plan.inference_ms:.3f} ms" if plan.inference_ms is not None else ""
+        lines.append(f"        Actual: model calls={plan.actual_calls}{hits}{inference}")
+    return lines
+
+
+def _limit_text(run: LimitRun) -> str:
+    how = "stopped early" if run.stopped else "read to the end"
+    return f"{how} after {run.blocks_done} of {run.blocks} blocks of the driving table"
 
 
 def json_plan(request: ExplainRequest, postgres_json: str) -> str:
@@ -89,14 +108,19 @@ def json_plan(request: ExplainRequest, postgres_json: str) -> str:
         }
         if plan.to_run is not None:
             node.update({"Inputs To Run": plan.to_run, "Cached Inputs": plan.cached})
+        if plan.depends:
+            node["Depends On"] = plan.depends
         if plan.actual_calls is not None:
-            node.update(
-                {
-                    "Actual Model Calls": plan.actual_calls,
-                    "Actual Cache Hits": plan.actual_hits,
-                    "Inference Time": round(plan.inference_ms, 3),
-                }
-            )
+            node["Actual Model Calls"] = plan.actual_calls
+            if plan.actual_hits is not None:
+                node["Actual Cache Hits"] = plan.actual_hits
+            node["Inference Time"] = round(plan.inference_ms or 0.0, 3)
         operators.append(node)
     wrapped = {"Node Type": "SieveDB ML Materialize", "Plans": [*operators, top.get("Plan", {})]}
-    return json.dumps([{**top, "Plan": wrapped}], indent=2)
+    if request.limit_run is not None:
+        wrapped["LIMIT Early Stop"] = _limit_text(request.limit_run)
+    out = {**top, "Plan": wrapped}
+    if request.analyze and request.total_ms is not None:
+        out["SieveDB Total Time"] = round(request.total_ms, 3)
+        out["Cache Hits"] = request.cache_hits
+    return json.dumps([out], indent=2)

@@ -6,24 +6,26 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
-from planner.bound_params import bind_params
-from planner.calls import find_call_sites
+from planner.calls import CallSite, find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
-from planner.explain import SitePlan, json_plan, read_explain, text_plan
+from planner.explain import ExplainRequest, SitePlan, json_plan, read_explain, text_plan
 from planner.lifecycle import ModelLifecycle
-from planner.limit import plan_limit
+from planner.limit import FIRST_BLOCKS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_spec import ModelSpec
 from planner.outcome import Failed, Forward, Outcome, Rows, SessionPort
 from planner.privileges import require_execute
-from planner.views import inline_views, push_down
+from planner.rewrite import RewriteContext, rewrite
+from planner.rewrite.ast_util import copy_node, models_called, render, walk
+from planner.rewrite.bind_params import bind_params
 
 log = logging.getLogger("sievedb.planner")
 
@@ -91,7 +93,7 @@ class Planner:
         prepared = self._plans.get(key) if not decision.executes_itself else None
         if prepared is not None:  # the same text (and bound values) again: skip parse and analysis
             self._plans.move_to_end(key)
-            return await self._query(sql, prepared[0], port, rewritable, prepared[1])
+            return await self._query(sql, prepared[0], prepared[1], port, rewritable)
         try:
             statements = [raw.stmt for raw in parse_sql(sql)]
         except ParseError as exc:
@@ -100,46 +102,96 @@ class Planner:
             return Forward()  # Postgres reports the syntax error in its own words
         if decision.executes_itself:
             return await self.lifecycle.run(statements, port)
-        if rewritable and len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt):
-            return await self._explain(sql, statements[0], port)
+        if len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt) and not params:
+            return await self._explain(sql, statements[0], port, rewritable)
         changes_views = any(_changes_views(stmt) for stmt in statements)
         if params:
             statements = [bind_params(stmt, params) for stmt in statements]
         if changes_views:
-            outcome = await self._query(sql, statements, port, rewritable)
+            outcome = await self._query(sql, statements, self._analyse(statements), port, rewritable)
             # learn the new view once Postgres has made it
             return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
-        sites = self._sites(statements)
-        self._remember(key, statements, sites)
-        return await self._query(sql, statements, port, rewritable, sites)
+        analysis = self._analyse(statements)
+        self._remember(key, statements, analysis)
+        return await self._query(sql, statements, analysis, port, rewritable)
 
-    def _remember(self, key, statements: list, sites: list) -> None:
+    def _remember(self, key, statements: list, analysis: Analysis) -> None:
         """Statements repeat (dashboards, prepared statements): keep their analysis, bounded,
-        until the catalog changes. The ASTs are only ever modified and restored synchronously."""
-        self._plans[key] = (statements, sites)
+        until the catalog changes. Cached trees are never modified: runs work on copies."""
+        self._plans[key] = (statements, analysis)
         if len(self._plans) > PLAN_CACHE_SIZE:
             self._plans.popitem(last=False)
 
     # -- queries ------------------------------------------------------------------------------
 
+    def _context(self) -> RewriteContext:
+        models = self.catalog.models
+        return RewriteContext(
+            models=set(models),
+            views=self.catalog.views,
+            table_models={name for name, spec in models.items() if spec.returns_table},
+        )
+
+    def _analyse(self, statements: list) -> Analysis:
+        """The planning statements (views inlined, unread model columns pruned, conditions
+        pushed down: planner.rewrite) and the call sites read off them."""
+        ctx = self._context()
+        planned = [rewrite(copy_node(stmt), ctx) for stmt in statements]
+        return Analysis(planned, find_call_sites(planned, ctx.models, ctx.push))
+
     async def _query(
-        self, sql: str, statements: list, port: SessionPort, rewritable: bool, sites: list | None = None
+        self, sql: str, statements: list, analysis: Analysis, port: SessionPort, rewritable: bool
     ) -> Outcome:
         started = time.monotonic()
-        sites = self._sites(statements) if sites is None else sites
-        if not sites:
+        if not analysis.sites:
             return Forward()
-        await require_execute(port, self._specs(sites))
+        await self._validate(sql, statements, port)
+        await require_execute(port, self._specs(analysis.sites))
         done = Materialized()
-        limit = plan_limit(statements, sites, self.catalog.models) if rewritable else None
+        limit = plan_limit([copy_node(s) for s in analysis.statements]) if rewritable else None
         if limit is not None:
-            return await self._limited(sql, limit, port, done, started)
-        for site in sites:
-            spec = self.catalog.get(site.model)
-            await materialize_site(site, spec, self.dbs, self.inference, port, done)
+            run = await self._limited(limit, port, done)
+            await self._finish(sql, done, started, port)
+            return Forward(sql=limit.sql()) if run.stopped else Forward()
+        await self._materialize_all(analysis.sites, port, done)
+        await self._finish(sql, done, started, port)
+        return Forward()
+
+    async def _validate(self, sql: str, statements: list, port: SessionPort) -> None:
+        """Postgres checks the statement (parse analysis, no execution) before any model runs:
+        a statement it rejects costs no model call. Bound statements were checked at their
+        Parse; several statements in one string may depend on each other: left to Postgres."""
+        if len(statements) != 1 or "$" in sql and _has_params(statements[0]):
+            return
+        if isinstance(statements[0], ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
+            await port.column_types(sql)
+
+    async def _finish(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
         await self._log(sql, done, started, port)
         await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
-        return Forward()
+
+    async def _limited(self, limit: LimitPlan, port: SessionPort, done: Materialized) -> LimitRun:
+        """Materialize block range after block range of the driver (doubling), until the
+        statement over the ranges done has its LIMIT rows; see planner.limit."""
+        ctx = self._context()
+        blocks = await port.fetchval(limit.blocks_sql())
+        run = LimitRun(blocks=blocks)
+        lo, size = 0, FIRST_BLOCKS
+        while True:
+            hi = lo + size if lo + size < blocks else None
+            limit.set_range(lo, hi)
+            for site in find_call_sites([limit.statement], ctx.models, ctx.push):
+                spec = self.catalog.get(site.model)
+                await materialize_site(site, spec, self.dbs, self.inference, port, done)
+            if hi is None:
+                run.blocks_done = blocks
+                return run  # the whole table is done: the statement runs as sent
+            limit.set_range(0, hi)
+            run.blocks_done = hi
+            if await port.fetchval(limit.count_sql()) >= limit.limit:
+                run.stopped = True
+                return run
+            lo, size = hi, size * 2
 
     async def _record_costs(self, specs: list[ModelSpec]) -> None:
         """Persist what the pool measured: cost per row per device, and batch sizes."""
@@ -168,77 +220,89 @@ class Planner:
     def _specs(self, sites: list) -> list[ModelSpec]:
         return [self.catalog.get(name) for name in dict.fromkeys(site.model for site in sites)]
 
-    def _sites(self, statements: list) -> list:
-        models = self.catalog.names
-        for stmt in statements:
-            inline_views(stmt, self.catalog.views)
-            push_down(stmt, models)
-        return find_call_sites(statements, models)
-
-    async def _explain(self, sql: str, stmt, port: SessionPort) -> Outcome:
+    async def _explain(self, sql: str, stmt: ast.ExplainStmt, port: SessionPort, rewritable: bool) -> Outcome:
+        """EXPLAIN: the model operators above Postgres's plan. Without ANALYZE nothing runs (a
+        site whose inputs come from another model says so instead of counting them); with
+        ANALYZE the statement runs as it would (LIMIT's early stop included)."""
         request = read_explain(stmt)
-        sites = self._sites([request.statement])
-        request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in sites]
-        await require_execute(port, self._specs(sites))
+        analysis = self._analyse([request.statement])
+        if not analysis.sites:
+            return Forward()
+        await self._validate(request.inner_sql, [request.statement], port)
+        await require_execute(port, self._specs(analysis.sites))
+        request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in analysis.sites]
+        target = sql
         if request.analyze:
-            done = Materialized()
-            for plan in request.sites:
-                await self._analyze_site(plan, port, done)
-            await self._log(sql, done, request.started, port)
+            target = await self._explain_analyze(sql, stmt, request, analysis, port, rewritable)
         else:
-            for plan in request.sites:
-                (row,) = await port.fetch(pending_inputs_sql(plan.site, plan.spec))
-                plan.to_run, plan.cached = row[0], row[1]
-        result = await port.run_sql(sql)
+            await self._count_inputs(request, port)
+        result = await port.run_sql(target)
         if result.error is not None:
             return result.error
+        request.total_ms = 1000 * (time.monotonic() - request.started)
         lines = [r[0] for r in result.rows]
         if request.json:
             return Rows(["QUERY PLAN"], [[json_plan(request, "\n".join(lines))]], "EXPLAIN")
         return Rows(["QUERY PLAN"], [[line] for line in text_plan(request, lines)], "EXPLAIN")
 
-    async def _analyze_site(self, plan: SitePlan, port: SessionPort, done: Materialized) -> None:
-        before = dict(done.model_calls), done.cache_hits
-        pool = self.inference.pool
-        seconds = pool.stats(plan.spec.key).inference_seconds if pool is not None else 0.0
-        await materialize_site(plan.site, plan.spec, self.dbs, self.inference, port, done)
-        plan.actual_calls = done.model_calls.get(plan.spec.name, 0) - before[0].get(plan.spec.name, 0)
-        plan.actual_hits = done.cache_hits - before[1]
-        pool = self.inference.pool
-        stats = pool.stats(plan.spec.key) if pool is not None else None
-        plan.inference_ms = 1000 * ((stats.inference_seconds if stats else 0.0) - seconds)
-        if stats and stats.rows_by_device:
-            plan.device = ",".join(sorted(stats.rows_by_device))
+    async def _count_inputs(self, request: ExplainRequest, port: SessionPort) -> None:
+        models = self.catalog.names
+        for plan in request.sites:
+            query = pending_inputs_sql(plan.site, plan.spec)
+            plan.depends = sorted(models_called(parse_sql(query)[0].stmt, models))
+        for plan in request.sites:
+            if not plan.depends:
+                (row,) = await port.fetch(pending_inputs_sql(plan.site, plan.spec))
+                plan.to_run, plan.cached = row[0], row[1]
 
-    async def _limited(
-        self, sql: str, plan, port: SessionPort, done: Materialized, started: float
-    ) -> Outcome:
-        """LIMIT k: materialize in growing batches, count after each one only the rows that are
-        new to the check, stop at k. With a row key (a single blob table) cached rows are found
-        by the same stream; otherwise the cache is counted once up front."""
-        keyed = plan.site.row_key is not None
-        found = 0 if keyed else await _count(port, plan.count_sql(plan.cached_guard()))
-        checked: list = []
-
-        async def enough(keys: list) -> bool:
-            nonlocal found
-            if keys:
-                checked.extend(keys)
-                found += await _count(port, plan.count_sql(plan.batch_guard(keys)))
-            return found >= plan.rows
-
-        stopped = found >= plan.rows
-        if not stopped:
-            stopped = await materialize_site(
-                plan.site, plan.spec, self.dbs, self.inference, port, done, enough
+    async def _explain_analyze(
+        self, sql: str, stmt: ast.ExplainStmt, request: ExplainRequest, analysis, port, rewritable: bool
+    ) -> str:
+        """Materialize as the statement would; the SQL whose plan Postgres then shows."""
+        done = Materialized()
+        limit = plan_limit([copy_node(s) for s in analysis.statements]) if rewritable else None
+        target = sql
+        if limit is not None:
+            request.limit_run = await self._measured(request, done, lambda: self._limited(limit, port, done))
+            if request.limit_run.stopped:
+                target = render(ast.ExplainStmt(query=limit.statement, options=stmt.options))
+        else:
+            await self._measured(
+                request, done, lambda: self._materialize_all(analysis.sites, port, done, request.sites)
             )
-        done.model_calls.setdefault(plan.spec.name, 0)
-        await self._log(sql, done, started, port)
-        await self._record_costs([plan.spec] if done.model_calls[plan.spec.name] else [])
-        if not stopped:
-            return Forward()  # the whole input set is materialized: the statement runs as sent
-        guard = plan.batch_guard(checked) if keyed else plan.cached_guard()
-        return Forward(sql=plan.guarded_sql(guard), settings={"sieve.lenient": "on"})
+        await self._finish(sql, done, request.started, port)
+        request.cache_hits = done.cache_hits
+        for plan in request.sites:
+            if plan.actual_calls is None:  # LIMIT: counted per model, not per site
+                plan.actual_calls = done.model_calls.get(plan.spec.name, 0)
+        return target
+
+    async def _materialize_all(
+        self, sites: list, port: SessionPort, done: Materialized, plans: list[SitePlan] | None = None
+    ) -> None:
+        """Run every site's uncached inputs; with ``plans`` (EXPLAIN ANALYZE) note each site's
+        model calls and cache hits on its plan."""
+        for i, site in enumerate(sites):
+            spec = self.catalog.get(site.model)
+            calls, hits = done.model_calls.get(spec.name, 0), done.cache_hits
+            await materialize_site(site, spec, self.dbs, self.inference, port, done)
+            if plans is not None:
+                plans[i].actual_calls = done.model_calls.get(spec.name, 0) - calls
+                plans[i].actual_hits = done.cache_hits - hits
+
+    async def _measured(self, request: ExplainRequest, done: Materialized, work):
+        """Run ``work`` and note each model's inference time and devices on its site plans."""
+        pool = self.inference.pool
+        specs = {p.spec.key: p.spec for p in request.sites}
+        before = {k: pool.stats(k).inference_seconds if pool is not None else 0.0 for k in specs}
+        result = await work()
+        for plan in request.sites:
+            stats = pool.stats(plan.spec.key) if pool is not None else None
+            seconds = (stats.inference_seconds if stats else 0.0) - before[plan.spec.key]
+            plan.inference_ms = 1000 * seconds
+            if stats and stats.rows_by_device:
+                plan.device = ",".join(sorted(stats.rows_by_device))
+        return result
 
     async def _log(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
         elapsed_ms = 1000 * (time.monotonic() - started)
@@ -253,12 +317,6 @@ class Planner:
         )
 
 
-async def _count(port: SessionPort, sql: str) -> int:
-    """Count under the guard, in the client's session; lenient reads because Postgres may test
-    the guard last."""
-    return await port.fetchval(sql, lenient=True)
-
-
 def _params_key(params: list | None) -> tuple | None:
     if not params:
         return None
@@ -271,3 +329,13 @@ def _changes_views(stmt) -> bool:
     if isinstance(stmt, ast.DropStmt):
         return stmt.removeType in (ObjectType.OBJECT_VIEW, ObjectType.OBJECT_TABLE, ObjectType.OBJECT_SCHEMA)
     return isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt)
+
+
+def _has_params(stmt) -> bool:
+    return any(isinstance(n, ast.ParamRef) for n in walk(stmt))
+
+
+@dataclass
+class Analysis:
+    statements: list  # planning statements (planner.rewrite)
+    sites: list[CallSite]

@@ -16,7 +16,9 @@ from pglast import ast
 from pglast.enums import BoolExprType, JoinType
 
 from planner.outcome import PlanError
-from planner.views import _output_columns, _simple, inline_views
+from planner.rewrite.ast_util import is_plain_select as _simple
+from planner.rewrite.ast_util import output_columns as _output_columns
+from planner.rewrite.inline_views import inline_views
 
 FEATURE_NOT_SUPPORTED = "0A000"
 

@@ -43,13 +43,14 @@ from planner.approx.explain import (
 )
 from planner.approx.flatten import flatten_views
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings, read_settings
-from planner.calls import conjuncts, find_call_sites, mentions_model
+from planner.calls import find_call_sites
 from planner.explain import read_explain
 from planner.install import digest_sql, quote_ident
 from planner.materialize import Materialized, materialize_site
 from planner.model_spec import SCALAR_COLUMN
 from planner.outcome import Forward, Outcome, PlanError, Rows, SessionPort
 from planner.privileges import require_execute
+from planner.rewrite.ast_util import conjuncts, mentions_model
 
 log = logging.getLogger("sievedb.planner.approx")
 
@@ -98,7 +99,7 @@ async def run_approximate(
 def _bound(stmt: ast.SelectStmt, params: list | None) -> ast.SelectStmt:
     if not params:
         return stmt
-    from planner.bound_params import bind_params
+    from planner.rewrite.bind_params import bind_params
 
     return bind_params(stmt, params)
 
@@ -825,7 +826,7 @@ def _array(values: list[str]) -> str:
 
 
 def _has_aggregate(stmt: ast.SelectStmt) -> bool:
-    from planner.views import has_aggregates
+    from planner.rewrite.ast_util import has_aggregates
 
     return bool(stmt.groupClause) or has_aggregates(stmt.targetList or ())
 

@@ -59,7 +59,7 @@ def test_explain_analyze_counts_equal_the_query_log(explain_world, pg_bin):
 
 def test_explain_format_json(explain_world, pg_bin):
     out = _psql(
-        explain_world, pg_bin, "explain (format json) select id from explain_predictions where id < 10"
+        explain_world, pg_bin, "explain (format json) select id, digit from explain_predictions where id < 10"
     )
     document = json.loads(out)
     plan = document[0]["Plan"]
@@ -67,3 +67,9 @@ def test_explain_format_json(explain_world, pg_bin):
     model, postgres = plan["Plans"]
     assert model["Model"] == "explain_oracle" and model["Inputs To Run"] + model["Cached Inputs"] == 10
     assert "Node Type" in postgres
+
+
+def test_explain_of_an_unread_model_column_runs_no_model(explain_world, pg_bin):
+    """The view's model column is not read: no call site, Postgres's own plan."""
+    out = _psql(explain_world, pg_bin, "explain select id from explain_predictions where id < 10")
+    assert "SieveDB" not in out and "Model Call" not in out
