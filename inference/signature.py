@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from inference.errors import ModelLoadError, ModelNotFoundError
+from inference.loading import open_session
 
 log = logging.getLogger("sievedb.inference.signature")
 
@@ -231,7 +232,7 @@ def _check_loadable(p: Path) -> None:
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     try:
-        ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        open_session(p, opts, ["CPUExecutionProvider"])  # as the workers will: newer IR versions too
     except Exception as exc:
         raise ModelLoadError(f"{p} cannot be loaded by ONNX Runtime: {exc}") from exc
 

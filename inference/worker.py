@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from inference import ipc
+from inference.loading import open_session
 from inference.preprocess import apply_post_ops, preprocess_input, zipmap_to_array
 
 _MAX_SESSIONS = 16
@@ -127,7 +128,7 @@ class Worker:
             so.add_session_config_entry(str(k), str(v))
         providers = ["CPUExecutionProvider"] if opts.get("device") == "cpu" else self.providers
         try:
-            return ort.InferenceSession(path, so, providers=providers)
+            return open_session(path, so, providers)
         except Exception as exc:
             raise BatchError("ModelLoadError", f"model {model['key']!r}: cannot load {path}: {exc}") from exc
 
