@@ -17,8 +17,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from planner.approx.clause import split_clause
-from planner.classify import SIEVE_SETTING, Route
+from planner.classify import APPROXIMATE, SIEVE_SETTING, Route
 from planner.outcome import Failed, PlanError
+from planner.setting_names import review as review_settings
 from server import frames, messages, sqlstate, startup, tls
 from server.backend import BackendLink
 from server.params import parse_param_types
@@ -376,6 +377,9 @@ class ClientSession(asyncio.Protocol):
                     return self._discard(view, pos, end, last)
                 if kind == messages.QUERY:
                     job = self._route(kind, view, pos, end) if inspect else None
+                    if isinstance(job, bytes):  # a Query forwarded in another form (sieve.* settings)
+                        self.syncs_sent += 1
+                        return self._replace(view, pos, end, job)
                     if job is not None:
                         return self._hold(view, pos, job, last)
                     self.syncs_sent += 1
@@ -444,16 +448,18 @@ class ClientSession(asyncio.Protocol):
         if kind == messages.QUERY:
             decision = self.server.classifier.classify(view[pos + 5 : end - 1])
             self._note_settings(decision, view[pos + 5 : end - 1])
-            if decision.route is Route.FORWARD:
-                return None
+            replaced = self._setting_names(decision, view, pos, end)
+            if replaced is not None or decision.route is Route.FORWARD:
+                return replaced
             return PlannedJob.simple(decision, cstrings(view, pos + 5, end, 1)[0])
         name_end = view.index(0, pos + 5, end)
         decision = self.server.classifier.classify(view[name_end + 1 : view.index(0, name_end + 1, end)])
         self._note_settings(decision, view[pos + 5 : end])
-        if decision.route is Route.FORWARD:
+        replaced = self._setting_names(decision, view, pos, end)
+        if replaced is not None or decision.route is Route.FORWARD:
             if self.planned_statements:
                 self.planned_statements.pop(bytes(view[pos + 5 : name_end]).decode(), None)
-            return None
+            return replaced
         name, sql = cstrings(view, pos + 5, end, 2)
         oids = parse_param_types(bytes(view[pos:end]))
         if decision.executes_itself:
@@ -474,6 +480,27 @@ class ClientSession(asyncio.Protocol):
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.
         self.planned_statements[name] = PreparedPlan(decision, sql, oids)
         return None
+
+    def _setting_names(self, decision, view: bytes | bytearray, pos: int, end: int) -> bytes | None:
+        """A Query or Parse naming an unknown sieve.* setting, or SHOWing a known one, in the form
+        Postgres answers as SieveDB means it (see planner.setting_names); None: as it is. Names
+        ending in "target" look like approximate clauses to the classifier: those count too."""
+        if decision is not SIEVE_SETTING and decision is not APPROXIMATE:
+            return None
+        query = view[pos] == messages.QUERY
+        name, sql = ("", cstrings(view, pos + 5, end, 1)[0]) if query else cstrings(view, pos + 5, end, 2)
+        if decision is APPROXIMATE and (
+            "sieve." not in sql.lower() or self.server.classifier.has_clause(sql)
+        ):
+            return None
+        sql = review_settings(sql)
+        if sql is None:
+            return None
+        return (
+            messages.frame(b"Q", sql.encode() + b"\0")
+            if query
+            else messages.parse(name, sql, parse_param_types(bytes(view[pos:end])))
+        )
 
     def _discard(self, view: bytes | bytearray, pos: int, end: int, last: int) -> bytes | None:
         """After an error the server raised itself mid-batch, drop messages up to the Sync,

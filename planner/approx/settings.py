@@ -14,6 +14,9 @@ benchmarks at useful precision, but it is not a distribution-free finite-sample 
 (alias ``'finite'``; valid at every sample size whatever the data, at the price of returning far
 more rows when positives are rare), ``'bernstein'``, ``'hoeffding'`` (finite-sample too) or
 ``'normal'`` (SUPG's CLT bound, asymptotic).
+
+``SHOW`` of a setting the session has no value of answers :data:`SHOWN_DEFAULTS`; any other
+``sieve.*`` name is refused (42704), see ``planner.setting_names``.
 """
 
 from __future__ import annotations
@@ -21,25 +24,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from planner.approx.clause import ApproxClause
+from planner.approx.clause import DEFAULT_CONFIDENCE, ApproxClause
 from planner.outcome import PlanError
 
 INVALID_PARAMETER = "22023"
 BUDGET_TOO_SMALL = INVALID_PARAMETER  # under sieve.strict: the BUDGET value cannot meet the target
-_NAMES = (
-    "recall_target",
-    "precision_target",
-    "error_target",
-    "confidence",
-    "budget",
-    "proxy",
-    "strict",
-    "seed",
-    "bounds",
-    "bound",
-)
+# What SHOW answers for a setting the session has no value of: how SieveDB behaves without one
+# (no target, no budget, no proxy: exact queries).
+SHOWN_DEFAULTS = {
+    "recall_target": "",
+    "precision_target": "",
+    "error_target": "",
+    "confidence": str(DEFAULT_CONFIDENCE),
+    "budget": "",
+    "proxy": "",
+    "strict": "off",
+    "seed": "",
+    "bounds": "off",
+    "bound": "empirical",
+}
+_NAMES = tuple(SHOWN_DEFAULTS)
 READ_SQL = "SELECT " + ", ".join(f"current_setting('sieve.{n}', true)" for n in _NAMES)
-DEFAULT_BOUND = "empirical"
+DEFAULT_BOUND = SHOWN_DEFAULTS["bound"]
 FINITE_ALIAS = {"finite": "betting"}
 BOUND_NAMES = ("empirical", "betting", "bernstein", "hoeffding", "normal")
 _TRUE = {"on", "true", "yes", "1", "t", "y"}
