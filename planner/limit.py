@@ -120,6 +120,13 @@ def _set_tid(comparison: ast.A_Expr, block: int) -> None:
 
 
 def _constant(node) -> int | None:
+    """An integer LIMIT/OFFSET: a literal, or a bound parameter's value ('5'::int8)."""
+    if isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const):
+        value = node.arg.val
+        text = getattr(value, "sval", None) if isinstance(value, ast.String) else None
+        if text is not None and text.strip().lstrip("-").isdigit():
+            return int(text)
+        node = node.arg
     if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
         return node.val.ival
     return None

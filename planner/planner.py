@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pglast import ast, parse_sql
@@ -21,15 +21,16 @@ from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_spec import ModelSpec
-from planner.outcome import Failed, Forward, Outcome, Rows, SessionPort
+from planner.outcome import Failed, Forward, Outcome, PlanError, Rows, SessionPort
 from planner.privileges import require_execute
 from planner.rewrite import RewriteContext, rewrite
-from planner.rewrite.ast_util import copy_node, models_called, render, walk
+from planner.rewrite.ast_util import copy_node, mentions_model, models_called, render, walk
 from planner.rewrite.bind_params import bind_params
 
 log = logging.getLogger("sievedb.planner")
 
 PLAN_CACHE_SIZE = 256
+MAX_SUBQUERY_CHECKS = 8  # subqueries per statement Postgres is asked about (one describe each)
 DEFAULT_MAX_MODEL_BYTES = 2 << 30  # --max-model-bytes
 NEXT_MODEL_ID = "SELECT nextval('sieve.model_ids')"
 REINSTALL_LOCK = 0x5133_7EDC  # advisory lock: one server at a time re-installs stale models
@@ -100,8 +101,8 @@ class Planner:
             if decision.executes_itself:
                 return Failed(SYNTAX_ERROR, str(exc))
             return Forward()  # Postgres reports the syntax error in its own words
-        if decision.executes_itself:
-            return await self.lifecycle.run(statements, port)
+        if decision.lifecycle and (outcome := await self.lifecycle.run(statements, port)) is not None:
+            return outcome
         if len(statements) == 1 and isinstance(statements[0], ast.ExplainStmt) and not params:
             return await self._explain(sql, statements[0], port, rewritable)
         changes_views = any(_changes_views(stmt) for stmt in statements)
@@ -111,7 +112,7 @@ class Planner:
             outcome = await self._query(sql, statements, self._analyse(statements), port, rewritable)
             # learn the new view once Postgres has made it
             return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
-        analysis = self._analyse(statements)
+        analysis = self._analyse(statements, await self._uncorrelated(statements, port))
         self._remember(key, statements, analysis)
         return await self._query(sql, statements, analysis, port, rewritable)
 
@@ -132,12 +133,14 @@ class Planner:
             table_models={name for name, spec in models.items() if spec.returns_table},
         )
 
-    def _analyse(self, statements: list) -> Analysis:
+    def _analyse(self, statements: list, uncorrelated: frozenset[str] = frozenset()) -> Analysis:
         """The planning statements (views inlined, unread model columns pruned, conditions
         pushed down: planner.rewrite) and the call sites read off them."""
-        ctx = self._context()
+        ctx = replace(self._context(), uncorrelated=uncorrelated)
         planned = [rewrite(copy_node(stmt), ctx) for stmt in statements]
-        return Analysis(planned, find_call_sites(planned, ctx.models, ctx.push))
+        return Analysis(
+            planned, find_call_sites(planned, ctx.models, ctx.push), _forward_sql(statements, planned)
+        )
 
     async def _query(
         self, sql: str, statements: list, analysis: Analysis, port: SessionPort, rewritable: bool
@@ -148,14 +151,37 @@ class Planner:
         await self._validate(sql, statements, port)
         await require_execute(port, self._specs(analysis.sites))
         done = Materialized()
-        limit = plan_limit([copy_node(s) for s in analysis.statements]) if rewritable else None
+        limit = self._limit_plan(analysis) if rewritable else None
         if limit is not None:
             run = await self._limited(limit, port, done)
             await self._finish(sql, done, started, port)
             return Forward(sql=limit.sql()) if run.stopped else Forward()
         await self._materialize_all(analysis.sites, port, done)
         await self._finish(sql, done, started, port)
-        return Forward()
+        return Forward(sql=analysis.forward_sql) if rewritable else Forward()
+
+    async def _uncorrelated(self, statements: list, port: SessionPort) -> frozenset[str]:
+        """Subqueries in WHERE clauses that read nothing of the statement around them: Postgres
+        can prepare them on their own. Those may narrow inputs anywhere (push_down). Checked
+        only outside transaction blocks, where a failed check costs nothing."""
+        if port.in_transaction:
+            return frozenset()
+        models = self.catalog.names
+        found = set()
+        for text in dict.fromkeys(_where_subqueries(statements, models)):
+            try:
+                await port.column_types(text)
+            except PlanError:
+                continue  # correlated (or invalid: Postgres will say so for the statement)
+            found.add(text)
+        return frozenset(found)
+
+    def _limit_plan(self, analysis: Analysis) -> LimitPlan | None:
+        """An early-stopping plan on a copy of the planning statement; None where it does not
+        apply or where a parameter's value is unknown (its SQL must run with no parameters)."""
+        if any(_has_params(s) for s in analysis.statements):
+            return None
+        return plan_limit([copy_node(s) for s in analysis.statements])
 
     async def _validate(self, sql: str, statements: list, port: SessionPort) -> None:
         """Postgres checks the statement (parse analysis, no execution) before any model runs:
@@ -260,7 +286,7 @@ class Planner:
     ) -> str:
         """Materialize as the statement would; the SQL whose plan Postgres then shows."""
         done = Materialized()
-        limit = plan_limit([copy_node(s) for s in analysis.statements]) if rewritable else None
+        limit = self._limit_plan(analysis) if rewritable else None
         target = sql
         if limit is not None:
             request.limit_run = await self._measured(request, done, lambda: self._limited(limit, port, done))
@@ -331,6 +357,20 @@ def _changes_views(stmt) -> bool:
     return isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt)
 
 
+def _where_subqueries(statements: list, models: set[str]):
+    """SQL of model-free subqueries in WHERE clauses (up to MAX_SUBQUERY_CHECKS)."""
+    count = 0
+    for stmt in statements:
+        for node in walk(stmt):
+            where = getattr(node, "whereClause", None) if isinstance(node, ast.SelectStmt) else None
+            for sub in walk(where) if where is not None else ():
+                if isinstance(sub, ast.SubLink) and not mentions_model(sub, models):
+                    count += 1
+                    if count > MAX_SUBQUERY_CHECKS:
+                        return
+                    yield render(sub.subselect)
+
+
 def _has_params(stmt) -> bool:
     return any(isinstance(n, ast.ParamRef) for n in walk(stmt))
 
@@ -339,3 +379,14 @@ def _has_params(stmt) -> bool:
 class Analysis:
     statements: list  # planning statements (planner.rewrite)
     sites: list[CallSite]
+    # What Postgres runs when the planning statement differs from the client's: Postgres then
+    # filters rows exactly as the input queries did (it derives no OR-implied or transferred
+    # conditions of its own), so it never asks for an output that was not materialized.
+    forward_sql: str | None = None
+
+
+def _forward_sql(statements: list, planned: list) -> str | None:
+    if len(statements) != 1 or not isinstance(planned[0], ast.SelectStmt) or _has_params(planned[0]):
+        return None
+    text = render(planned[0])
+    return None if text == render(statements[0]) else text

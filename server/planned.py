@@ -264,7 +264,9 @@ async def _plan(session: ClientSession, job: PlannedJob, port: SessionPortImpl) 
             )
         params = await _bound_values(job, port)
         planner = await session.server.planners.get(session.database)
-        run = planner.run(job.decision, job.sql, port, params, rewritable=job.simple)
+        # An extended job's Bind can be pointed at SQL of the planner's own (see _prepare_statement)
+        rewritable = job.simple or (not job.held and job.bind() is not None)
+        run = planner.run(job.decision, job.sql, port, params, rewritable=rewritable)
         work = loop.create_task(run)
         session.planner_task = work
         return await work

@@ -81,6 +81,7 @@ def _push_level(level: ast.SelectStmt, ctx: PushContext) -> None:
     candidates = [c for c in candidates if movable(c, ctx)]
     if not candidates:
         return
+    candidates += transferred(candidates, equalities(level))
     sole = len(level.fromClause) == 1 and isinstance(level.fromClause[0], ast.RangeSubselect)
     for sub in [s for item in level.fromClause for s in _inner_subqueries(item)]:
         alias = sub.alias.aliasname if sub.alias else None
@@ -89,12 +90,13 @@ def _push_level(level: ast.SelectStmt, ctx: PushContext) -> None:
         pushed = []
         for conjunct in candidates:
             rewritten = _rewrite(conjunct, alias, sole, columns)
-            if rewritten is None or mentions_model(rewritten, ctx.models):
+            if rewritten is None:
                 continue
-            pushed.append(rewritten)
-            if hidden and mentions_model(rewritten, ctx.models, hidden):
-                # it reads a model function's rows: what it implies of the other items may
-                # filter them before the function runs
+            if not mentions_model(rewritten, ctx.models):
+                pushed.append(rewritten)
+            # What it implies without the subquery's model columns (and without a model
+            # function's rows, so that the other items are filtered before the function runs)
+            if mentions_model(rewritten, ctx.models, hidden):
                 implied = implied_condition(rewritten, ctx.models, hidden)
                 if implied is not None:
                     pushed.append(implied)
@@ -115,6 +117,60 @@ def model_function_aliases(items, models: set[str]) -> set[str]:
                         p.funcname[-1].sval for f in node.functions for p in f if isinstance(p, ast.FuncCall)
                     )
     return names
+
+
+def equalities(level: ast.SelectStmt) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
+    """``a.x = b.y`` pairs that hold on every row of the level: WHERE conjuncts and the
+    conditions of its inner joins."""
+    found = []
+    conditions = conjuncts(level.whereClause)
+    stack = list(level.fromClause or ())
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.JoinExpr) and item.jointype == JoinType.JOIN_INNER:
+            conditions += conjuncts(item.quals)
+            stack += [item.larg, item.rarg]
+    for condition in conditions:
+        if (
+            isinstance(condition, ast.A_Expr)
+            and condition.kind.name == "AEXPR_OP"
+            and [n.sval for n in condition.name] == ["="]
+            and isinstance(condition.lexpr, ast.ColumnRef)
+            and isinstance(condition.rexpr, ast.ColumnRef)
+        ):
+            found.append((condition.lexpr, condition.rexpr))
+    return found
+
+
+def transferred(candidates: list, pairs: list) -> list:
+    """Copies of single-column conditions with the column replaced by one it equals:
+    ``o.frame BETWEEN 5 AND 9`` and ``o.frame = s.frame`` give ``s.frame BETWEEN 5 AND 9``."""
+    out = []
+    for condition in candidates:
+        refs = {tuple(column_fields(n)) for n in walk(condition) if isinstance(n, ast.ColumnRef)}
+        if len(refs) != 1 or any(isinstance(n, ast.SubLink) for n in walk(condition)):
+            continue
+        (only,) = refs
+        for left, right in pairs:
+            for this, other in ((left, right), (right, left)):
+                if tuple(column_fields(this)) == only and tuple(column_fields(other)) != only:
+                    out.append(_replace_column(condition, only, other))
+    return out
+
+
+def _replace_column(node, fields: tuple, replacement: ast.ColumnRef):
+    if isinstance(node, ast.ColumnRef):
+        return replacement if tuple(column_fields(node)) == fields else node
+    if not isinstance(node, ast.Node):
+        return node
+    changes = {}
+    for name in node.__slots__:
+        value = getattr(node, name, None)
+        if isinstance(value, ast.Node):
+            changes[name] = _replace_column(value, fields, replacement)
+        elif isinstance(value, tuple):
+            changes[name] = tuple(_replace_column(v, fields, replacement) for v in value)
+    return _copy_with(node, changes)
 
 
 def _inner_subqueries(item: ast.Node) -> list[ast.RangeSubselect]:

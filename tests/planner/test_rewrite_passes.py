@@ -1,0 +1,244 @@
+"""Each rewrite pass as SQL in, SQL out (no server): planner.rewrite, planner.calls, planner.limit."""
+
+from __future__ import annotations
+
+import pytest
+from pglast import parse_sql
+
+from planner.calls import find_call_sites
+from planner.limit import plan_limit
+from planner.outcome import PlanError
+from planner.rewrite import RewriteContext, rewrite
+from planner.rewrite.ast_util import render
+from planner.rewrite.bind_params import bind_params
+from planner.rewrite.implied import implied_condition
+from planner.rewrite.inline_views import inline_views
+from planner.rewrite.prune_columns import prune_columns
+from planner.rewrite.push_down import PushContext, push_down
+
+MODELS = {"m", "n", "detect", "color"}
+VIEWS = {
+    "preds": "SELECT d.id, m(d.pixels) AS digit, n(d.pixels) AS other FROM digits d",
+    "objects": "SELECT f.frame, f.camera, d.box, d.label, d.x FROM frames f, LATERAL detect(f.pixels) d",
+    "colors": "SELECT o.frame, o.box, o.label, color(ARRAY[o.x]) AS color FROM objects o",
+}
+CTX = RewriteContext(MODELS, VIEWS, {"detect"})
+
+
+def stmt(sql: str):
+    return parse_sql(sql)[0].stmt
+
+
+def sql_of(node) -> str:
+    return render(node)
+
+
+def expr(sql: str):
+    return stmt(f"SELECT 1 WHERE {sql}").whereClause
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "SELECT id FROM preds WHERE digit = 7",
+            "SELECT id FROM (SELECT d.id, m(d.pixels) AS digit, n(d.pixels) AS other "
+            "FROM digits AS d) AS preds WHERE digit = 7",
+        ),
+        # a CTE of the same name is the CTE, not the view
+        (
+            "WITH preds AS (SELECT 1 AS id) SELECT id FROM preds",
+            "WITH preds AS (SELECT 1 AS id) SELECT id FROM preds",
+        ),
+        # other schemas are not the public view
+        ("SELECT id FROM other.preds", "SELECT id FROM other.preds"),
+        # the alias is kept
+        (
+            "SELECT p.id FROM preds p",
+            "SELECT p.id FROM (SELECT d.id, m(d.pixels) AS digit, n(d.pixels) AS other "
+            "FROM digits AS d) AS p",
+        ),
+    ],
+)
+def test_inline_views(given, expected):
+    assert sql_of(inline_views(stmt(given), VIEWS)) == expected
+
+
+def test_inline_views_is_recursive_through_chains():
+    out = sql_of(inline_views(stmt("SELECT * FROM colors"), VIEWS))
+    assert "LATERAL detect(f.pixels) AS d" in out and "color(ARRAY[o.x])" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "kept", "dropped"),
+    [
+        ("SELECT id FROM preds WHERE digit = 7", "m(d.pixels)", "n(d.pixels)"),
+        ("SELECT count(*) FROM preds", None, "m(d.pixels)"),
+        ("SELECT p.other FROM preds p", "n(d.pixels)", "m(d.pixels)"),
+    ],
+)
+def test_prune_drops_unread_model_columns(given, kept, dropped):
+    out = sql_of(prune_columns(inline_views(stmt(given), VIEWS), MODELS, {"detect"}))
+    assert dropped not in out
+    if kept:
+        assert kept in out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "SELECT * FROM preds",  # every column read
+        "SELECT p.* FROM preds p",
+        "SELECT row_to_json(p) FROM preds p",  # the whole row
+        "SELECT id FROM preds JOIN x USING (digit, other)",
+    ],
+)
+def test_prune_keeps_columns_read_by_star_row_or_using(given):
+    out = sql_of(prune_columns(inline_views(stmt(given), VIEWS), MODELS, {"detect"}))
+    assert "m(d.pixels)" in out and "n(d.pixels)" in out
+
+
+def test_prune_never_drops_a_model_function_in_from():
+    """A table-returning model in FROM decides how many rows there are."""
+    out = sql_of(prune_columns(inline_views(stmt("SELECT count(*) FROM objects"), VIEWS), MODELS, {"detect"}))
+    assert "LATERAL detect(f.pixels)" in out
+
+
+def _push(sql: str) -> str:
+    return sql_of(push_down(inline_views(stmt(sql), VIEWS), PushContext(MODELS)))
+
+
+def test_push_down_reaches_every_view_level():
+    out = _push("SELECT * FROM colors WHERE frame = 270")
+    assert "FROM frames AS f, LATERAL detect(f.pixels) AS d WHERE f.frame = 270" in out
+    assert "WHERE o.frame = 270" in out
+
+
+def test_push_down_moves_what_an_or_implies():
+    out = _push("SELECT id FROM preds WHERE id < 3 OR (digit = 7 AND id > 100)")
+    assert "FROM digits AS d WHERE d.id < 3 OR d.id > 100" in out
+
+
+def test_push_down_leaves_model_conditions_where_they_are():
+    out = _push("SELECT id FROM preds WHERE digit = 7")
+    assert "FROM digits AS d)" in out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "SELECT id FROM preds WHERE random() < 0.5",  # volatile
+        "SELECT id FROM preds WHERE id IN (SELECT x FROM t)",  # not known to be uncorrelated
+        "SELECT a.id FROM t a LEFT JOIN preds p ON p.id = a.id WHERE p.id = 3",  # nullable side
+        "SELECT id FROM (SELECT * FROM preds LIMIT 5) s WHERE id = 3",  # above a LIMIT
+    ],
+)
+def test_push_down_refuses_what_would_change_the_rows(given):
+    out = _push(given)
+    assert "FROM digits AS d)" in out, out
+
+
+def test_push_down_moves_a_known_uncorrelated_subquery():
+    ctx = PushContext(MODELS, frozenset({"SELECT x FROM t"}))
+    out = sql_of(
+        push_down(inline_views(stmt("SELECT id FROM preds WHERE id IN (SELECT x FROM t)"), VIEWS), ctx)
+    )
+    assert "FROM digits AS d WHERE d.id IN (SELECT x FROM t)" in out
+
+
+def test_push_down_transfers_a_condition_across_a_join_equality():
+    out = _push("SELECT o.frame FROM objects o JOIN preds p ON p.id = o.frame WHERE o.frame BETWEEN 5 AND 9")
+    assert "FROM digits AS d WHERE d.id BETWEEN 5 AND 9" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "implied"),
+    [
+        ("a = 1 OR (m(x) = 2 AND b = 3)", "a = 1 OR b = 3"),
+        ("a = 1 AND m(x) = 2", "a = 1"),
+        ("a = 1 OR m(x) = 2", None),
+        ("NOT (m(x) = 2 AND a = 1)", None),
+        ("(a = 1 AND m(x) = 1) OR (a = 2 AND m(x) = 3)", "a = 1 OR a = 2"),
+    ],
+)
+def test_implied_condition(given, implied):
+    found = implied_condition(expr(given), MODELS)
+    assert (sql_of(found) if found is not None else None) == implied
+
+
+def _sites(sql: str):
+    planned = rewrite(stmt(sql), CTX)
+    return find_call_sites([planned], MODELS, CTX.push)
+
+
+def test_a_point_query_through_a_chain_narrows_every_model():
+    sites = _sites("SELECT * FROM colors WHERE frame = 270")
+    assert [s.model for s in sites] == ["detect", "color"]
+    assert sites[0].where_sql == "(f.frame = 270)"
+    assert "WHERE f.frame = 270" in sites[1].from_sql
+
+
+def test_a_model_over_a_lateral_models_rows_at_one_level():
+    sites = _sites(
+        "SELECT f.frame, color(ARRAY[d.x]) FROM frames f, LATERAL detect(f.pixels) d WHERE d.label = 'car'"
+    )
+    assert [s.model for s in sites] == ["detect", "color"]
+    detect, color = sites
+    assert detect.from_sql == "frames AS f" and detect.where_sql == ""
+    assert color.from_sql == "frames AS f, LATERAL detect(f.pixels) AS d"
+    assert color.where_sql == "(d.label = 'car')"
+
+
+def test_a_cte_in_scope_reaches_the_input_query():
+    (site,) = _sites("WITH few AS (SELECT * FROM digits WHERE id < 3) SELECT m(pixels) FROM few")
+    assert site.with_sql == "WITH few AS (SELECT * FROM digits WHERE id < 3)"
+
+
+def test_a_data_modifying_cte_is_refused():
+    with pytest.raises(PlanError) as caught:
+        _sites("WITH gone AS (DELETE FROM t RETURNING *) SELECT m(pixels) FROM digits")
+    assert caught.value.sqlstate == "0A000"
+
+
+def test_conditions_on_outer_rows_stay_out_of_a_correlated_levels_inputs():
+    (site,) = _sites(
+        "SELECT a.id FROM t a WHERE EXISTS (SELECT 1 FROM digits d WHERE d.id = a.id AND m(d.pixels) = 1)"
+    )
+    assert site.from_sql == "digits AS d" and site.where_sql == ""
+
+
+def test_unread_view_model_has_no_call_site():
+    assert [s.model for s in _sites("SELECT id FROM preds WHERE digit = 7 LIMIT 10")] == ["m"]
+    assert _sites("SELECT count(*) FROM preds") == []
+
+
+def test_limit_guard_sits_on_the_driving_table_under_the_views():
+    plan = plan_limit([rewrite(stmt("SELECT * FROM colors WHERE label = 'car' LIMIT 5"), CTX)])
+    assert plan is not None and plan.table == "frames" and plan.limit == 5
+    plan.set_range(4, 8)
+    assert "f.ctid >= CAST('(4,0)' AS tid) AND f.ctid < CAST('(8,0)' AS tid)" in plan.sql()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "SELECT * FROM preds ORDER BY id LIMIT 5",
+        "SELECT count(*) FROM preds LIMIT 5",
+        "SELECT DISTINCT digit FROM preds LIMIT 5",
+        "SELECT * FROM preds LIMIT $1",
+        "SELECT * FROM t FULL JOIN preds p ON p.id = t.id LIMIT 5",
+    ],
+)
+def test_limit_plan_does_not_apply(given):
+    assert plan_limit([rewrite(stmt(given), CTX)]) is None
+
+
+def test_bind_params_puts_values_in_place():
+    class Value:
+        def __init__(self, text, type_name):
+            self.text, self.type_name = text, type_name
+
+    out = bind_params(
+        stmt("SELECT m(pixels) FROM digits WHERE id = $1 AND label = $2"), [Value("3", "int4"), None]
+    )
+    assert sql_of(out) == "SELECT m(pixels) FROM digits WHERE id = CAST('3' AS int4) AND label = $2"
