@@ -279,7 +279,7 @@ def _after_post_ops(tensor, post: tuple[Any, ...]) -> tuple[str, tuple | None]:
 
 def _check_post_op(op: Any, shape: tuple | None) -> str:
     name = op if isinstance(op, str) else op.get("op") if isinstance(op, dict) else None
-    if name not in _POST_OPS:
+    if not isinstance(name, str) or name not in _POST_OPS:
         raise PlanError(
             INVALID_DEFINITION, f"unknown post-op {json.dumps(op)}; use one of {sorted(_POST_OPS)}"
         )
