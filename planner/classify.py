@@ -1,8 +1,9 @@
 """The one hook every statement passes through on its way to Postgres.
 
 A cheap pre-filter keeps plain traffic on the forward path: only statements that mention
-``onnx`` (model DDL) or call a registered model by name are sent to the planner, which parses
-them and may still decide to forward.
+``onnx`` (model DDL), DROP / ALTER / COMMENT ON a function named like a model, drops that may
+cascade, or call a registered model by name are sent to the planner, which parses them and
+may still decide to forward.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ class Decision:
     route: Route
     reason: str = ""
     executes_itself: bool = False  # the planner answers the statement (DDL) instead of Postgres
+    lifecycle: bool = False  # may create, drop or rename a model: planner/lifecycle.py looks first
 
 
 FORWARD = Decision(Route.FORWARD)
-MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True)
+MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True, lifecycle=True)
+# DROP / ALTER of functions, drops that cascade: Postgres parses and runs them, SieveDB follows.
+MODEL_LIFECYCLE = Decision(Route.PLAN, "model lifecycle", lifecycle=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
 APPROXIMATE = Decision(Route.PLAN, "approximate clause")
 # Forwarded; the session notes it may carry sieve.* settings the planner must then read.
 SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
-_DROP_FUNCTION = re.compile(rb"\bdrop\s+function\b", re.IGNORECASE)
+_FUNCTION_DDL_RE = rb"\b(?:drop|alter)\s+(?:function|routine)\b|\bcomment\s+on\s+(?:function|routine)\b"
+_FUNCTION_DDL = re.compile(_FUNCTION_DDL_RE, re.IGNORECASE)
+_DROPS_DEPENDENTS_RE = rb"\bcascade\b|\bdrop\s+owned\b"
+_DROPS_DEPENDENTS = re.compile(_DROPS_DEPENDENTS_RE, re.IGNORECASE)
 _ONNX = re.compile(b"onnx", re.IGNORECASE)
 _VIEW_DDL = re.compile(rb"\b(?:create|alter|drop)\b[\s\w]*?\bview\b", re.IGNORECASE)
 _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
@@ -73,7 +80,16 @@ class Classifier:
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
         self._prefilter = re.compile(
-            rb"onnx|\bdrop\s+function\b|\bview\b|" + _SIEVE_SETTING + b"|" + _APPROX + b"|" + calls,
+            b"onnx|"
+            + _FUNCTION_DDL_RE
+            + b"|"
+            + _DROPS_DEPENDENTS_RE
+            + rb"|\bview\b|"
+            + _SIEVE_SETTING
+            + b"|"
+            + _APPROX
+            + b"|"
+            + calls,
             re.IGNORECASE,
         )
 
@@ -105,12 +121,10 @@ class Classifier:
             return SIEVE_SETTING if _SIEVE_SETTING_RE.search(sql) else FORWARD
         if has_onnx and _LANGUAGE_ONNX.search(sql):
             return MODEL_DDL
+        if self._names and self._may_change_models(sql):
+            return MODEL_LIFECYCLE
         if self._calls is not None and self._calls.search(sql):
-            if _DROP_FUNCTION.search(sql):
-                return MODEL_DDL
             return MODEL_CALL
-        if self._names and _DROP_FUNCTION.search(sql) and any(n in sql for n in self._names):
-            return MODEL_DDL
         if self._names and _VIEW_DDL.search(sql):
             return MODEL_CALL  # the planner checks whether it really changes a view
         if _APPROX_CLAUSE.search(sql):
@@ -118,3 +132,13 @@ class Classifier:
         if _SIEVE_SETTING_RE.search(sql):
             return SIEVE_SETTING
         return FORWARD
+
+    def _may_change_models(self, sql: bytes) -> bool:
+        """DROP / ALTER / COMMENT ON a function that may be a model (a name of one appears, in any
+        case: unquoted names fold), or a drop that may take model functions or views with it."""
+        if _DROPS_DEPENDENTS.search(sql):
+            return True
+        if not _FUNCTION_DDL.search(sql):
+            return False
+        folded = sql.lower()
+        return any(name.lower() in folded for name in self._names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from planner.model_spec import SCALAR_COLUMN, ModelSpec, cache_table_name
 
 BODY_TAG = "$sieve$"
+OWN_COMMENT = "SieveDB model "  # how the comment SieveDB writes on a model function starts
 FUNCTION_COST = 10000
 
 
@@ -83,19 +84,25 @@ def function_sql(spec: ModelSpec, or_replace: bool = False) -> str:
     )
 
 
-def install_sql(spec: ModelSpec, previous: ModelSpec | None) -> str:
-    """Everything CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx does in Postgres, as one script."""
+def body_mark(spec: ModelSpec) -> str:
+    """Text only the body of this model version's function holds (``FROM <cache table> c``): it
+    finds the function again after a rename, wherever its name went."""
+    return f"FROM {spec.cache_table} c "
+
+
+def install_sql(spec: ModelSpec, previous: ModelSpec | None, comment: bool = True) -> str:
+    """Everything CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx does in Postgres, as one script.
+    ``comment=False`` keeps the function's comment (a user's own, see ``is_own_comment``)."""
     row = spec.to_row()
     steps = []
     # Same argument and result types: replace in place, so views over the function survive.
-    in_place = previous is not None and _shape(previous) == _shape(spec)
+    in_place = replaces_in_place(previous, spec)
     if previous is not None and not in_place:
         steps.append(f"DROP FUNCTION IF EXISTS {signature_sql(previous, with_names=False)}")
-    steps += [
-        cache_table_sql(spec),
-        function_sql(spec, or_replace=in_place),
-        f"COMMENT ON FUNCTION {signature_sql(spec, with_names=False)} IS "
-        + quote_literal(f"SieveDB model {spec.name} v{spec.version}: {spec.path}"),
+    steps += [cache_table_sql(spec), function_sql(spec, or_replace=in_place)]
+    if comment or not in_place:
+        steps.append(comment_sql(spec))
+    steps.append(
         "INSERT INTO sieve.models (id, name, path, content_hash, version, signature, options) VALUES ("
         + f"{int(spec.id)}, "
         + ", ".join(quote_literal(str(row[k])) for k in ("name", "path", "content_hash"))
@@ -103,9 +110,38 @@ def install_sql(spec: ModelSpec, previous: ModelSpec | None) -> str:
         f"{quote_literal(row['options'])}::jsonb) "
         "ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path, content_hash = EXCLUDED.content_hash, "
         "version = EXCLUDED.version, signature = EXCLUDED.signature, options = EXCLUDED.options, "
-        "updated_at = now()",
-    ]
+        "updated_at = now()"
+    )
     return ";\n".join(steps)
+
+
+def replaces_in_place(previous: ModelSpec | None, spec: ModelSpec) -> bool:
+    """A new version with the same argument and result types replaces the function in place
+    (CREATE OR REPLACE keeps its OID, owner, grants and the views over it)."""
+    return previous is not None and _shape(previous) == _shape(spec)
+
+
+def comment_sql(spec: ModelSpec) -> str:
+    return f"COMMENT ON FUNCTION {signature_sql(spec, with_names=False)} IS " + quote_literal(
+        f"{OWN_COMMENT}{spec.name} v{spec.version}: {spec.path}"
+    )
+
+
+def is_own_comment(comment: str | None) -> bool:
+    """COMMENT ON FUNCTION is the user's: SieveDB rewrites a function's comment (new version,
+    rename) only while it is the one SieveDB wrote, or there is none."""
+    return comment is None or comment.startswith(OWN_COMMENT)
+
+
+def rename_sql(renamed: ModelSpec) -> list[str]:
+    """Follow a rename Postgres made (``renamed``: the model under its new name): the catalog
+    row, and the function body, which names the model in its 'not materialized' error. Caches
+    are named by the model id: they stay as they are."""
+    return [
+        f"UPDATE sieve.models SET name = {quote_literal(renamed.name)}, updated_at = now() "
+        f"WHERE id = {int(renamed.id)}",
+        function_sql(renamed, or_replace=True),
+    ]
 
 
 def grant_sql(spec: ModelSpec, owner: str) -> list[str]:

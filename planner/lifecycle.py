@@ -1,6 +1,20 @@
-"""Model DDL: CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx, DROP FUNCTION, and re-installing
-models whose storage an upgrade removed. Keeps ``sieve.models``, the caches and Postgres's
-catalog consistent with each other."""
+"""Model DDL: keeps ``sieve.models``, the caches and Postgres's catalog consistent.
+
+- ``CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx``: SieveDB runs it (Postgres cannot), outside
+  any transaction block: the model's cache and catalog row are SieveDB's, on its own connection.
+- ``DROP FUNCTION`` / ``ALTER FUNCTION … RENAME TO`` of a model, and drops that may take model
+  functions or views with them (``… CASCADE``, ``DROP OWNED``): the client's statement goes to
+  Postgres as it came, so privileges, CASCADE / RESTRICT, IF EXISTS, overloads and argument lists
+  are Postgres's to judge and its answer is the client's; once it has answered, SieveDB follows
+  what it did (planner/reconcile.py) and reloads the planner. Inside a transaction block that
+  would stay open, a later ROLLBACK could undo what SieveDB followed: refused (25001).
+- ``ALTER FUNCTION … SET SCHEMA`` of a model: refused (0A000), models live in schema public.
+- ``ALTER FUNCTION … OWNER TO``, other ALTER FUNCTION actions and ``COMMENT ON FUNCTION``:
+  Postgres's business, forwarded (transactional, nothing of SieveDB's changes). SieveDB writes
+  its own comment on the functions it installs and rewrites it (new version, rename) only while
+  it is still its own: a user's COMMENT ON wins. A new version in place resets ALTER FUNCTION
+  settings (COST, volatility), as CREATE OR REPLACE FUNCTION does in Postgres.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +22,30 @@ import logging
 from typing import TYPE_CHECKING
 
 import asyncpg
+from pglast import ast
+from pglast.stream import RawStream
 
 from inference.errors import ModelLoadError, ModelNotFoundError
 from inference.signature import read_signature
-from planner.install import drop_sql, grant_sql, install_sql, signature_sql
-from planner.model_ddl import DropModel, is_onnx_function, read_create, read_drop
+from planner.classify import Classifier, Route
+from planner.function_ddl import (
+    RENAME,
+    SET_SCHEMA,
+    FunctionChange,
+    drops_dependents,
+    read_function_change,
+)
+from planner.install import grant_sql, install_sql, is_own_comment, replaces_in_place, signature_sql
+from planner.model_ddl import is_onnx_function, read_create
 from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
-from planner.privileges import refuse_in_transaction, require_model_admin, require_owner
+from planner.privileges import (
+    refuse_in_transaction,
+    require_free_name,
+    require_model_admin,
+    require_owner,
+)
+from planner.reconcile import COMMENT, apply_fix, find_fixes
 
 if TYPE_CHECKING:
     from planner.planner import Planner
@@ -23,13 +53,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("sievedb.planner.lifecycle")
 
 NEXT_MODEL_ID = "SELECT nextval('sieve.model_ids')"
-REINSTALL_LOCK = 0x5133_7EDC  # advisory lock: one server at a time re-installs stale models
+CATALOG_LOCK = 0x5133_7EDC  # advisory lock: one server at a time changes models' storage
 STALE_MODELS = (
     "SELECT name FROM sieve.models "
     "WHERE to_regclass(format('sieve_cache.m%s_v%s', id, version)) IS NULL ORDER BY id"
 )
+# Which of the functions a statement names are models' (Postgres resolves the names, in the
+# client's session: its search_path, its overloads).
+NAMED_MODELS = """
+SELECT t.i
+FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]))
+    WITH ORDINALITY AS t(lookup, how, model, i)
+WHERE (CASE WHEN t.how = 'args' THEN pg_catalog.to_regprocedure(t.lookup)::pg_catalog.oid
+            ELSE pg_catalog.to_regproc(t.lookup)::pg_catalog.oid END)
+      OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(t.model)::pg_catalog.oid
+"""
+# Statements that define or drop but never evaluate an expression: they run no model.
+_NEVER_RUN_MODELS = (
+    ast.DropStmt,
+    ast.DropOwnedStmt,
+    ast.TransactionStmt,
+    ast.RenameStmt,
+    ast.AlterObjectSchemaStmt,
+    ast.AlterOwnerStmt,
+    ast.AlterFunctionStmt,
+    ast.CommentStmt,
+    ast.GrantStmt,
+    ast.ViewStmt,
+)
 DUPLICATE_FUNCTION = "42723"
 FEATURE_NOT_SUPPORTED = "0A000"
+IN_FAILED_TRANSACTION = "25P02"
 
 
 class ModelLifecycle:
@@ -42,47 +96,149 @@ class ModelLifecycle:
     def catalog(self):
         return self.planner.catalog
 
+    # -- at start -----------------------------------------------------------------------------
+
     async def reinstall_stale(self) -> None:
-        """Re-install models whose cache table is missing: after the upgrade to per-model ids and
-        SHA-256 keys (migration 0006 drops the old caches), their SQL functions still read the old
-        tables. Serialised by an advisory lock: servers sharing one Postgres start together."""
+        """The start hook. First follow what happened to model functions while SieveDB was away
+        (a dropped one must not come back), then re-install models whose cache table is missing:
+        after the upgrade to per-model ids and SHA-256 keys (migration 0006 drops the old caches),
+        their SQL functions still read the old tables. Serialised by an advisory lock: servers
+        sharing one Postgres start together."""
+        if await self.reconcile():
+            await self.planner.refresh()
         dbs = self.planner.dbs
         stale = await dbs.read.fetch(STALE_MODELS)
         if not stale:
             return
         async with dbs.write.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REINSTALL_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
             for row in await conn.fetch(STALE_MODELS):
                 spec = self.catalog.get(row["name"])
                 if spec is None:
                     continue
                 try:
                     async with conn.transaction():  # a savepoint: one broken model spoils no other
-                        await conn.execute(install_sql(spec, spec))
+                        await _install(conn, spec, spec)
                 except asyncpg.PostgresError as exc:
                     log.error("could not re-install model %s: %s", spec.name, exc)
                     continue
                 log.info("model re-installed name=%s version=%d", spec.name, spec.version)
         await self.planner.refresh()
 
-    async def run(self, statements: list, port: SessionPort) -> Outcome:
-        if len(statements) != 1:
-            return Failed(
-                FEATURE_NOT_SUPPORTED, "put CREATE/DROP FUNCTION of a model in a statement of its own"
-            )
-        stmt = statements[0]
-        if is_onnx_function(stmt):
-            return await self._create(stmt, port)
-        drop = read_drop(stmt)
-        if drop is not None:
-            return await self._drop(drop, port)
-        return Forward()
+    async def reconcile(self) -> int:
+        """Bring ``sieve.models`` and the caches in line with the functions Postgres has; the
+        number of models changed (see planner/reconcile.py)."""
+        async with self.planner.dbs.write.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+            fixes = await find_fixes(conn)
+            for fix in fixes:
+                await apply_fix(conn, fix)
+        return len(fixes)
 
-    async def _create(self, stmt, port: SessionPort) -> Outcome:
+    # -- statements ---------------------------------------------------------------------------
+
+    async def run(self, statements: list, port: SessionPort) -> Outcome | None:
+        """The outcome of statements that hold model DDL; None when they hold none (a false
+        positive of the classifier's text match): the planner then plans them as a query."""
+        if any(is_onnx_function(stmt) for stmt in statements):
+            if len(statements) != 1:
+                return Failed(
+                    FEATURE_NOT_SUPPORTED,
+                    "put CREATE FUNCTION ... LANGUAGE onnx in a statement of its own",
+                    hint="SieveDB runs it, not Postgres: send it as a query string of its own",
+                )
+            return await self._create(statements[0], port)
+        changes = [c for c in map(read_function_change, statements) if c is not None]
+        models = await self._named_models(changes, port) if changes else {}
+        if not models and not any(drops_dependents(stmt) for stmt in statements):
+            return None
+        for change in changes:
+            self._check(change, models)
+        if models:
+            what = f"{_verb(changes, models)} of model function {', '.join(sorted(set(models.values())))}"
+            refuse_in_transaction(port, what, statements)
+            for change in changes:
+                if change.action == RENAME and models.keys() & set(change.targets):
+                    await require_free_name(port, change.new_name, self.catalog.names)
+        if len(statements) > 1:
+            self._refuse_planned_neighbours(statements)
+        return Forward(after=self._follow)
+
+    async def _named_models(self, changes: list[FunctionChange], port: SessionPort) -> dict:
+        """The models among the functions the statements name: {FunctionRef: model name}."""
+        await self.catalog.reload()
+        refs = [r for c in changes for r in c.targets if self.catalog.get(r.name) is not None]
+        if not refs:
+            return {}
+        try:
+            rows = await port.fetch(
+                NAMED_MODELS,
+                (
+                    [r.lookup for r in refs],
+                    ["args" if r.with_args else "name" for r in refs],
+                    [signature_sql(self.catalog.get(r.name), with_names=False) for r in refs],
+                ),
+            )
+        except PlanError as exc:
+            if exc.sqlstate != IN_FAILED_TRANSACTION:
+                raise
+            # Nothing can be asked in a failed block; take every name of a model for one (the
+            # statements may end the block first, e.g. ROLLBACK; DROP FUNCTION ...).
+            return {r: r.name for r in refs}
+        return {refs[i - 1]: refs[i - 1].name for (i,) in rows}
+
+    def _check(self, change: FunctionChange, models: dict) -> None:
+        moved = [models[r] for r in change.targets if r in models]
+        if change.action == SET_SCHEMA and moved and change.new_schema != "public":
+            raise PlanError(
+                FEATURE_NOT_SUPPORTED,
+                f"model function {moved[0]} cannot move to schema {change.new_schema}",
+                detail="SieveDB keeps model functions in schema public.",
+                hint=f"call it as public.{moved[0]}(...) from anywhere, or DROP FUNCTION it and "
+                "CREATE FUNCTION ... LANGUAGE onnx again",
+            )
+
+    def _refuse_planned_neighbours(self, statements: list) -> None:
+        """Statements sent with model DDL are forwarded with it, unplanned: none may run a model
+        (its inputs would never be materialized). Each is routed as if sent alone."""
+        classifier = Classifier()
+        classifier.set_models(self.catalog.names, set(self.catalog.views))
+        for stmt in statements:
+            if isinstance(stmt, _NEVER_RUN_MODELS):
+                continue
+            try:
+                decision = classifier.classify(RawStream()(stmt))
+            except Exception:  # a statement pglast cannot print: assume the worst
+                decision = None
+            if decision is None or (decision.route is Route.PLAN and not decision.lifecycle):
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    "a statement that uses a model cannot share a query string with DROP or ALTER "
+                    "FUNCTION of a model",
+                    hint="send the DROP or ALTER FUNCTION as a query string of its own",
+                )
+
+    async def _follow(self) -> None:
+        """Once Postgres has answered the client's statement: follow what it did (nothing when
+        it failed) and reload the planner. The client's statement is done either way: a failure
+        here is logged, and healed by the next reconcile (any model DDL, or a restart)."""
+        try:
+            changed = await self.reconcile()
+            if changed:
+                log.info("models changed by the statement: %d", changed)
+        except Exception:
+            log.exception("could not follow a DROP or ALTER of model functions")
+        try:
+            await self.planner.refresh()
+        except Exception:
+            log.exception("could not reload the model catalog")
+
+    async def _create(self, stmt: ast.CreateFunctionStmt, port: SessionPort) -> Outcome:
         request = read_create(stmt)
         spec = request.spec
         refuse_in_transaction(port, "CREATE FUNCTION ... LANGUAGE onnx")
         owner = await require_model_admin(port, spec.name)  # before any file is looked at
+        await self.reconcile()  # a model whose function is gone is no previous version
         await self.catalog.reload()
         previous = self.catalog.get(spec.name)
         if previous is not None and not request.replace:
@@ -93,6 +249,23 @@ class ModelLifecycle:
             )
         if previous is not None:
             await require_owner(port, previous)
+        await self._load(spec)
+        spec.version = _next_version(previous, spec)
+        spec.id = previous.id if previous is not None else await self.planner.db.fetchval(NEXT_MODEL_ID)
+        try:
+            async with self.planner.dbs.write.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+                await _install(conn, spec, previous)
+                for step in grant_sql(spec, owner):
+                    await conn.execute(step)
+        except asyncpg.PostgresError as exc:
+            raise PlanError(getattr(exc, "sqlstate", None) or "XX000", str(exc)) from None
+        await self.planner.refresh()
+        log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
+        return Done("CREATE FUNCTION")
+
+    async def _load(self, spec: ModelSpec) -> None:
+        """Find the model file (inside --models-dir) and bind the declaration to its signature."""
         declared = spec.path
         path = resolve_path(declared, self.planner.models_dir, self.planner.max_model_bytes)
         spec.path = str(path)
@@ -107,38 +280,22 @@ class ModelLifecycle:
             ) from None
         spec.content_hash = signature.sha256
         bind_signature(spec, signature)
-        spec.version = _next_version(previous, spec)
-        spec.id = previous.id if previous is not None else await self.planner.db.fetchval(NEXT_MODEL_ID)
-        await self._privileged(install_sql(spec, previous), *grant_sql(spec, owner))
-        await self.planner.refresh()
-        log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
-        return Done("CREATE FUNCTION")
 
-    async def _drop(self, drop: DropModel, port: SessionPort) -> Outcome:
-        await self.catalog.reload()
-        specs = [self.catalog.get(n) for n in drop.names]
-        if not any(specs):
-            return Forward()  # not a model: an ordinary DROP FUNCTION for Postgres
-        if not all(specs):
-            return Failed(FEATURE_NOT_SUPPORTED, "drop model functions in a statement of their own")
-        refuse_in_transaction(port, "DROP FUNCTION of a model")
-        for spec in specs:
-            # Postgres decides in the client's session: ownership, dependent views, CASCADE
-            result = await port.run_sql(f"DROP FUNCTION {signature_sql(spec, with_names=False)}")
-            if result.error is not None:
-                return result.error
-            await self._privileged(drop_sql(spec, function=False))
-        await self.planner.refresh()
-        return Done("DROP FUNCTION")
 
-    async def _privileged(self, *scripts: str) -> None:
-        """SieveDB's own catalog and cache DDL, in one transaction on its own connection."""
-        try:
-            async with self.planner.dbs.write.acquire() as conn, conn.transaction():
-                for script in scripts:
-                    await conn.execute(script)
-        except asyncpg.PostgresError as exc:
-            raise PlanError(getattr(exc, "sqlstate", None) or "XX000", str(exc)) from None
+async def _install(conn: asyncpg.Connection, spec: ModelSpec, previous: ModelSpec | None) -> None:
+    """Install ``spec`` (replacing ``previous``), keeping a comment the user wrote."""
+    keep_comment = False
+    if replaces_in_place(previous, spec):
+        comment = await conn.fetchval(COMMENT, signature_sql(previous, with_names=False))
+        keep_comment = not is_own_comment(comment)
+    await conn.execute(install_sql(spec, previous, comment=not keep_comment))
+
+
+def _verb(changes: list[FunctionChange], models: dict) -> str:
+    touching = [c.action for c in changes if models.keys() & set(c.targets)]
+    if touching and touching[0] == RENAME:
+        return "ALTER FUNCTION ... RENAME TO"
+    return "DROP FUNCTION"
 
 
 def _next_version(previous: ModelSpec | None, spec: ModelSpec) -> int:

@@ -1,4 +1,4 @@
-"""Reading ``CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx`` and ``DROP FUNCTION`` statements.
+"""Reading ``CREATE [OR REPLACE] FUNCTION … LANGUAGE onnx`` (DROP and ALTER: function_ddl.py).
 
 Postgres's grammar already accepts ``AS 'file', 'link symbol'`` (the C-function form), so pglast
 parses the statement; the second string carries SieveDB's JSON options.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast
-from pglast.enums import FunctionParameterMode, ObjectType
+from pglast.enums import FunctionParameterMode
 
 from planner.model_spec import INVALID_DEFINITION, INVALID_PARAMETER, SCALAR_COLUMN, Binding, ModelSpec
 from planner.outcome import PlanError
@@ -24,12 +24,6 @@ FEATURE_NOT_SUPPORTED = "0A000"
 class CreateModel:
     spec: ModelSpec
     replace: bool
-
-
-@dataclass(frozen=True)
-class DropModel:
-    names: list[str]
-    missing_ok: bool
 
 
 def is_onnx_function(stmt: ast.Node) -> bool:
@@ -71,13 +65,6 @@ def read_create(stmt: ast.CreateFunctionStmt) -> CreateModel:
         row_index=options.get("rows") == "row_index",
     )
     return CreateModel(spec=spec, replace=bool(stmt.replace))
-
-
-def read_drop(stmt: ast.DropStmt) -> DropModel | None:
-    if stmt.removeType != ObjectType.OBJECT_FUNCTION:
-        return None
-    names = [_function_name(obj.objname) for obj in stmt.objects]
-    return DropModel(names=names, missing_ok=bool(stmt.missing_ok))
 
 
 def _function_name(parts: Any) -> str:

@@ -3,11 +3,13 @@
 Registering a model is like creating a function in an untrusted language: superusers and
 members of ``sieve_model_admin`` only (the role is made by migration 0005). Running a model
 follows the function's EXECUTE privilege (GRANT/REVOKE as for any function), checked before
-any input is read or any model runs. Dropping one takes ownership (Postgres's DROP decides).
+any input is read or any model runs. Dropping or renaming one takes ownership (Postgres's
+DROP and ALTER decide, in the client's session).
 """
 
 from __future__ import annotations
 
+from planner.function_ddl import leaves_block_open
 from planner.install import signature_sql
 from planner.model_spec import ModelSpec
 from planner.outcome import PlanError, SessionPort
@@ -15,11 +17,16 @@ from planner.outcome import PlanError, SessionPort
 ADMIN_ROLE = "sieve_model_admin"
 INSUFFICIENT_PRIVILEGE = "42501"
 ACTIVE_SQL_TRANSACTION = "25001"
+DUPLICATE_FUNCTION = "42723"
 
 _MAY_REGISTER = (
     "SELECT current_user::text, coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r "
     "WHERE r.rolname = current_user), false) OR pg_catalog.pg_has_role(current_user, "
     f"'{ADMIN_ROLE}', 'MEMBER')"
+)
+_NAME_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname = $1)"
 )
 _NOT_EXECUTABLE = (
     "SELECT s FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s "
@@ -40,11 +47,36 @@ async def require_model_admin(port: SessionPort, name: str) -> str:
     return role
 
 
-def refuse_in_transaction(port: SessionPort, what: str) -> None:
-    """Model DDL writes the model's caches and catalog outside the client's transaction, so a
-    ROLLBACK could not undo it: refused inside a block, as CREATE DATABASE is."""
-    if port.in_transaction:
-        raise PlanError(ACTIVE_SQL_TRANSACTION, f"{what} cannot run inside a transaction block")
+def refuse_in_transaction(port: SessionPort, what: str, statements: list | None = None) -> None:
+    """Model DDL changes the model's caches and catalog row on SieveDB's own connection, where a
+    ROLLBACK could not undo it: refused inside a transaction block, as CREATE DATABASE is. With
+    ``statements`` (sent together), a block they close themselves (BEGIN; ...; COMMIT) is fine:
+    it is decided by the time SieveDB follows what they did."""
+    if statements is None:
+        open_block = port.in_transaction
+    else:
+        open_block = leaves_block_open(statements, port.in_transaction)
+    if open_block:
+        raise PlanError(
+            ACTIVE_SQL_TRANSACTION,
+            f"{what} cannot run inside a transaction block",
+            detail="SieveDB keeps a model's catalog row and caches outside the client's transaction: "
+            "a later COMMIT or ROLLBACK could not take them along.",
+            hint="run it on its own, outside BEGIN ... COMMIT",
+        )
+
+
+async def require_free_name(port: SessionPort, name: str, models: set[str]) -> None:
+    """A model function keeps a name of its own: SieveDB finds models by name, so a rename onto
+    another function's name (an overload, for Postgres) is refused (42723)."""
+    taken = name in models or await port.fetchval(_NAME_TAKEN, (name,))
+    if taken:
+        raise PlanError(
+            DUPLICATE_FUNCTION,
+            f"function {name} already exists in schema public",
+            detail="A model function's name must be its own: SieveDB finds models by name.",
+            hint="choose another name",
+        )
 
 
 async def require_execute(port: SessionPort, specs: list[ModelSpec]) -> None:
