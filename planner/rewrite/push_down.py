@@ -20,6 +20,7 @@ from planner.rewrite.ast_util import (
     children,
     column_fields,
     conjuncts,
+    copy_node,
     is_plain_select,
     mentions_model,
     output_columns,
@@ -161,16 +162,7 @@ def transferred(candidates: list, pairs: list) -> list:
 def _replace_column(node, fields: tuple, replacement: ast.ColumnRef):
     if isinstance(node, ast.ColumnRef):
         return replacement if tuple(column_fields(node)) == fields else node
-    if not isinstance(node, ast.Node):
-        return node
-    changes = {}
-    for name in node.__slots__:
-        value = getattr(node, name, None)
-        if isinstance(value, ast.Node):
-            changes[name] = _replace_column(value, fields, replacement)
-        elif isinstance(value, tuple):
-            changes[name] = tuple(_replace_column(v, fields, replacement) for v in value)
-    return _copy_with(node, changes)
+    return _mapped(node, lambda child: _replace_column(child, fields, replacement))
 
 
 def _inner_subqueries(item: ast.Node) -> list[ast.RangeSubselect]:
@@ -203,9 +195,9 @@ def _substitute(node, alias, sole, columns):
     if isinstance(node, ast.ColumnRef):
         fields = column_fields(node)
         if len(fields) == 2 and fields[0] == alias and fields[1] in columns:
-            return columns[fields[1]]
+            return copy_node(columns[fields[1]])
         if len(fields) == 1 and sole and fields[0] in columns:
-            return columns[fields[0]]
+            return copy_node(columns[fields[0]])
         raise _NotPushable
     if isinstance(node, ast.SubLink):
         if node.testexpr is None:
@@ -213,15 +205,20 @@ def _substitute(node, alias, sole, columns):
         return _copy_with(node, {"testexpr": _substitute(node.testexpr, alias, sole, columns)})
     if isinstance(node, ast.ParamRef):
         raise _NotPushable
+    return _mapped(node, lambda child: _substitute(child, alias, sole, columns))
+
+
+def _mapped(node, change):
+    """A copy of ``node`` with ``change`` applied to each child node (in tuples too)."""
     if not isinstance(node, ast.Node):
         return node
     changes = {}
     for name in node.__slots__:
         value = getattr(node, name, None)
         if isinstance(value, ast.Node):
-            changes[name] = _substitute(value, alias, sole, columns)
+            changes[name] = change(value)
         elif isinstance(value, tuple):
-            changes[name] = tuple(_substitute(v, alias, sole, columns) for v in value)
+            changes[name] = tuple(change(v) for v in value)
     return _copy_with(node, changes)
 
 
