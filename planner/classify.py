@@ -35,10 +35,15 @@ APPROXIMATE = Decision(Route.PLAN, "approximate clause")
 # Forwarded; the session notes it may carry sieve.* settings the planner must then read.
 SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
-_FUNCTION_DDL_RE = rb"\b(?:drop|alter)\s+(?:function|routine)\b|\bcomment\s+on\s+(?:function|routine)\b"
-_FUNCTION_DDL = re.compile(_FUNCTION_DDL_RE, re.IGNORECASE)
-_DROPS_DEPENDENTS_RE = rb"\bcascade\b|\bdrop\s+owned\b"
-_DROPS_DEPENDENTS = re.compile(_DROPS_DEPENDENTS_RE, re.IGNORECASE)
+# Statement openings, without a leading \b in the pre-filter: there a Query's text follows its
+# length, whose last byte may be a letter ('P' for 80 bytes), and no word boundary comes between.
+_FUNCTION_DDL_RE = (
+    rb"(?:drop|alter)\s+(?:function|routine)\b|comment\s+on\s+(?:function|routine)\b"
+    rb"|create\s+(?:or\s+replace\s+)?(?:function|procedure)\b"
+)
+_FUNCTION_DDL = re.compile(rb"\b(?:" + _FUNCTION_DDL_RE + rb")", re.IGNORECASE)
+_DROPS_DEPENDENTS_RE = rb"cascade\b|drop\s+owned\b"
+_DROPS_DEPENDENTS = re.compile(rb"\b(?:" + _DROPS_DEPENDENTS_RE + rb")", re.IGNORECASE)
 _ONNX = re.compile(b"onnx", re.IGNORECASE)
 _VIEW_DDL = re.compile(rb"\b(?:create|alter|drop)\b[\s\w]*?\bview\b", re.IGNORECASE)
 _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)

@@ -8,7 +8,9 @@
   are Postgres's to judge and its answer is the client's; once it has answered, SieveDB follows
   what it did (planner/reconcile.py) and reloads the planner. Inside a transaction block that
   would stay open, a later ROLLBACK could undo what SieveDB followed: refused (25001).
-- ``ALTER FUNCTION … SET SCHEMA`` of a model: refused (0A000), models live in schema public.
+- ``ALTER FUNCTION … SET SCHEMA`` of a model: refused (0A000), models live in schema public; a
+  plain function given a model's name (CREATE, CREATE OR REPLACE, RENAME TO) is refused (42723):
+  SieveDB finds models by name (planner/ddl_checks.py).
 - ``ALTER FUNCTION … OWNER TO``, other ALTER FUNCTION actions and ``COMMENT ON FUNCTION``:
   Postgres's business, forwarded (transactional, nothing of SieveDB's changes). SieveDB writes
   its own comment on the functions it installs and rewrites it (new version, rename) only while
@@ -23,18 +25,10 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 from pglast import ast
-from pglast.stream import RawStream
 
 from inference.errors import ModelLoadError, ModelNotFoundError
 from inference.signature import read_signature
-from planner.classify import Classifier, Route
-from planner.function_ddl import (
-    RENAME,
-    SET_SCHEMA,
-    FunctionChange,
-    drops_dependents,
-    read_function_change,
-)
+from planner.ddl_checks import may_change_functions, vet
 from planner.install import grant_sql, install_sql, is_own_comment, replaces_in_place, signature_sql
 from planner.model_ddl import is_onnx_function, read_create
 from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
@@ -45,7 +39,7 @@ from planner.privileges import (
     require_model_admin,
     require_owner,
 )
-from planner.reconcile import COMMENT, apply_fix, find_fixes
+from planner.reconcile import COMMENT, LEAVE, apply_fix, find_fixes
 
 if TYPE_CHECKING:
     from planner.planner import Planner
@@ -58,32 +52,8 @@ STALE_MODELS = (
     "SELECT name FROM sieve.models "
     "WHERE to_regclass(format('sieve_cache.m%s_v%s', id, version)) IS NULL ORDER BY id"
 )
-# Which of the functions a statement names are models' (Postgres resolves the names, in the
-# client's session: its search_path, its overloads).
-NAMED_MODELS = """
-SELECT t.i
-FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]))
-    WITH ORDINALITY AS t(lookup, how, model, i)
-WHERE (CASE WHEN t.how = 'args' THEN pg_catalog.to_regprocedure(t.lookup)::pg_catalog.oid
-            ELSE pg_catalog.to_regproc(t.lookup)::pg_catalog.oid END)
-      OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(t.model)::pg_catalog.oid
-"""
-# Statements that define or drop but never evaluate an expression: they run no model.
-_NEVER_RUN_MODELS = (
-    ast.DropStmt,
-    ast.DropOwnedStmt,
-    ast.TransactionStmt,
-    ast.RenameStmt,
-    ast.AlterObjectSchemaStmt,
-    ast.AlterOwnerStmt,
-    ast.AlterFunctionStmt,
-    ast.CommentStmt,
-    ast.GrantStmt,
-    ast.ViewStmt,
-)
 DUPLICATE_FUNCTION = "42723"
 FEATURE_NOT_SUPPORTED = "0A000"
-IN_FAILED_TRANSACTION = "25P02"
 
 
 class ModelLifecycle:
@@ -104,7 +74,7 @@ class ModelLifecycle:
         after the upgrade to per-model ids and SHA-256 keys (migration 0006 drops the old caches),
         their SQL functions still read the old tables. Serialised by an advisory lock: servers
         sharing one Postgres start together."""
-        if await self.reconcile():
+        if await self.reconcile(logging.WARNING):  # done over a direct connection, say
             await self.planner.refresh()
         dbs = self.planner.dbs
         stale = await dbs.read.fetch(STALE_MODELS)
@@ -125,15 +95,22 @@ class ModelLifecycle:
                 log.info("model re-installed name=%s version=%d", spec.name, spec.version)
         await self.planner.refresh()
 
-    async def reconcile(self) -> int:
+    async def reconcile(self, level: int = logging.INFO) -> int:
         """Bring ``sieve.models`` and the caches in line with the functions Postgres has; the
-        number of models changed (see planner/reconcile.py)."""
-        async with self.planner.dbs.write.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
-            fixes = await find_fixes(conn)
-            for fix in fixes:
-                await apply_fix(conn, fix)
-        return len(fixes)
+        number of models changed (see planner/reconcile.py). ``level``: how loudly to say what
+        changed (WARNING where it was done behind SieveDB's back). A failure is logged, not
+        raised: the next reconcile catches up."""
+        try:
+            async with self.planner.dbs.write.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+                fixes = await find_fixes(conn)
+                for fix in fixes:
+                    log.log(logging.ERROR if fix.action == LEAVE else level, "%s", fix.why)
+                    await apply_fix(conn, fix)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.error("could not reconcile sieve.models with Postgres's functions: %s", exc)
+            return 0
+        return sum(1 for fix in fixes if fix.action != LEAVE)
 
     # -- statements ---------------------------------------------------------------------------
 
@@ -148,89 +125,23 @@ class ModelLifecycle:
                     hint="SieveDB runs it, not Postgres: send it as a query string of its own",
                 )
             return await self._create(statements[0], port)
-        changes = [c for c in map(read_function_change, statements) if c is not None]
-        models = await self._named_models(changes, port) if changes else {}
-        if not models and not any(drops_dependents(stmt) for stmt in statements):
+        if not any(may_change_functions(stmt) for stmt in statements):
             return None
-        for change in changes:
-            self._check(change, models)
-        if models:
-            what = f"{_verb(changes, models)} of model function {', '.join(sorted(set(models.values())))}"
-            refuse_in_transaction(port, what, statements)
-            for change in changes:
-                if change.action == RENAME and models.keys() & set(change.targets):
-                    await require_free_name(port, change.new_name, self.catalog.names)
-        if len(statements) > 1:
-            self._refuse_planned_neighbours(statements)
+        await self.catalog.reload()  # another front-end may have changed models
+        if not await vet(statements, port, self.catalog):
+            return None
         return Forward(after=self._follow)
-
-    async def _named_models(self, changes: list[FunctionChange], port: SessionPort) -> dict:
-        """The models among the functions the statements name: {FunctionRef: model name}."""
-        await self.catalog.reload()
-        refs = [r for c in changes for r in c.targets if self.catalog.get(r.name) is not None]
-        if not refs:
-            return {}
-        try:
-            rows = await port.fetch(
-                NAMED_MODELS,
-                (
-                    [r.lookup for r in refs],
-                    ["args" if r.with_args else "name" for r in refs],
-                    [signature_sql(self.catalog.get(r.name), with_names=False) for r in refs],
-                ),
-            )
-        except PlanError as exc:
-            if exc.sqlstate != IN_FAILED_TRANSACTION:
-                raise
-            # Nothing can be asked in a failed block; take every name of a model for one (the
-            # statements may end the block first, e.g. ROLLBACK; DROP FUNCTION ...).
-            return {r: r.name for r in refs}
-        return {refs[i - 1]: refs[i - 1].name for (i,) in rows}
-
-    def _check(self, change: FunctionChange, models: dict) -> None:
-        moved = [models[r] for r in change.targets if r in models]
-        if change.action == SET_SCHEMA and moved and change.new_schema != "public":
-            raise PlanError(
-                FEATURE_NOT_SUPPORTED,
-                f"model function {moved[0]} cannot move to schema {change.new_schema}",
-                detail="SieveDB keeps model functions in schema public.",
-                hint=f"call it as public.{moved[0]}(...) from anywhere, or DROP FUNCTION it and "
-                "CREATE FUNCTION ... LANGUAGE onnx again",
-            )
-
-    def _refuse_planned_neighbours(self, statements: list) -> None:
-        """Statements sent with model DDL are forwarded with it, unplanned: none may run a model
-        (its inputs would never be materialized). Each is routed as if sent alone."""
-        classifier = Classifier()
-        classifier.set_models(self.catalog.names, set(self.catalog.views))
-        for stmt in statements:
-            if isinstance(stmt, _NEVER_RUN_MODELS):
-                continue
-            try:
-                decision = classifier.classify(RawStream()(stmt))
-            except Exception:  # a statement pglast cannot print: assume the worst
-                decision = None
-            if decision is None or (decision.route is Route.PLAN and not decision.lifecycle):
-                raise PlanError(
-                    FEATURE_NOT_SUPPORTED,
-                    "a statement that uses a model cannot share a query string with DROP or ALTER "
-                    "FUNCTION of a model",
-                    hint="send the DROP or ALTER FUNCTION as a query string of its own",
-                )
 
     async def _follow(self) -> None:
         """Once Postgres has answered the client's statement: follow what it did (nothing when
         it failed) and reload the planner. The client's statement is done either way: a failure
         here is logged, and healed by the next reconcile (any model DDL, or a restart)."""
-        try:
-            changed = await self.reconcile()
-            if changed:
-                log.info("models changed by the statement: %d", changed)
-        except Exception:
-            log.exception("could not follow a DROP or ALTER of model functions")
+        changed = await self.reconcile()
+        if changed:
+            log.info("models changed by the statement: %d", changed)
         try:
             await self.planner.refresh()
-        except Exception:
+        except Exception:  # the session must go on: the next refresh catches up
             log.exception("could not reload the model catalog")
 
     async def _create(self, stmt: ast.CreateFunctionStmt, port: SessionPort) -> Outcome:
@@ -238,7 +149,9 @@ class ModelLifecycle:
         spec = request.spec
         refuse_in_transaction(port, "CREATE FUNCTION ... LANGUAGE onnx")
         owner = await require_model_admin(port, spec.name)  # before any file is looked at
-        await self.reconcile()  # a model whose function is gone is no previous version
+        # done behind SieveDB's back since its last look: a model whose function is gone is no
+        # previous version
+        await self.reconcile(logging.WARNING)
         await self.catalog.reload()
         previous = self.catalog.get(spec.name)
         if previous is not None and not request.replace:
@@ -249,6 +162,8 @@ class ModelLifecycle:
             )
         if previous is not None:
             await require_owner(port, previous)
+        keep = signature_sql(previous, with_names=False) if previous is not None else None
+        await require_free_name(port, spec.name, set(), keep)
         await self._load(spec)
         spec.version = _next_version(previous, spec)
         spec.id = previous.id if previous is not None else await self.planner.db.fetchval(NEXT_MODEL_ID)
@@ -289,13 +204,6 @@ async def _install(conn: asyncpg.Connection, spec: ModelSpec, previous: ModelSpe
         comment = await conn.fetchval(COMMENT, signature_sql(previous, with_names=False))
         keep_comment = not is_own_comment(comment)
     await conn.execute(install_sql(spec, previous, comment=not keep_comment))
-
-
-def _verb(changes: list[FunctionChange], models: dict) -> str:
-    touching = [c.action for c in changes if models.keys() & set(c.targets)]
-    if touching and touching[0] == RENAME:
-        return "ALTER FUNCTION ... RENAME TO"
-    return "DROP FUNCTION"
 
 
 def _next_version(previous: ModelSpec | None, spec: ModelSpec) -> int:

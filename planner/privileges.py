@@ -26,7 +26,8 @@ _MAY_REGISTER = (
 )
 _NAME_TAKEN = (
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
-    "ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname = $1)"
+    "ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname = $1 "
+    "AND p.oid IS DISTINCT FROM pg_catalog.to_regprocedure($2)::pg_catalog.oid)"
 )
 _NOT_EXECUTABLE = (
     "SELECT s FROM pg_catalog.unnest($1::pg_catalog.text[]) AS s "
@@ -66,10 +67,11 @@ def refuse_in_transaction(port: SessionPort, what: str, statements: list | None 
         )
 
 
-async def require_free_name(port: SessionPort, name: str, models: set[str]) -> None:
-    """A model function keeps a name of its own: SieveDB finds models by name, so a rename onto
-    another function's name (an overload, for Postgres) is refused (42723)."""
-    taken = name in models or await port.fetchval(_NAME_TAKEN, (name,))
+async def require_free_name(port: SessionPort, name: str, models: set[str], keep: str | None = None) -> None:
+    """A model function keeps a name of its own: SieveDB finds models by name, so giving a model
+    another function's name, or the reverse (an overload, for Postgres), is refused (42723).
+    ``keep``: the regprocedure of a model being replaced, which may keep its name."""
+    taken = name in models or await port.fetchval(_NAME_TAKEN, (name, keep))
     if taken:
         raise PlanError(
             DUPLICATE_FUNCTION,

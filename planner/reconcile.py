@@ -24,6 +24,7 @@ log = logging.getLogger("sievedb.planner.reconcile")
 
 FORGET = "forget"
 FOLLOW = "follow"  # the function was renamed: the model takes its new name
+LEAVE = "leave"  # SieveDB cannot tell what happened: logged, for a person to decide
 
 MODELS = "SELECT id, name, path, content_hash, version, signature, options FROM sieve.models ORDER BY id"
 # For each model (its regprocedure text, argument types, body mark): is the function there under
@@ -49,37 +50,33 @@ COMMENT = "SELECT pg_catalog.obj_description(pg_catalog.to_regprocedure($1), 'pg
 @dataclass(frozen=True)
 class Fix:
     spec: ModelSpec
-    action: str  # FORGET | FOLLOW
+    action: str  # FORGET | FOLLOW | LEAVE
+    why: str
     new_name: str | None = None
 
 
 def decide(
     spec: ModelSpec, present: bool, schemas: list[str], names: list[str], taken: set[str]
 ) -> Fix | None:
-    """What to do about one model, given where its function is (pure: tested without Postgres)."""
+    """What to do about one model, given where its function is (pure: tested without Postgres);
+    None when its function is where the catalog says."""
     if present:
         return None
+    name = spec.name
     if not names:
-        log.warning("model %s: its function is gone; forgetting the model and its caches", spec.name)
-        return Fix(spec, FORGET)
+        return Fix(spec, FORGET, f"model {name}: its function is gone; forgetting the model and its caches")
     if len(names) > 1:
-        log.error(
-            "model %s: its function is gone and %d functions read its cache: %s",
-            spec.name,
-            len(names),
-            ", ".join(f"{s}.{n}" for s, n in zip(schemas, names, strict=True)),
+        found = ", ".join(f"{s}.{n}" for s, n in zip(schemas, names, strict=True))
+        return Fix(
+            spec, LEAVE, f"model {name}: its function is gone and several functions read its cache: {found}"
         )
-        return None
     if schemas[0] != "public":
-        log.error(
-            "model %s: its function moved to schema %s; model functions live in public", spec.name, schemas[0]
+        return Fix(
+            spec, LEAVE, f"model {name}: its function moved to schema {schemas[0]}; models live in public"
         )
-        return None
     if names[0] in taken:
-        log.error("model %s: its function is now %s, the name of another model", spec.name, names[0])
-        return None
-    log.warning("model %s: its function was renamed to %s; following it", spec.name, names[0])
-    return Fix(spec, FOLLOW, names[0])
+        return Fix(spec, LEAVE, f"model {name}: its function is now {names[0]}, the name of another model")
+    return Fix(spec, FOLLOW, f"model {name}: its function was renamed to {names[0]}; following it", names[0])
 
 
 async def find_fixes(conn: asyncpg.Connection) -> list[Fix]:
@@ -109,6 +106,8 @@ async def find_fixes(conn: asyncpg.Connection) -> list[Fix]:
 
 async def apply_fix(conn: asyncpg.Connection, fix: Fix) -> None:
     """One fix, in a savepoint of the caller's transaction: one that fails spoils no other."""
+    if fix.action == LEAVE:
+        return
     try:
         async with conn.transaction():
             if fix.action == FORGET:

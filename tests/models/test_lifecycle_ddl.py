@@ -106,14 +106,35 @@ def test_drop_with_an_argument_list_that_is_not_the_models_is_42883_and_keeps_it
         assert _model_row(conn, "lc_args") is None
 
 
-def test_dropping_a_plain_overload_of_a_model_name_leaves_the_model(world):
+def test_a_plain_function_and_a_model_never_share_a_name(world):
     with world.connect() as conn:
-        label_function(conn, "lc_over")
         conn.execute("create function lc_over(x int) returns int language sql as 'select x'")
+        _fails(
+            conn,
+            "create function lc_over(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'""",
+            "42723",
+        )
+        assert _model_row(conn, "lc_over") is None and _function(conn, "lc_over") is None
         conn.execute("drop function lc_over(int)")
-        assert _model_row(conn, "lc_over") is not None and _function(conn, "lc_over")
+        label_function(conn, "lc_over")
+        body = conn.execute("select prosrc from pg_proc where proname = 'lc_over'").fetchone()[0]
+        # an overload, a plain replacement, either spelled in public: each would pass for the model
+        _fails(conn, "create function lc_over(x int) returns int language sql as 'select x'", "42723")
+        _fails(conn, "create function public.lc_over(x int) returns int language sql as 'select x'", "42723")
+        _fails(
+            conn,
+            "create or replace function lc_over(pixels real[]) returns int language sql as 'select 1'",
+            "42723",
+        )
+        conn.execute("create function lc_over_plain(x int) returns int language sql as 'select x'")
+        _fails(conn, "alter function lc_over_plain(int) rename to lc_over", "42723")
+        assert conn.execute("select prosrc from pg_proc where proname = 'lc_over'").fetchall() == [(body,)]
+        # another schema is another namespace
+        conn.execute("create schema if not exists lc_elsewhere")
+        conn.execute("create function lc_elsewhere.lc_over(x int) returns int language sql as 'select x'")
         _labels(world, conn, "lc_over", rows=5)
-        conn.execute("drop function lc_over(real[])")
+        conn.execute("drop function lc_over(real[]), lc_over_plain(int), lc_elsewhere.lc_over(int)")
         assert _model_row(conn, "lc_over") is None
 
 

@@ -16,7 +16,7 @@ from planner.function_ddl import (
     read_function_change,
 )
 from planner.model_ddl import read_create
-from planner.reconcile import FOLLOW, FORGET, decide
+from planner.reconcile import FOLLOW, FORGET, LEAVE, decide
 
 
 def _stmt(sql: str):
@@ -50,6 +50,21 @@ def classifier() -> Classifier:
 )
 def test_function_ddl_naming_a_model_and_cascading_drops_go_to_the_lifecycle(classifier, sql):
     assert classifier.classify(sql) is MODEL_LIFECYCLE
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "drop function lin(real[])",
+        "alter function lin(real[]) rename to lin2",
+        "comment on function lin(real[]) is 'x'",
+        "create function lin(x int) returns int language sql as 'select x'",
+        "drop owned by bob",
+    ],
+)
+def test_the_pre_filter_sees_ddl_right_after_a_length_that_ends_in_a_letter(classifier, sql):
+    # a Query frame: b"Q", a 4-byte length (here 80, whose last byte is b"P"), the text
+    assert classifier.may_plan(b"Q\x00\x00\x00P" + sql.encode() + b"\x00")
 
 
 def test_other_statements_keep_their_routes(classifier):
@@ -149,4 +164,5 @@ def test_reconcile_follows_a_rename_in_public():
     ],
 )
 def test_reconcile_only_logs_what_it_cannot_follow(schemas, names, taken):
-    assert decide(_spec(), False, schemas, names, taken) is None
+    fix = decide(_spec(), False, schemas, names, taken)
+    assert fix.action == LEAVE and "lin" in fix.why
