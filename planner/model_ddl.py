@@ -107,9 +107,8 @@ def _bindings(name: str, columns: list, options: dict, returns_table: bool) -> l
         target = mapping.get(key, column if returns_table else options.get("output"))
         post: tuple = ()
         if isinstance(target, dict):
-            post = tuple(
-                target.get("post", ()) if isinstance(target.get("post", ()), list) else [target["post"]]
-            )
+            post = target.get("post", [])
+            post = tuple(post if isinstance(post, list) else [post])
             target = target.get("output", column if returns_table else options.get("output"))
         bindings.append(Binding(column, sql_type, target, post))
     return bindings

@@ -121,6 +121,12 @@ def _create(name: str, returns: str, options: str, args: str = "pixels real[]") 
             ['"max"', "[N]"],
             [],
         ),
+        (  # a binding object with no "post" (was a KeyError: XX000)
+            _create("p_binding_no_post", "real", '{"output": {"output": "probabilities"}}'),
+            "42P13",
+            ['"probabilities"'],
+            ["post"],
+        ),
         (
             _create("p_arg_opts", "int", '{"output": "label", "pixels": {"scale": 2}}'),
             "42P13",
