@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pglast import ast
+from pglast.enums import ObjectType
 from pglast.stream import RawStream
 
 from planner.catalog import ModelCatalog
@@ -46,6 +47,7 @@ LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespa
 ORDER BY t.i
 """
 CURRENT_SCHEMA = "SELECT pg_catalog.current_schema()::text"
+_FUNCTIONS = (ObjectType.OBJECT_FUNCTION, ObjectType.OBJECT_ROUTINE)
 # Statements that define or drop but never evaluate an expression: they run no model.
 _NEVER_RUN_MODELS = (
     ast.DropStmt,
@@ -66,6 +68,18 @@ _NEVER_RUN_MODELS = (
 class Resolved:
     schema: str | None  # where Postgres finds the function; None: nowhere
     is_model: bool
+
+
+def is_postgres_own(stmt: ast.Node) -> bool:
+    """ALTER FUNCTION … OWNER TO, other ALTER FUNCTION actions, COMMENT ON FUNCTION: Postgres's
+    business, transactional, nothing of SieveDB's changes (ownership and grants are read from
+    Postgres when needed). A new version in place resets ALTER FUNCTION settings, as CREATE OR
+    REPLACE FUNCTION does."""
+    if isinstance(stmt, ast.AlterFunctionStmt):
+        return True
+    if isinstance(stmt, ast.AlterOwnerStmt):
+        return stmt.objectType in _FUNCTIONS
+    return isinstance(stmt, ast.CommentStmt) and stmt.objtype in _FUNCTIONS
 
 
 def may_change_functions(stmt: ast.Node) -> bool:

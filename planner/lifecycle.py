@@ -28,7 +28,7 @@ from pglast import ast
 
 from inference.errors import ModelLoadError, ModelNotFoundError
 from inference.signature import read_signature
-from planner.ddl_checks import may_change_functions, vet
+from planner.ddl_checks import is_postgres_own, may_change_functions, vet
 from planner.install import grant_sql, install_sql, is_own_comment, replaces_in_place, signature_sql
 from planner.model_ddl import is_onnx_function, read_create
 from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
@@ -125,6 +125,8 @@ class ModelLifecycle:
                     hint="SieveDB runs it, not Postgres: send it as a query string of its own",
                 )
             return await self._create(statements[0], port)
+        if all(is_postgres_own(stmt) for stmt in statements):
+            return Forward()
         if not any(may_change_functions(stmt) for stmt in statements):
             return None
         await self.catalog.reload()  # another front-end may have changed models

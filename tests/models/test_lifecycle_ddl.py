@@ -296,6 +296,21 @@ def test_model_ddl_inside_a_transaction_block_is_refused_and_changes_nothing(wor
         conn.execute("drop function lc_tx(real[])")
 
 
+def test_model_ddl_in_a_failed_block_is_refused_and_a_rollback_in_front_of_it_is_not(world):
+    with world.connect() as conn:
+        label_function(conn, "lc_failed")
+        conn.execute("begin")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        _fails(conn, "drop function lc_failed(real[])", "25001")
+        assert _model_row(conn, "lc_failed") is not None and _function(conn, "lc_failed")
+        conn.execute("begin")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        conn.execute("rollback; drop function lc_failed(real[])")  # the block ends first
+        assert _model_row(conn, "lc_failed") is None and _function(conn, "lc_failed") is None
+
+
 def test_a_block_closed_in_the_same_query_string_is_followed(world):
     with world.connect() as conn:
         label_function(conn, "lc_blk")
@@ -343,8 +358,10 @@ def test_prepared_ddl_over_the_extended_protocol_is_followed(world):
         with _fails_prepared as caught:
             conn.execute("drop function lc_ext2(int)", prepare=True)
         assert caught.value.sqlstate == "42883"
-        conn.execute("drop function lc_ext2(real[])", prepare=True)
-        assert _model_row(conn, "lc_ext2") is None and _function(conn, "lc_ext2") is None
+        conn.execute("alter function lc_ext2(real[]) rename to lc_ext3", binary=True)  # unnamed statement
+        assert _model_row(conn, "lc_ext3") is not None and _function(conn, "lc_ext2") is None
+        conn.execute("drop function lc_ext3(real[])", prepare=True)
+        assert _model_row(conn, "lc_ext3") is None and _function(conn, "lc_ext3") is None
 
 
 def test_asyncpg_simple_and_prepared_ddl_are_followed(world):
