@@ -23,6 +23,7 @@ from planner.materialize import Databases, Materialized, materialize_site, pendi
 from planner.model_spec import ModelSpec
 from planner.outcome import Failed, Forward, Outcome, PlanError, Rows, SessionPort
 from planner.privileges import require_execute
+from planner.read_outputs import read_outputs_sql, wanted_maps
 from planner.rewrite import RewriteContext, rewrite
 from planner.rewrite.ast_util import copy_node, mentions_model, models_called, render, walk
 from planner.rewrite.bind_params import bind_params
@@ -156,9 +157,13 @@ class Planner:
             run = await self._limited(limit, port, done)
             await self._finish(sql, done, started, port)
             return Forward(sql=limit.sql()) if run.stopped else Forward()
+        final = analysis.statements if analysis.forward_sql else statements  # what Postgres runs
+        done.maps_wanted = wanted_maps(final, self.catalog.models) if rewritable else frozenset()
         await self._materialize_all(analysis.sites, port, done)
         await self._finish(sql, done, started, port)
-        return Forward(sql=analysis.forward_sql) if rewritable else Forward()
+        if not rewritable:
+            return Forward()
+        return Forward(sql=read_outputs_sql(final, self.catalog.models, done.maps) or analysis.forward_sql)
 
     async def _uncorrelated(self, statements: list, port: SessionPort) -> frozenset[str]:
         """Subqueries in WHERE clauses that read nothing of the statement around them: Postgres

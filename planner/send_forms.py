@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,6 +42,49 @@ def digest_of(parts: list[bytes]) -> bytes:
     """The content address of one input, computed as the SQL digest is (planner.install)."""
     data = parts[0] if len(parts) == 1 else b"".join(_INT.pack(len(p)) + p for p in parts)
     return hashlib.sha256(data).digest()
+
+
+def digests_of(columns: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """``digest_of`` for every row of a chunk, its arguments' send forms column by column."""
+    if len(columns) == 1:
+        sha256 = hashlib.sha256
+        return [sha256(raw).digest() for raw in columns[0]]
+    return [digest_of(list(parts)) for parts in zip(*columns, strict=True)]
+
+
+def decode_column(sql_type: SqlType, raws: Sequence[bytes], model: str, arg: str) -> np.ndarray | list:
+    """One argument's values for a chunk of rows: one ``[rows, *dims]`` array when every array
+    has the same shape (decoded by numpy in one pass, not row by row), else one value per row."""
+    if sql_type.is_array and raws:
+        block = _uniform_arrays(sql_type, raws, model, arg)
+        if block is not None:
+            return block
+    return [decode(sql_type, raw, model, arg) for raw in raws]
+
+
+def _uniform_arrays(sql_type: SqlType, raws: Sequence[bytes], model: str, arg: str) -> np.ndarray | None:
+    """Arrays whose send forms all share one header (dimensions, no NULL element), as one block;
+    None when they differ, so the caller decodes them one by one."""
+    first = raws[0]
+    size = len(first)
+    ndim = _INT.unpack_from(first, 0)[0] if size >= 12 else 0
+    head = 12 + 8 * ndim
+    if ndim == 0 or size < head or any(len(raw) != size for raw in raws):
+        return None
+    rows = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(len(raws), size)
+    if not (rows[:, :head] == rows[0, :head]).all():
+        return None
+    if _INT.unpack_from(first, 4)[0]:
+        _array(sql_type, first, model, arg)  # raises the NULL-element error
+    dims = [_INT.unpack_from(first, 12 + 8 * k)[0] for k in range(ndim)]
+    dtype = _ELEMENT[sql_type.base]
+    count = int(np.prod(dims))
+    if size != head + count * (4 + dtype.itemsize):
+        return None
+    pairs = rows[:, head:].view(np.dtype([("length", ">i4"), ("value", dtype)]))
+    if not (pairs["length"] == dtype.itemsize).all():
+        return None
+    return pairs["value"].astype(dtype.newbyteorder("=")).reshape(len(raws), *dims)
 
 
 def decode(sql_type: SqlType, raw: bytes, model: str, arg: str) -> object:

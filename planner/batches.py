@@ -1,0 +1,234 @@
+"""One batch of new inputs: claim them, run the model, COPY the outputs into the cache.
+
+Other sessions, here or on other servers sharing the Postgres, may reach the same inputs at
+the same time. A batch claims its digests with transaction-level advisory locks, always taken
+in one order (so no two batches wait on each other in a cycle), runs the model only on the
+inputs no other batch cached meanwhile, writes, and commits, which frees the claims: a second
+session waits for the first one's outputs instead of computing them again. Since no other
+writer can hold a claimed digest, the outputs go straight into the cache table by binary COPY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from inference.errors import InferenceError
+from inference.model import ModelRef
+from inference.preprocess import apply_post_ops, find_undecodable
+from planner.model_spec import ModelSpec
+from planner.outcome import PlanError
+
+INVALID_PARAMETER = "22023"
+INVALID_BINARY_REPRESENTATION = "22P03"
+_DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "int32": np.int32,
+    "int64": np.int64,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "float16": np.float16,
+}
+# Claims (model id, first 4 bytes of the digest) in ascending order: the ORDER BY sits in a
+# subquery Postgres keeps whole, whose rows the aggregate takes, and locks, one by one in order.
+_CLAIM = (
+    "SELECT count(pg_advisory_xact_lock($1::int4, k)) "
+    "FROM (SELECT k FROM unnest($2::int4[]) AS k ORDER BY k OFFSET 0) AS claims"
+)
+
+
+@dataclass
+class InputRows:
+    """Input rows column by column: SieveDB's digest of each, each argument's values (a block,
+    rows first, or one value per row) and how an error names each row (None: by digest only)."""
+
+    digests: list[bytes]
+    values: list[np.ndarray | list]
+    labels: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def take(self, index: Sequence[int]) -> InputRows:
+        index = list(index)
+        values = [v[index] if isinstance(v, np.ndarray) else [v[i] for i in index] for v in self.values]
+        labels = None if self.labels is None else [self.labels[i] for i in index]
+        return InputRows([self.digests[i] for i in index], values, labels)
+
+    @classmethod
+    def concat(cls, parts: list[InputRows]) -> InputRows:
+        if len(parts) == 1:
+            return parts[0]
+        values = [_concat_column([p.values[k] for p in parts]) for k in range(len(parts[0].values))]
+        labels = None
+        if any(p.labels is not None for p in parts):
+            labels = [x for p in parts for x in (p.labels or [None] * len(p))]
+        return cls([d for p in parts for d in p.digests], values, labels)
+
+
+def _concat_column(columns: list) -> np.ndarray | list:
+    if all(isinstance(c, np.ndarray) for c in columns) and len({c.shape[1:] for c in columns}) == 1:
+        return np.concatenate(columns)
+    return [v for c in columns for v in c]
+
+
+def model_ref(spec: ModelSpec) -> ModelRef:
+    outputs = tuple(dict.fromkeys(b.output for b in spec.bindings))
+    if spec.row_index:
+        first = spec.signature["outputs"][0]["name"]
+        outputs = (first, *[o for o in outputs if o != first])
+    return ModelRef(
+        key=spec.key,
+        path=spec.path,
+        preprocess=spec.preprocess() or None,
+        outputs=outputs,
+        split="row_index" if spec.row_index else "rows",
+    )
+
+
+async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) -> tuple[int, int]:
+    """Run the model over the batch's inputs that no one cached yet and cache the outputs;
+    returns (inputs run, inputs found cached)."""
+    rows = _unique_sorted(rows)
+    async with db.acquire() as writer, writer.transaction():
+        await writer.execute(_CLAIM, spec.id, sorted({_lock_key(d) for d in rows.digests}))
+        done = await writer.fetch(
+            f"SELECT DISTINCT digest FROM {spec.cache_table} WHERE digest = ANY($1::bytea[])", rows.digests
+        )
+        found = len(done)
+        if done:
+            cached = {bytes(r[0]) for r in done}
+            rows = rows.take([i for i, d in enumerate(rows.digests) if d not in cached])
+        if not len(rows):
+            return 0, found
+        _check_images(spec, rows, full=False)  # headers only: cheap, and names a bad input
+        inputs = {
+            info["name"]: _tensor(rows.values[i], spec, i, info)
+            for i, info in enumerate(spec.signature["inputs"])
+        }
+        try:
+            outputs = await pool.infer(model_ref(spec), inputs)
+        except InferenceError:
+            await _explain_bad_images(spec, rows)  # a data error, when an image is the cause
+            raise
+        await _write_cache(spec, _cache_rows(spec, rows.digests, outputs), writer)
+    return len(rows), found
+
+
+def _unique_sorted(rows: InputRows) -> InputRows:
+    """The rows in digest order, each digest once (claims and COPY want both)."""
+    order = sorted(range(len(rows)), key=rows.digests.__getitem__)
+    digests = rows.digests
+    keep = [i for k, i in enumerate(order) if k == 0 or digests[i] != digests[order[k - 1]]]
+    return rows.take(keep)
+
+
+def _lock_key(digest: bytes) -> int:
+    return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def input_label(digest: bytes, label: str | None) -> str:
+    """How an error names one input: its digest, and the row it came from when known."""
+    return f"input {bytes(digest).hex()}" + (f", row {label}" if label is not None else "")
+
+
+def _image_inputs(spec: ModelSpec) -> list[tuple[int, str, dict]]:
+    return [
+        (i, name, opts)
+        for i, (name, _) in enumerate(spec.args)
+        if isinstance(opts := spec.options.get(name), dict) and opts.get("decode") == "image"
+    ]
+
+
+def _check_images(spec: ModelSpec, rows: InputRows, full: bool) -> None:
+    for i, name, opts in _image_inputs(spec):
+        bad = find_undecodable(list(rows.values[i]), opts, full=full)
+        if bad is not None:
+            row, why = bad
+            label = input_label(rows.digests[row], rows.labels[row] if rows.labels else None)
+            raise PlanError(
+                INVALID_BINARY_REPRESENTATION,
+                f'model {spec.name}: argument "{name}" of {label} is not a decodable image: {why}',
+            )
+
+
+async def _explain_bad_images(spec: ModelSpec, rows: InputRows) -> None:
+    """After a failed batch: raise the data error naming the first image that cannot be decoded,
+    if one is the cause (decoding every image again, in a thread, only on this path)."""
+    if _image_inputs(spec):
+        await asyncio.to_thread(_check_images, spec, rows, True)
+
+
+def _tensor(values, spec: ModelSpec, index: int, info: dict) -> np.ndarray:
+    """One model input for a batch (NULL array elements never get here: see send_forms)."""
+    name, sql_type = spec.args[index]
+    shape = info["shape"]
+    if sql_type.base in ("bytea", "text"):
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(-1, 1) if sql_type.base == "text" and shape and len(shape) == 2 else arr
+    dtype = _DTYPES.get(info["elem"], np.float32)
+    try:
+        arr = np.asarray(values, dtype=dtype)
+    except (ValueError, TypeError):
+        raise PlanError(
+            INVALID_PARAMETER,
+            f'argument "{name}" of model {spec.name}: arrays of different lengths cannot form one tensor',
+        ) from None
+    if not sql_type.is_array and shape is not None and len(shape) == 2:
+        arr = arr.reshape(-1, 1)
+    if sql_type.is_array and arr.ndim != 2:
+        raise PlanError(INVALID_PARAMETER, f'argument "{name}" of model {spec.name} must be a 1-D array')
+    if sql_type.is_array and shape and isinstance(shape[1], int) and arr.shape[1] != shape[1]:
+        raise PlanError(
+            INVALID_PARAMETER,
+            f'argument "{name}" of model {spec.name} has {arr.shape[1]} elements; the model takes {shape[1]}',
+        )
+    return arr
+
+
+def _cache_rows(spec: ModelSpec, digests: list[bytes], outputs: dict) -> list[tuple]:
+    columns = [_column_values(b, outputs) for b in spec.bindings]
+    if not spec.row_index:
+        return list(zip(digests, [0] * len(digests), *columns, strict=True))
+    index = np.asarray(outputs[spec.signature["outputs"][0]["name"]])
+    owners = index[:, 0] if index.ndim == 2 else index
+    rows, ordinals = [], {}
+    for m, owner in enumerate(owners.astype(int)):
+        ordinal = ordinals.get(owner, 0)
+        ordinals[owner] = ordinal + 1
+        rows.append((digests[owner], ordinal, *(col[m] for col in columns)))
+    empty = (None,) * len(columns)
+    rows += [(d, -1, *empty) for i, d in enumerate(digests) if i not in ordinals]
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
+def _column_values(binding, outputs: dict) -> list:
+    arr = np.asarray(outputs[binding.output])
+    if binding.post:
+        arr = apply_post_ops(arr, list(binding.post))
+    sql_type = binding.sql_type
+    if sql_type.is_array:
+        return [list(map(float, row)) for row in arr.reshape(len(arr), -1)]
+    flat = arr.reshape(len(arr), -1)[:, 0] if arr.ndim > 1 else arr
+    if sql_type.base == "text":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    if sql_type.base == "bool":
+        return [bool(v) for v in flat.tolist()]
+    if sql_type.base in ("int2", "int4", "int8"):
+        return [int(v) for v in flat.tolist()]
+    return [float(v) for v in flat.tolist()]
+
+
+async def _write_cache(spec: ModelSpec, rows: list[tuple], writer: asyncpg.Connection) -> None:
+    """Add a batch's outputs to the cache, inside the caller's transaction, in key order."""
+    schema, table = spec.cache_table.split(".")
+    columns = ["digest", "ordinal", *[b.column for b in spec.bindings]]
+    await writer.copy_records_to_table(table, schema_name=schema, records=rows, columns=columns)

@@ -1,0 +1,315 @@
+"""Row maps: a model's cached outputs keyed by row identity, so that reading them back is a join
+on the row's tid instead of digesting every input again (planner.read_outputs reads them).
+
+A map belongs to one model version, one table and the argument columns a call reads:
+``sieve_cache.m<id>_v<n>_r<table oid>_c<attnums>``, rows (filenode, tid, xid, ordinal, outputs).
+An entry holds for the tuple version at ``tid`` whose xmin is ``xid`` while the table keeps the
+relfilenode ``filenode``: a tuple version's values never change, xmin tells apart the versions
+that lived at one tid (VACUUM FREEZE keeps the raw xmin), and a rewrite (VACUUM FULL, CLUSTER,
+TRUNCATE, ALTER TABLE ... TYPE) gives the table a new relfilenode. A row without a valid entry
+reads through the model's SQL function, as every row did before maps.
+
+Trust: the identities and send forms come from the client's session, as every input does, so a
+map is only kept for what that session cannot misreport: arguments that are plain columns (of
+the model's argument types: no cast, no virtual generated column) of a plain table without
+row-level security or children, named by its schema in the input query, every row's tableoid
+checked; SieveDB digests the send forms itself and copies the outputs from the cache under that
+digest. A map is readable by the roles that may execute the model and select those columns, and
+by nobody once the table has row-level security (its rows then read through the function).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+
+from planner.calls import CallSite
+from planner.install import quote_ident, quote_literal, signature_sql
+from planner.model_spec import ModelSpec
+from planner.outcome import SessionPort
+
+log = logging.getLogger("sievedb.planner.row_maps")
+
+DDL_LOCK = 0x5133_7EDD  # advisory lock (with the model id): one session creates a model's maps
+# Each input row's identity as the input query sends it: table oid, relfilenode, tid, xmin.
+IDENTITY = np.dtype(
+    [("rel", ">u4"), ("filenode", ">u4"), ("block", ">u4"), ("offset", ">u2"), ("xid", ">u4")]
+)
+
+
+@dataclass(frozen=True)
+class MapKey:
+    """What a map serves: calls of ``model`` on these columns of this relation (as written)."""
+
+    model: str
+    relation: tuple[str, ...]  # (schema, name) or (name,)
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RowMap:
+    key: MapKey
+    table: str  # sieve_cache.m<id>_v<n>_r<oid>_c<attnums>
+    relid: int
+    columns: tuple[str, ...]  # the model's result columns, as in its cache table
+    table_columns: tuple[str, ...] = ()  # the table's own columns (names a join must not reuse)
+
+
+@dataclass
+class MapRows:
+    """Rows of a chunk whose outputs go into the map, with their place in the chunk."""
+
+    tids: list[tuple[int, int]]
+    xids: list[int]
+    digests: list[bytes]
+    positions: np.ndarray
+
+    def split(self, cut: int) -> tuple[MapRows, MapRows]:
+        k = int(np.searchsorted(self.positions, cut))
+        head = MapRows(self.tids[:k], self.xids[:k], self.digests[:k], self.positions[:k])
+        return head, MapRows(self.tids[k:], self.xids[k:], self.digests[k:], self.positions[k:])
+
+    @classmethod
+    def concat(cls, parts: list[MapRows]) -> MapRows:
+        return cls(
+            [t for p in parts for t in p.tids],
+            [x for p in parts for x in p.xids],
+            [d for p in parts for d in p.digests],
+            np.zeros(0, dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.tids)
+
+
+# -- which calls a map can serve ------------------------------------------------------------------
+
+
+def call_key(model: str, args: list[ast.Node], relation: ast.RangeVar) -> MapKey | None:
+    """The key of a call whose arguments are all columns of ``relation`` (its level's only FROM
+    item), or None."""
+    if relation.catalogname or relation.alias is not None and relation.alias.colnames:
+        return None  # renamed columns (t AS a(c1, c2)) are not the names the catalog knows
+    names = {relation.alias.aliasname if relation.alias is not None else relation.relname}
+    columns = []
+    for arg in args:
+        if not isinstance(arg, ast.ColumnRef) or not all(isinstance(f, ast.String) for f in arg.fields):
+            return None
+        fields = [f.sval for f in arg.fields]
+        if len(fields) == 2 and fields[0] in names or len(fields) == 1:
+            columns.append(fields[-1])
+        else:
+            return None
+    if not columns:
+        return None
+    schema = (relation.schemaname,) if relation.schemaname else ()
+    return MapKey(model, (*schema, relation.relname), tuple(columns))
+
+
+def site_key(site: CallSite) -> tuple[MapKey, ast.RangeVar] | None:
+    """A call site's map key, when it reads one table by plain columns."""
+    if site.row_key is None or not site.from_sql or not site.args:
+        return None
+    try:
+        item = parse_sql(f"SELECT 1 FROM {site.from_sql}")[0].stmt.fromClause
+        args = parse_sql(f"SELECT {', '.join(site.args)}")[0].stmt.targetList
+    except ParseError:
+        return None
+    if len(item) != 1 or not isinstance(item[0], ast.RangeVar):
+        return None
+    key = call_key(site.model, [t.val for t in args], item[0])
+    return None if key is None else (key, item[0])
+
+
+# -- setting a map up ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapTarget:
+    """A verified map for one call site's input query."""
+
+    rowmap: RowMap
+    schema: str  # the table's schema and name in the catalog: the input query names it so
+    name: str
+    alias: str
+    attnums: tuple[int, ...]
+
+
+async def verify(port: SessionPort, spec: ModelSpec, key: MapKey, relation: ast.RangeVar) -> MapTarget | None:
+    """Check, in the client's session, that the call reads plain columns of a plain table (see
+    the module's docstring); the map's target, or None when the call does not qualify."""
+    if spec.returns_table or len(key.columns) != len(spec.args):
+        return None
+    names = ", ".join(quote_literal(c) for c in key.columns)
+    types = ", ".join(quote_literal(_type_name(t)) for _, t in spec.args)
+    rows = await port.fetch(_VERIFY.format(names=names, types=types), (_relation_text(key.relation),))
+    if not rows or not rows[0][1] or len(rows[0][4] or ()) != len(key.columns):
+        return None
+    relid, _, schema, name, attnums, names = rows[0]
+    alias = relation.alias.aliasname if relation.alias is not None else relation.relname
+    suffix = "_".join(str(a) for a in attnums)
+    table = f"{spec.cache_table}_r{int(relid)}_c{suffix}"
+    columns = tuple(json.loads(names or "[]"))
+    rowmap = RowMap(key, table, int(relid), tuple(b.column for b in spec.bindings), columns)
+    return MapTarget(rowmap, schema, name, alias, tuple(attnums))
+
+
+_VERIFY = (
+    "SELECT c.oid::pg_catalog.int8, c.relkind = 'r' AND c.relpersistence <> 't' "
+    "AND NOT c.relrowsecurity AND NOT c.relhassubclass, n.nspname::pg_catalog.text, "
+    "c.relname::pg_catalog.text, ARRAY(SELECT a.attnum::pg_catalog.int4 "
+    "FROM ROWS FROM (pg_catalog.unnest(ARRAY[{names}]::pg_catalog.text[]), "
+    "pg_catalog.unnest(ARRAY[{types}]::pg_catalog.text[])) WITH ORDINALITY AS w(name, type, k) "
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+    "AND a.attname = w.name AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' "
+    "AND a.atttypid = pg_catalog.to_regtype(w.type) ORDER BY w.k), "
+    "pg_catalog.to_json(ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))::pg_catalog.text "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.oid = pg_catalog.to_regclass($1)"
+)
+
+
+def _relation_text(relation: tuple[str, ...]) -> str:
+    return ".".join(quote_ident(part) for part in relation)
+
+
+def _type_name(sql_type) -> str:
+    """The argument type, schema-qualified: a session's search_path cannot shadow it."""
+    return f"pg_catalog.{sql_type.base}" + ("[]" if sql_type.is_array else "")
+
+
+async def ensure_table(db: asyncpg.Pool, spec: ModelSpec, target: MapTarget) -> None:
+    """Create the map (SieveDB's, like the cache) and its read policy, once."""
+    table = target.rowmap.table
+    if await db.fetchval(_EXISTS, table.split(".")[1]):
+        return
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", DDL_LOCK, int(spec.id))
+        if await conn.fetchval(_EXISTS, table.split(".")[1]):  # made while this session waited
+            return
+        function = await conn.fetchval(
+            "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid", signature_sql(spec, with_names=False)
+        )
+        for statement in _ddl(spec, target, int(function)):
+            await conn.execute(statement)
+    log.info("row map created table=%s model=%s relation=%s", table, spec.key, target.rowmap.relid)
+
+
+# pg_class itself, read with the statement's snapshot (a name lookup may use a catalog cache
+# that has not yet seen the table another session made while this one waited for the lock)
+_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE n.nspname = 'sieve_cache' AND c.relname = $1)"
+)
+
+
+def _ddl(spec: ModelSpec, target: MapTarget, function: int) -> list[str]:
+    table, relid = target.rowmap.table, target.rowmap.relid
+    columns = ", ".join(f"{quote_ident(b.column)} {b.sql_type.sql}" for b in spec.bindings)
+    may_read = " AND ".join(
+        [
+            f"pg_catalog.has_function_privilege({function}::pg_catalog.oid, 'EXECUTE')",
+            *(
+                f"pg_catalog.has_column_privilege({relid}::pg_catalog.oid, {a}::pg_catalog.int2, 'SELECT')"
+                for a in target.attnums
+            ),
+            f"NOT COALESCE((SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = {relid}), true)",
+        ]
+    )
+    return [
+        f"CREATE TABLE {table} (filenode pg_catalog.oid NOT NULL, tid pg_catalog.tid NOT NULL, "
+        f"xid pg_catalog.xid NOT NULL, ordinal integer NOT NULL, {columns}, "
+        "PRIMARY KEY (tid, filenode, ordinal))",
+        f"GRANT SELECT ON {table} TO PUBLIC",
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        # One subquery: Postgres checks the privileges once per query (an InitPlan), not per row.
+        f"CREATE POLICY sieve_readers ON {table} FOR SELECT USING ((SELECT {may_read}))",
+    ]
+
+
+# -- the input query and writes -------------------------------------------------------------------
+
+
+def filenode_sql(relid: int) -> str:
+    """The table's relfilenode now (once per query): entries of another one are not valid."""
+    return f"(SELECT pg_catalog.pg_relation_filenode({int(relid)}::pg_catalog.oid))"
+
+
+def match_sql(map_alias: str, table_alias: str, relid: int) -> str:
+    """The join condition of a map entry and the tuple version it belongs to."""
+    m, t = quote_ident(map_alias), quote_ident(table_alias)
+    return (
+        f"{m}.tid = {t}.ctid AND {m}.xid = {t}.xmin AND {m}.filenode = {filenode_sql(relid)} "
+        f"AND {m}.ordinal = 0"
+    )
+
+
+def input_sql(site: CallSite, spec: ModelSpec, target: MapTarget, count: bool = False) -> str:
+    """The site's rows that the map does not hold yet: (identity, send forms of the arguments);
+    with ``count``, how many rows reach the site (mapped or not)."""
+    from planner.send_forms import send_sql
+
+    t = quote_ident(target.alias)
+    columns = [f"{t}.{quote_ident(c)}" for c in target.rowmap.key.columns]
+    source = f"{quote_ident(target.schema)}.{quote_ident(target.name)} AS {t}"
+    where = [f"({site.where_sql})"] if site.where_sql else []
+    where += [f"{c} IS NOT NULL" for c in columns]  # STRICT: NULL in, NULL out, no entry needed
+    if count:
+        return (
+            f"{site.with_sql} SELECT pg_catalog.count(*) FROM {source} WHERE {' AND '.join(where)}".lstrip()
+        )
+    rel = target.rowmap.relid
+    identity = (
+        f"pg_catalog.oidsend({t}.tableoid) || pg_catalog.oidsend({filenode_sql(rel)}) || "
+        f"pg_catalog.tidsend({t}.ctid) || pg_catalog.xidsend({t}.xmin)"
+    )
+    sends = ", ".join(send_sql(arg_type, c) for (_, arg_type), c in zip(spec.args, columns, strict=True))
+    held = match_sql("sieve_map", target.alias, rel)
+    where.append(f"NOT EXISTS (SELECT 1 FROM {target.rowmap.table} sieve_map WHERE {held})")
+    return f"{site.with_sql} SELECT {identity}, {sends} FROM {source} WHERE {' AND '.join(where)}".lstrip()
+
+
+def read_identities(raw: list[bytes], relid: int) -> tuple[np.ndarray, np.ndarray]:
+    """The identities of a chunk's rows, and which of them may get map entries (rows of the
+    verified table: the query names it by schema, so this only fails for a catalog change)."""
+    ids = np.frombuffer(b"".join(raw), dtype=IDENTITY)
+    return ids, ids["rel"] == relid
+
+
+def map_rows(ids: np.ndarray, keep: np.ndarray, digests: list[bytes]) -> MapRows:
+    positions = np.flatnonzero(keep)
+    chosen = ids[positions]
+    tids = list(zip(chosen["block"].tolist(), chosen["offset"].tolist(), strict=True))
+    return MapRows(tids, chosen["xid"].tolist(), [digests[i] for i in positions.tolist()], positions)
+
+
+async def write(
+    conn: asyncpg.Connection, spec: ModelSpec, rowmap: RowMap, filenode: int, rows: MapRows
+) -> None:
+    """Enter a batch's rows, their outputs copied from the cache by SieveDB's own digest (rows
+    whose output is not cached, which cannot happen unless the cache was cleared meanwhile, get
+    no entry). Entries of an older tuple version at the same tid are replaced. Keys go in in
+    order, so writers of overlapping rows wait for each other instead of deadlocking."""
+    if not rows.tids:
+        return
+    cols = [quote_ident(c) for c in rowmap.columns]
+    await conn.execute(
+        f"INSERT INTO {rowmap.table} (filenode, tid, xid, ordinal, {', '.join(cols)}) "
+        f"SELECT $1::pg_catalog.oid, r.tid, r.xid, c.ordinal, {', '.join(f'c.{c}' for c in cols)} "
+        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.xid[]), "
+        "pg_catalog.unnest($4::pg_catalog.bytea[])) AS r(tid, xid, digest) "
+        f"JOIN {spec.cache_table} c ON c.digest = r.digest AND c.ordinal = 0 "
+        "ORDER BY r.tid ON CONFLICT (tid, filenode, ordinal) DO UPDATE SET xid = EXCLUDED.xid, "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in cols),
+        filenode,
+        rows.tids,
+        rows.xids,
+        rows.digests,
+    )
