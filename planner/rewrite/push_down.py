@@ -58,7 +58,7 @@ class PushContext:
 
 
 def push_down(stmt: ast.Node, ctx: PushContext) -> ast.Node:
-    if isinstance(stmt, ast.SelectStmt) and stmt.whereClause is not None and stmt.fromClause:
+    if isinstance(stmt, ast.SelectStmt) and stmt.fromClause:
         _push_level(stmt, ctx)
     for child in children(stmt):
         push_down(child, ctx)
@@ -80,29 +80,142 @@ def movable(node: ast.Node, ctx: PushContext) -> bool:
 def _push_level(level: ast.SelectStmt, ctx: PushContext) -> None:
     candidates = narrowing_conjuncts(conjuncts(level.whereClause), ctx.models)
     candidates = [c for c in candidates if movable(c, ctx)]
-    if not candidates:
-        return
     candidates += transferred(candidates, equalities(level))
     sole = len(level.fromClause) == 1 and isinstance(level.fromClause[0], ast.RangeSubselect)
-    for sub in [s for item in level.fromClause for s in _inner_subqueries(item)]:
-        alias = sub.alias.aliasname if sub.alias else None
-        columns = output_columns(sub.subquery)
-        hidden = model_function_aliases(sub.subquery.fromClause or (), ctx.models)
-        pushed = []
-        for conjunct in candidates:
-            rewritten = _rewrite(conjunct, alias, sole, columns)
-            if rewritten is None:
-                continue
-            if not mentions_model(rewritten, ctx.models):
-                pushed.append(rewritten)
-            # What it implies without the subquery's model columns (and without a model
-            # function's rows, so that the other items are filtered before the function runs)
-            if mentions_model(rewritten, ctx.models, hidden):
-                implied = implied_condition(rewritten, ctx.models, hidden)
-                if implied is not None:
-                    pushed.append(implied)
-        if pushed:
-            add_conjuncts(sub.subquery, pushed)
+    if candidates:
+        for sub in [s for item in level.fromClause for s in _inner_subqueries(item)]:
+            _push_into(sub, candidates, sole, ctx)
+    for join, nullable, preserved in _outer_joins(level.fromClause):
+        _push_into_nullable(join, nullable, preserved, candidates, ctx)
+    if candidates:
+        for select in _sublink_selects(level):
+            _transfer_into_sublink(select, candidates, _names(level.fromClause))
+
+
+def _push_into(sub: ast.RangeSubselect, conditions: list, sole: bool, ctx: PushContext) -> None:
+    """Add each condition, in the subquery's own terms, to its WHERE (what it implies without
+    the subquery's model columns, where it reads them)."""
+    alias = sub.alias.aliasname if sub.alias else None
+    columns = output_columns(sub.subquery)
+    hidden = model_function_aliases(sub.subquery.fromClause or (), ctx.models)
+    pushed = []
+    for conjunct in conditions:
+        rewritten = _rewrite(conjunct, alias, sole, columns)
+        if rewritten is None:
+            continue
+        if not mentions_model(rewritten, ctx.models):
+            pushed.append(rewritten)
+        # What it implies without the subquery's model columns (and without a model
+        # function's rows, so that the other items are filtered before the function runs)
+        if mentions_model(rewritten, ctx.models, hidden):
+            implied = implied_condition(rewritten, ctx.models, hidden)
+            if implied is not None:
+                pushed.append(implied)
+    if pushed:
+        add_conjuncts(sub.subquery, pushed)
+
+
+def _outer_joins(items) -> list[tuple[ast.JoinExpr, ast.RangeSubselect, ast.Node]]:
+    """(join, its nullable side when a plain subquery, its preserved side) of LEFT/RIGHT joins."""
+    found = []
+    stack = list(items)
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, ast.JoinExpr):
+            continue
+        stack += [item.larg, item.rarg]
+        sides = {JoinType.JOIN_LEFT: (item.rarg, item.larg), JoinType.JOIN_RIGHT: (item.larg, item.rarg)}
+        nullable, preserved = sides.get(item.jointype, (None, None))
+        if isinstance(nullable, ast.RangeSubselect) and _plain_subquery(nullable):
+            found.append((item, nullable, preserved))
+    return found
+
+
+def _push_into_nullable(join: ast.JoinExpr, nullable, preserved, candidates: list, ctx: PushContext) -> None:
+    """An outer join's nullable side only matters where it matches: ON conditions on it alone,
+    and WHERE conditions on the preserved side carried over by an ON equality, narrow it."""
+    alias = nullable.alias.aliasname
+    on = conjuncts(join.quals)
+    own = [c for c in on if _only_reads(c, {alias}) and movable(c, ctx)]
+    kept = _names([preserved])
+    pairs = [(a, b) for a, b in _equal_pairs(on) if _alias_of(a) == alias and _alias_of(b) in kept]
+    sources = [c for c in candidates if _only_reads(c, kept)]
+    carried = [c for c in transferred(sources, pairs) if _only_reads(c, {alias})]
+    conditions = narrowing_conjuncts(own, ctx.models) + carried
+    if conditions:
+        _push_into(nullable, conditions, False, ctx)
+
+
+def _sublink_selects(level: ast.SelectStmt) -> list[ast.SelectStmt]:
+    """Subqueries evaluated only for rows that pass the level's WHERE: in its target list or
+    in its WHERE (any of its conjuncts)."""
+    places = list(level.targetList or ()) + conjuncts(level.whereClause)
+    return [
+        n.subselect
+        for place in places
+        for n in walk(place)
+        if isinstance(n, ast.SubLink) and isinstance(n.subselect, ast.SelectStmt) and n.subselect.fromClause
+    ]
+
+
+def _transfer_into_sublink(select: ast.SelectStmt, candidates: list, outer: set[str]) -> None:
+    """``WHERE f.frame < 50 AND EXISTS (SELECT ... WHERE c.frame = f.frame)``: only inner rows
+    with ``c.frame < 50`` can matter to a row the outer WHERE keeps."""
+    inner = _names(select.fromClause)
+    visible = outer - inner
+    pairs = []
+    for a, b in _equal_pairs(conjuncts(select.whereClause)):
+        for mine, theirs in ((a, b), (b, a)):
+            if _alias_of(mine) in inner and _alias_of(theirs) in visible:
+                pairs.append((theirs, mine))
+    sources = [c for c in candidates if _only_reads(c, visible)]
+    carried = [c for c in transferred(sources, pairs) if _only_reads(c, inner)]
+    if carried:
+        add_conjuncts(select, carried)
+
+
+def _equal_pairs(conditions: list) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
+    return [
+        (c.lexpr, c.rexpr)
+        for c in conditions
+        if isinstance(c, ast.A_Expr)
+        and c.kind.name == "AEXPR_OP"
+        and [n.sval for n in c.name] == ["="]
+        and isinstance(c.lexpr, ast.ColumnRef)
+        and isinstance(c.rexpr, ast.ColumnRef)
+    ]
+
+
+def _alias_of(ref: ast.ColumnRef) -> str | None:
+    fields = column_fields(ref)
+    return fields[0] if len(fields) == 2 else None
+
+
+def _only_reads(condition: ast.Node, aliases: set[str]) -> bool:
+    """Every column ``condition`` reads is qualified by one of ``aliases`` (no subquery)."""
+    refs = [n for n in walk(condition) if isinstance(n, ast.ColumnRef)]
+    if not refs or any(isinstance(n, ast.SubLink) for n in walk(condition)):
+        return False
+    return all(_alias_of(r) in aliases for r in refs)
+
+
+def _names(items) -> set[str]:
+    """Aliases (or table names) the FROM items define, through joins."""
+    names: set[str] = set()
+    stack = list(items or ())
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.JoinExpr):
+            stack += [item.larg, item.rarg]
+        elif getattr(item, "alias", None) is not None:
+            names.add(item.alias.aliasname)
+        elif isinstance(item, ast.RangeVar):
+            names.add(item.relname)
+    return names
+
+
+def _plain_subquery(item: ast.RangeSubselect) -> bool:
+    return item.alias is not None and not item.alias.colnames and is_plain_select(item.subquery)
 
 
 def model_function_aliases(items, models: set[str]) -> set[str]:
@@ -121,26 +234,30 @@ def model_function_aliases(items, models: set[str]) -> set[str]:
 
 
 def equalities(level: ast.SelectStmt) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
-    """``a.x = b.y`` pairs that hold on every row of the level: WHERE conjuncts and the
-    conditions of its inner joins."""
-    found = []
+    """``a.x = b.y`` pairs that hold on every row of the level: WHERE conjuncts, and the
+    conditions (ON or USING) of its inner joins."""
     conditions = conjuncts(level.whereClause)
+    pairs = []
     stack = list(level.fromClause or ())
     while stack:
         item = stack.pop()
         if isinstance(item, ast.JoinExpr) and item.jointype == JoinType.JOIN_INNER:
             conditions += conjuncts(item.quals)
+            pairs += _using_pairs(item)
             stack += [item.larg, item.rarg]
-    for condition in conditions:
-        if (
-            isinstance(condition, ast.A_Expr)
-            and condition.kind.name == "AEXPR_OP"
-            and [n.sval for n in condition.name] == ["="]
-            and isinstance(condition.lexpr, ast.ColumnRef)
-            and isinstance(condition.rexpr, ast.ColumnRef)
-        ):
-            found.append((condition.lexpr, condition.rexpr))
-    return found
+    return _equal_pairs(conditions) + pairs
+
+
+def _using_pairs(join: ast.JoinExpr) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
+    left, right = _names([join.larg]), _names([join.rarg])
+    if len(left) != 1 or len(right) != 1 or not join.usingClause:
+        return []
+    (a,), (b,) = left, right
+    return [(_column(a, n.sval), _column(b, n.sval)) for n in join.usingClause]
+
+
+def _column(alias: str, name: str) -> ast.ColumnRef:
+    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))
 
 
 def transferred(candidates: list, pairs: list) -> list:
@@ -168,8 +285,7 @@ def _replace_column(node, fields: tuple, replacement: ast.ColumnRef):
 def _inner_subqueries(item: ast.Node) -> list[ast.RangeSubselect]:
     """Subqueries in FROM whose rows all reach the level's WHERE (not behind an outer join)."""
     if isinstance(item, ast.RangeSubselect):
-        simple = is_plain_select(item.subquery) and not item.alias.colnames if item.alias else False
-        return [item] if simple else []
+        return [item] if _plain_subquery(item) else []
     if isinstance(item, ast.JoinExpr) and item.jointype == JoinType.JOIN_INNER:
         return _inner_subqueries(item.larg) + _inner_subqueries(item.rarg)
     if isinstance(item, ast.JoinExpr) and item.jointype == JoinType.JOIN_LEFT:

@@ -242,3 +242,37 @@ def test_bind_params_puts_values_in_place():
         stmt("SELECT m(pixels) FROM digits WHERE id = $1 AND label = $2"), [Value("3", "int4"), None]
     )
     assert sql_of(out) == "SELECT m(pixels) FROM digits WHERE id = CAST('3' AS int4) AND label = $2"
+
+
+def test_push_down_follows_using_equalities():
+    out = _push("SELECT o.frame FROM objects o JOIN preds p ON true JOIN preds q USING (id) WHERE p.id < 5")
+    assert "FROM digits AS d WHERE d.id < 5" in out
+
+
+def test_an_outer_joins_nullable_side_gets_its_on_conditions_and_carried_where_conditions():
+    out = _push(
+        "SELECT f.frame FROM frames f LEFT JOIN objects o ON o.frame = f.frame AND o.camera = 2 "
+        "WHERE f.frame < 50"
+    )
+    assert "WHERE f.camera = 2 AND f.frame < 50" in out
+
+
+def test_a_condition_on_the_nullable_side_in_where_is_never_moved_into_it():
+    out = _push("SELECT f.frame FROM frames f LEFT JOIN objects o ON o.frame = f.frame WHERE o.frame IS NULL")
+    assert "LATERAL detect(f.pixels) AS d)" in out  # objects got nothing
+
+
+def test_a_correlated_subquery_gets_the_outer_condition_through_its_equality():
+    out = _push(
+        "SELECT f.frame FROM frames f WHERE f.frame < 50 AND "
+        "EXISTS (SELECT 1 FROM objects o WHERE o.frame = f.frame)"
+    )
+    assert "LATERAL detect(f.pixels) AS d WHERE f.frame < 50" in out
+
+
+def test_a_scalar_subquery_in_the_select_list_gets_the_outer_condition():
+    out = _push(
+        "SELECT f.frame, (SELECT count(*) FROM objects o WHERE o.frame = f.frame) "
+        "FROM frames f WHERE f.frame < 30"
+    )
+    assert "LATERAL detect(f.pixels) AS d WHERE f.frame < 30" in out
