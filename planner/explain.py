@@ -89,8 +89,7 @@ def _site_lines(plan: SitePlan) -> list[str]:
 
 
 def _limit_text(run: LimitRun) -> str:
-    how = "stopped early" if run.stopped else "read to the end"
-    return f"{how} after {run.blocks_done} of {run.blocks} blocks of the driving table"
+    return run.describe()
 
 
 def json_plan(request: ExplainRequest, postgres_json: str) -> str:

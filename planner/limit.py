@@ -1,8 +1,12 @@
 """LIMIT without a full scan: run the models block range by block range of one table, stop
 once the statement restricted to the ranges done has LIMIT rows.
 
-Applies to a single SELECT with a constant LIMIT (and OFFSET) and no ORDER BY, grouping,
-DISTINCT or aggregate at its top: then any LIMIT rows of the statement are a correct answer.
+Applies to a single SELECT with a constant LIMIT (and OFFSET) and no grouping, DISTINCT or
+aggregate at its top. Without ORDER BY any LIMIT rows of the statement are a correct answer.
+With ORDER BY whose first key is a column of the driver (through views), the batches are the
+driver's first n rows in that order instead of block ranges (``key <= bound``, n doubling): the
+statement restricted to them holds the first LIMIT rows of the whole answer once it has LIMIT
+rows, since every row ordered before the bound is in it (ties included).
 The *driver* is the base table that every row of the statement comes from: the first FROM
 item, followed through inner and left joins (the preserved side) and plain subqueries
 (inlined views, chains of them). A guard ``driver.ctid >= lo AND driver.ctid < hi`` (a TID
@@ -16,12 +20,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pglast import ast
-from pglast.enums import JoinType
+from pglast.enums import JoinType, SortByDir, SortByNulls
 
-from planner.rewrite.ast_util import add_conjuncts, has_aggregates, is_plain_select, parse_condition, render
+from planner.rewrite.ast_util import (
+    add_conjuncts,
+    column_fields,
+    conjuncts,
+    has_aggregates,
+    is_plain_select,
+    output_columns,
+    parse_condition,
+    render,
+    walk,
+)
 
 FIRST_BLOCKS = 1
 MAX_BLOCK = 0xFFFFFFFF  # the largest block number a tid can hold: "to the end of the table"
+
+
+FIRST_ROWS = 64  # ORDER BY: the first batch's rows of the driver
+
+
+@dataclass(frozen=True)
+class OrderKey:
+    """The driver column the statement's first ORDER BY key reads, and its direction."""
+
+    column: str
+    descending: bool
+    nulls_first: bool
 
 
 @dataclass
@@ -29,7 +55,37 @@ class LimitPlan:
     statement: ast.SelectStmt  # the planning statement, guard included
     limit: int  # rows the statement returns once the blocks done hold enough (its LIMIT)
     table: str  # the driver, as the statement names it (for its size)
-    guard: ast.BoolExpr  # its two tid constants are set per batch
+    guard: ast.BoolExpr  # its constants are set per batch
+    alias: str = ""  # the driver's name in the statement
+    order: OrderKey | None = None  # batches by the first ORDER BY key, not by blocks
+    filters: tuple[str, ...] = ()  # the driver level's conditions on the driver alone
+
+    def set_bound(self, text: str, type_name: str) -> None:
+        """ORDER BY: keep the driver rows ordered up to ``text`` (a value of ``type_name``)."""
+        order = self.order
+        key = f"{_quote(self.alias)}.{_quote(order.column)}"
+        value = "'" + text.replace("'", "''") + "'::" + type_name
+        nulls = f"{key} IS NULL" if order.nulls_first else "false"
+        self.guard.args = parse_condition(
+            f"{key} {'>=' if order.descending else '<='} {value} OR {nulls}"
+        ).args
+
+    def set_all(self) -> None:
+        """ORDER BY: the last batch, the whole driver."""
+        self.guard.args = parse_condition("true OR false").args
+
+    def bound_sql(self, rows: int) -> str:
+        """The ORDER BY key of the driver's ``rows``-th row in order (with its own filters)."""
+        order = self.order
+        key = f"{_quote(self.alias)}.{_quote(order.column)}"
+        where = f" WHERE {' AND '.join(self.filters)}" if self.filters else ""
+        direction = ("DESC" if order.descending else "ASC") + (
+            " NULLS FIRST" if order.nulls_first else " NULLS LAST"
+        )
+        return (
+            f"SELECT {key}::text, pg_catalog.pg_typeof({key})::text FROM {self.table} AS {_quote(self.alias)}"
+            f"{where} ORDER BY {key} {direction} OFFSET {rows - 1} LIMIT 1"
+        )
 
     def set_range(self, lo: int, hi: int | None) -> None:
         low, high = self.guard.args
@@ -58,42 +114,84 @@ def plan_limit(statements: list) -> LimitPlan | None:
     offset = _constant(stmt.limitOffset) if stmt.limitOffset is not None else 0
     if limit is None or offset is None:
         return None  # LIMIT ALL, or a value known only at run time
-    found = _driver(stmt)
+    found = _driver(stmt, _sort_key(stmt))
     if found is None:
         return None
-    level, table = found
+    level, table, key = found
+    if stmt.sortClause and key is None:
+        return None  # ordered by something other than a driver column
     name = table.alias.aliasname if table.alias is not None else table.relname
-    ref = '"' + name.replace('"', '""') + '".ctid'
-    guard = parse_condition(f"{ref} >= '(0,0)'::tid AND {ref} < '(1,0)'::tid")
-    add_conjuncts(level, [guard])
     named = ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
-    return LimitPlan(stmt, limit, render(named), guard)
+    order = _order(stmt.sortClause[0], key) if key is not None else None
+    if order is None:
+        ref = _quote(name) + ".ctid"
+        guard = parse_condition(f"{ref} >= '(0,0)'::tid AND {ref} < '(1,0)'::tid")
+    else:
+        guard = parse_condition("false OR false")
+    filters = tuple(render(c) for c in conjuncts(level.whereClause) if _reads_only(c, name))
+    add_conjuncts(level, [guard])
+    return LimitPlan(stmt, limit, render(named), guard, name, order, filters)
+
+
+def _sort_key(stmt: ast.SelectStmt):
+    """The first ORDER BY expression, output column names and positions resolved."""
+    if not stmt.sortClause:
+        return None
+    node = stmt.sortClause[0].node
+    targets = list(stmt.targetList or ())
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
+        index = node.val.ival - 1
+        return targets[index].val if 0 <= index < len(targets) else None
+    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1:
+        named = [t.val for t in targets if t.name == column_fields(node)[0]]
+        if named:
+            return named[0]
+    return node
+
+
+def _order(sort: ast.SortBy, column: str) -> OrderKey | None:
+    if sort.useOp is not None:
+        return None
+    descending = sort.sortby_dir == SortByDir.SORTBY_DESC
+    if sort.sortby_nulls == SortByNulls.SORTBY_NULLS_DEFAULT:
+        nulls_first = descending  # Postgres: NULLs sort as larger than any value
+    else:
+        nulls_first = sort.sortby_nulls == SortByNulls.SORTBY_NULLS_FIRST
+    return OrderKey(column, descending, nulls_first)
 
 
 @dataclass
 class LimitRun:
     """How a LIMIT plan ran: for EXPLAIN ANALYZE and the query log."""
 
-    blocks: int  # the driver's size when the run started
-    blocks_done: int = 0
+    total: int | None  # blocks of the driver when the run started (None: batches by ORDER BY)
+    done: int = 0  # blocks, or rows of the driver in ORDER BY order, materialized
     stopped: bool = False  # early: the rest of the table was never read
+
+    def describe(self) -> str:
+        how = "stopped early" if self.stopped else "read to the end"
+        if self.total is None:
+            return f"{how} after the first {self.done} rows of the driving table in ORDER BY order"
+        return f"{how} after {self.done} of {self.total} blocks of the driving table"
 
 
 def _limited_select(stmt) -> bool:
     if not isinstance(stmt, ast.SelectStmt) or stmt.op.name != "SETOP_NONE" or stmt.limitCount is None:
         return False
-    if stmt.sortClause or stmt.groupClause or stmt.distinctClause or stmt.havingClause:
+    if stmt.groupClause or stmt.distinctClause or stmt.havingClause:
         return False
     if stmt.windowClause or stmt.withClause is not None or stmt.lockingClause:
         return False
     return not has_aggregates(stmt.targetList or ())
 
 
-def _driver(stmt: ast.SelectStmt) -> tuple[ast.SelectStmt, ast.RangeVar] | None:
-    """(level, table) of the base table every row of ``stmt`` comes from, or None."""
+def _driver(stmt: ast.SelectStmt, key) -> tuple[ast.SelectStmt, ast.RangeVar, str | None] | None:
+    """(level, table, the driver column ``key`` reads or None) of the base table every row of
+    ``stmt`` comes from, or None when there is none."""
     level = stmt
     while level.fromClause:
         item = level.fromClause[0]
+        sole = len(level.fromClause) == 1 and not isinstance(item, ast.JoinExpr)
         while isinstance(item, ast.JoinExpr):
             if item.jointype in (JoinType.JOIN_INNER, JoinType.JOIN_LEFT):
                 item = item.larg
@@ -102,12 +200,41 @@ def _driver(stmt: ast.SelectStmt) -> tuple[ast.SelectStmt, ast.RangeVar] | None:
             else:
                 return None
         if isinstance(item, ast.RangeVar):
-            return (level, item) if item.inh is not False else None
+            if item.inh is False:
+                return None
+            name = item.alias.aliasname if item.alias is not None else item.relname
+            return level, item, _column_of(key, name, sole)
         if isinstance(item, ast.RangeSubselect) and not item.lateral and _plain(item.subquery):
+            column = _column_of(key, item.alias.aliasname if item.alias else None, sole)
+            key = output_columns(item.subquery).get(column) if column is not None else None
             level = item.subquery
             continue
         return None
     return None
+
+
+def _column_of(key, name: str | None, sole: bool) -> str | None:
+    """The column of the item called ``name`` that ``key`` reads, if it is one."""
+    if not isinstance(key, ast.ColumnRef):
+        return None
+    fields = column_fields(key)
+    if len(fields) == 2 and fields[0] == name:
+        return fields[1]
+    if len(fields) == 1 and sole:
+        return fields[0]
+    return None
+
+
+def _reads_only(condition: ast.Node, name: str) -> bool:
+    """A condition on the driver alone, written with its name (no subquery, no parameter)."""
+    refs = [n for n in walk(condition) if isinstance(n, ast.ColumnRef)]
+    if not refs or any(isinstance(n, ast.SubLink | ast.ParamRef | ast.FuncCall) for n in walk(condition)):
+        return False
+    return all(len(column_fields(r)) == 2 and column_fields(r)[0] == name for r in refs)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _plain(query) -> bool:

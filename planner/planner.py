@@ -18,7 +18,7 @@ from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.explain import ExplainRequest, SitePlan, json_plan, read_explain, text_plan
 from planner.lifecycle import ModelLifecycle
-from planner.limit import FIRST_BLOCKS, LimitPlan, LimitRun, plan_limit
+from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
 from planner.model_spec import ModelSpec
 from planner.outcome import Failed, Forward, Outcome, PlanError, Rows, SessionPort
@@ -156,7 +156,9 @@ class Planner:
         if limit is not None:
             run = await self._limited(limit, port, done)
             await self._finish(sql, done, started, port)
-            return Forward(sql=limit.sql()) if run.stopped else Forward()
+            if run.stopped:
+                return Forward(sql=limit.sql())
+            return Forward(sql=analysis.forward_sql) if analysis.forward_sql else Forward()
         final = analysis.statements if analysis.forward_sql else statements  # what Postgres runs
         done.maps_wanted = wanted_maps(final, self.catalog.models) if rewritable else frozenset()
         await self._materialize_all(analysis.sites, port, done)
@@ -202,27 +204,47 @@ class Planner:
         await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
 
     async def _limited(self, limit: LimitPlan, port: SessionPort, done: Materialized) -> LimitRun:
-        """Materialize block range after block range of the driver (doubling), until the
-        statement over the ranges done has its LIMIT rows; see planner.limit."""
-        ctx = self._context()
+        """Materialize batch after batch of the driver's rows (doubling), until the statement
+        restricted to the rows done has its LIMIT rows; see planner.limit."""
+        if limit.order is not None:
+            return await self._limited_by_order(limit, port, done)
         blocks = await port.fetchval(limit.blocks_sql())
-        run = LimitRun(blocks=blocks)
+        run = LimitRun(total=blocks)
         lo, size = 0, FIRST_BLOCKS
         while True:
             hi = lo + size if lo + size < blocks else None
             limit.set_range(lo, hi)
-            for site in find_call_sites([limit.statement], ctx.models, ctx.push):
-                spec = self.catalog.get(site.model)
-                await materialize_site(site, spec, self.dbs, self.inference, port, done)
+            await self._materialize_all(self._limit_sites(limit), port, done)
             if hi is None:
-                run.blocks_done = blocks
+                run.done = blocks
                 return run  # the whole table is done: the statement runs as sent
             limit.set_range(0, hi)
-            run.blocks_done = hi
+            run.done = hi
             if await port.fetchval(limit.count_sql()) >= limit.limit:
                 run.stopped = True
                 return run
             lo, size = hi, size * 2
+
+    async def _limited_by_order(self, limit: LimitPlan, port: SessionPort, done: Materialized) -> LimitRun:
+        run = LimitRun(total=None)
+        rows = FIRST_ROWS
+        while True:
+            bound = await port.fetch(limit.bound_sql(rows))
+            if not bound or bound[0][0] is None:
+                limit.set_all()  # fewer rows than that (or only NULL keys left): all of them
+                await self._materialize_all(self._limit_sites(limit), port, done)
+                return run
+            limit.set_bound(bound[0][0], bound[0][1])
+            await self._materialize_all(self._limit_sites(limit), port, done)
+            run.done = rows
+            if await port.fetchval(limit.count_sql()) >= limit.limit:
+                run.stopped = True
+                return run
+            rows *= 2
+
+    def _limit_sites(self, limit: LimitPlan) -> list[CallSite]:
+        ctx = self._context()
+        return find_call_sites([limit.statement], ctx.models, ctx.push)
 
     async def _record_costs(self, specs: list[ModelSpec]) -> None:
         """Persist what the pool measured: cost per row per device, and batch sizes."""

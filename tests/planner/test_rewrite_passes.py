@@ -219,10 +219,20 @@ def test_limit_guard_sits_on_the_driving_table_under_the_views():
     assert "f.ctid >= CAST('(4,0)' AS tid) AND f.ctid < CAST('(8,0)' AS tid)" in plan.sql()
 
 
+def test_an_ordered_limit_batches_by_the_drivers_first_rows_in_that_order():
+    plan = plan_limit([rewrite(stmt("SELECT id FROM preds WHERE digit = 7 ORDER BY id DESC LIMIT 5"), CTX)])
+    assert plan is not None and plan.order is not None
+    assert (plan.order.column, plan.order.descending, plan.order.nulls_first) == ("id", True, True)
+    assert 'ORDER BY "d"."id" DESC NULLS FIRST OFFSET 63 LIMIT 1' in plan.bound_sql(64)
+    plan.set_bound("1700", "integer")
+    assert "d.id >= CAST('1700' AS integer) OR d.id IS NULL" in plan.sql()
+
+
 @pytest.mark.parametrize(
     "given",
     [
-        "SELECT * FROM preds ORDER BY id LIMIT 5",
+        "SELECT * FROM preds ORDER BY digit LIMIT 5",  # ordered by a model output
+        "SELECT * FROM preds ORDER BY id + 1 LIMIT 5",  # not a column
         "SELECT count(*) FROM preds LIMIT 5",
         "SELECT DISTINCT digit FROM preds LIMIT 5",
         "SELECT * FROM preds LIMIT $1",
