@@ -118,6 +118,8 @@ async def _analyze(db: asyncpg.Pool, spec: ModelSpec, work: _Pass) -> None:
     if work.runs >= ANALYZE_AFTER_ROWS:
         await db.execute(f"ANALYZE {spec.cache_table}")
     if work.target is not None and work.mapped >= ANALYZE_AFTER_ROWS:
+        # many new entries: maybe the table was rewritten; entries of its old files go
+        await db.execute(f"DELETE FROM {work.target.rowmap.table} WHERE filenode <> $1", work.filenode)
         await db.execute(f"ANALYZE {work.target.rowmap.table}")
 
 
