@@ -186,9 +186,11 @@ class Planner:
     def _limit_plan(self, analysis: Analysis) -> LimitPlan | None:
         """An early-stopping plan on a copy of the planning statement; None where it does not
         apply or where a parameter's value is unknown (its SQL must run with no parameters)."""
-        if any(_has_params(s) for s in analysis.statements):
+        if len(analysis.statements) != 1 or getattr(analysis.statements[0], "limitCount", None) is None:
+            return None  # checked before copying the tree: most statements have no LIMIT
+        if _has_params(analysis.statements[0]):
             return None
-        return plan_limit([copy_node(s) for s in analysis.statements])
+        return plan_limit([copy_node(analysis.statements[0])])
 
     async def _validate(self, sql: str, statements: list, port: SessionPort) -> None:
         """Postgres checks the statement (parse analysis, no execution) before any model runs:
