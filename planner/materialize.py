@@ -25,13 +25,14 @@ import asyncpg
 import numpy as np
 
 from inference.errors import InferenceLayerError
-from planner import row_maps, send_forms
+from planner import map_pass, row_maps, send_forms
 from planner.batches import InputRows, input_label, model_ref, run_batch
 from planner.calls import CallSite
 from planner.install import digest_sql
+from planner.map_pass import MapRows, Survey
 from planner.model_spec import ModelSpec
 from planner.outcome import PlanError, SessionPort
-from planner.row_maps import MapKey, MapRows, MapTarget, RowMap
+from planner.row_maps import MapKey, MapTarget, RowMap
 
 __all__ = ["BATCH_ROWS", "Databases", "Materialized", "materialize_site", "model_ref", "pending_inputs_sql"]
 
@@ -79,12 +80,15 @@ async def materialize_site(
             )
             work.total_sql = pending_inputs_sql(site, spec)
         else:
-            work.reaching = await port.fetchval(row_maps.input_sql(site, spec, target, count=True))
-            query = row_maps.input_sql(site, spec, target)
-        async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
-            async for rows in chunks:
-                await work.feed(rows)
+            work.survey = await map_pass.survey(dbs.read, port, site, target)
+            query = None if work.survey.vouched else map_pass.input_sql(site, spec, target)
+        if query is not None:
+            async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
+                async for rows in chunks:
+                    await work.feed(rows)
         await work.finish()
+        if work.completes_map(site):
+            await map_pass.mark_complete(dbs.write, target.rowmap, work.survey)
     except InferenceLayerError as exc:
         await work.abort()
         raise PlanError("XX000", f"model {spec.name} failed: {exc}") from None
@@ -192,7 +196,8 @@ class _Pass:
         self.pending_runs = self.pending_mapped = 0
         self.tasks: deque[asyncio.Task] = deque()
         self.runs = self.hits = self.mapped = self.read = 0
-        self.reaching: int | None = None  # map path: rows reaching the call, mapped or not
+        self.survey: Survey | None = None  # map path: the rows reaching the call, the marker
+        self.unkept = self.unentered = 0  # map path: rows read that got no entry
         self.total_sql: str | None = None  # digest path: how to count the inputs, when it takes long
         self.total: int | None = None
         self.filenode: int | None = None
@@ -231,10 +236,11 @@ class _Pass:
     def _map_chunk(self, rows: list[tuple]) -> _Chunk:
         """Rows (identity, send forms...) that the map does not hold yet."""
         assert self.target is not None
-        ids, keep = row_maps.read_identities([r[0] for r in rows], self.target.rowmap.relid)
+        ids, keep = map_pass.read_identities([r[0] for r in rows], self.target.rowmap.relid)
         if self.filenode is None and len(ids):
             self.filenode = int(ids["filenode"][0])
         keep &= ids["filenode"] == self.filenode
+        self.unkept += len(keep) - int(keep.sum())
         sends = [[r[1 + k] for r in rows] for k in range(len(self.spec.args))]
         digests = send_forms.digests_of(sends)
         new = self._unseen(digests)
@@ -242,7 +248,7 @@ class _Pass:
             f"({b},{o})" for b, o in zip(ids["block"][new].tolist(), ids["offset"][new].tolist(), strict=True)
         ]
         run = _decode(self.spec, sends, digests, new, labels)
-        return _Chunk(run, np.asarray(new, dtype=np.int64), row_maps.map_rows(ids, keep, digests))
+        return _Chunk(run, np.asarray(new, dtype=np.int64), map_pass.map_rows(ids, keep, digests))
 
     def _unseen(self, digests: list[bytes]) -> list[int]:
         """Positions of the digests not met before in this pass (each kept once)."""
@@ -283,7 +289,8 @@ class _Pass:
             if previous is not None:  # its outputs, which some of these rows read, come first
                 await asyncio.wait([previous])
             async with self.dbs.write.acquire() as conn:
-                await row_maps.write(conn, self.spec, self.target.rowmap, self.filenode, mapped)
+                entered = await map_pass.write(conn, self.spec, self.target.rowmap, self.filenode, mapped)
+            self.unentered += len(mapped) - entered
         return runs, found, len(mapped) if mapped else 0
 
     async def _collect(self, task: asyncio.Task) -> None:
@@ -297,8 +304,15 @@ class _Pass:
             await self._submit()
         while self.tasks:
             await self._collect(self.tasks.popleft())
-        if self.reaching is not None:  # rows the map held already: served without the model
-            self.hits += max(0, self.reaching - self.read)
+        if self.survey is not None:  # rows the map held already: served without the model
+            self.hits += max(0, self.survey.reaching - self.read)
+
+    def completes_map(self, site: CallSite) -> bool:
+        """Did this pass enter every row of the table (see planner.map_pass)?"""
+        found = self.survey
+        if found is None or found.vouched or site.where_sql or self.unkept or self.unentered:
+            return False
+        return self.filenode is None or self.filenode == found.filenode
 
     async def abort(self) -> None:
         tasks, self.tasks = list(self.tasks), deque()
@@ -312,8 +326,8 @@ class _Pass:
             return
         self.last_notice = now
         if self.total is None:  # counted once, when the work turns out to be long
-            if self.reaching is not None:
-                self.total = self.reaching
+            if self.survey is not None:
+                self.total = self.survey.reaching
             else:
                 self.total = self.runs + (await self.port.fetch(self.total_sql))[0][0]
         self.port.notice(_progress(self.spec, self.runs, self.total, now - self.started))

@@ -6,16 +6,17 @@ execution (~10 µs a row); a join on the row's tid hashes no input at all. In a 
 FROM item is a table ``t`` and a call ``m(t.x)`` of a scalar model has a row map::
 
     SELECT ... FROM t WHERE m(x) = 3
-    SELECT ... FROM t LEFT JOIN (SELECT r.tid AS sieve_m1_tid, ...) AS sieve_m1
-        ON sieve_m1_tid = t.ctid AND ... WHERE CASE WHEN sieve_m1_tid IS NOT NULL
-        THEN sieve_m1_value ELSE m(x) END = 3
+    SELECT ... FROM t LEFT JOIN (SELECT r.tid AS sieve_m1_tid, r.xid AS sieve_m1_xid, ...
+        FROM <map> r WHERE r.filenode = <t's now> ...) AS sieve_m1 ON sieve_m1_tid = t.ctid ...
+        WHERE CASE WHEN sieve_m1_xid = t.xmin THEN sieve_m1_value ELSE m(x) END = 3
 
-A row the map holds reads its output there; any other row (a NULL input, a row written since,
-a table rewritten since) calls the function as before, so STRICT, the not-materialized error and
-lenient reads are the function's own. The join adds no rows (one entry per tuple version at
-most) and no columns (``*`` becomes ``t.*``; the map's columns get names nothing else in the
-level uses). Statements that lock rows (FOR UPDATE) or define objects are returned unchanged,
-as are calls in levels of any other shape.
+A row whose tuple version has an entry reads its output there; any other row (a NULL input, a
+row written since, a table rewritten since) calls the function as before, so STRICT, the
+not-materialized error and lenient reads are the function's own. The join adds no rows (one
+entry per tid in a relfilenode) and no columns (``*`` becomes ``t.*``, a call's output column
+keeps its name, the map's columns get names nothing else in the statement starts with).
+Statements that lock rows (FOR UPDATE) or define objects are returned unchanged, as are calls in
+levels of any other shape.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _rewrite_level(
         if found.key not in aliases:
             aliases[found.key] = _fresh("sieve_m", taken, rowmap.table_columns)
             joined = _join(joined, rowmap, aliases[found.key], refname)
-        reads[id(found.call)] = _read(aliases[found.key], rowmap, found.call, specs)
+        reads[id(found.call)] = _read(aliases[found.key], rowmap, found.call, refname)
     level.fromClause = (joined,)
     level.targetList = tuple(_named(_star_of(t, refname), reads) for t in level.targetList or ())
     for name in _LEVEL_FIELDS:
@@ -218,25 +219,34 @@ def _fresh(prefix: str, taken: set[str], columns: tuple[str, ...]) -> str:
 
 
 def _join(left: ast.Node, rowmap: RowMap, alias: str, refname: str) -> ast.JoinExpr:
-    """``left LEFT JOIN`` the map's valid entries, under names only this rewrite uses."""
+    """``left LEFT JOIN`` the map's entries of the table's current files, by tid alone (one entry
+    per tid there: the hash key stays small), under names only this rewrite uses."""
     outputs = ", ".join(f'r."{c}" AS "{alias}_{c}"' for c in rowmap.columns)
     sub = (
         f'SELECT r.tid AS "{alias}_tid", r.xid AS "{alias}_xid", {outputs} FROM {rowmap.table} r '
         f"WHERE r.filenode = {filenode_sql(rowmap.relid)} AND r.ordinal = 0"
     )
-    ref = '"' + refname.replace('"', '""') + '"'
-    on = f'"{alias}_tid" = {ref}.ctid AND "{alias}_xid" = {ref}.xmin AND {ref}.tableoid = {rowmap.relid}'
+    ref = _quoted(refname)
+    on = f'"{alias}_tid" = {ref}.ctid AND {ref}.tableoid = {rowmap.relid}'
     template = parse_sql(f"SELECT 1 FROM x LEFT JOIN ({sub}) AS {alias} ON {on}")[0].stmt.fromClause[0]
     return ast.JoinExpr(jointype=JoinType.JOIN_LEFT, larg=left, rarg=template.rarg, quals=template.quals)
 
 
-def _read(alias: str, rowmap: RowMap, call: ast.FuncCall, specs: Mapping[str, ModelSpec]) -> ast.Node:
-    """The call's value: the map's entry when the row has one, else the call itself."""
+def _read(alias: str, rowmap: RowMap, call: ast.FuncCall, refname: str) -> ast.Node:
+    """The call's value: the entry when it belongs to this tuple version (same xmin), else the
+    call itself."""
     column = rowmap.columns[0]
-    case = parse_sql(f'SELECT CASE WHEN "{alias}_tid" IS NOT NULL THEN "{alias}_{column}" END')[0].stmt
-    expr = case.targetList[0].val
-    expr.defresult = copy_node(call)
-    return expr
+    case = (
+        parse_sql(f'SELECT CASE WHEN "{alias}_xid" = {_quoted(refname)}.xmin THEN "{alias}_{column}" END')[0]
+        .stmt.targetList[0]
+        .val
+    )
+    case.defresult = copy_node(call)
+    return case
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _star_of(target: ast.ResTarget, refname: str) -> ast.ResTarget:

@@ -25,7 +25,6 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
-import numpy as np
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
@@ -37,10 +36,6 @@ from planner.outcome import SessionPort
 log = logging.getLogger("sievedb.planner.row_maps")
 
 DDL_LOCK = 0x5133_7EDD  # advisory lock (with the model id): one session creates a model's maps
-# Each input row's identity as the input query sends it: table oid, relfilenode, tid, xmin.
-IDENTITY = np.dtype(
-    [("rel", ">u4"), ("filenode", ">u4"), ("block", ">u4"), ("offset", ">u2"), ("xid", ">u4")]
-)
 
 
 @dataclass(frozen=True)
@@ -59,33 +54,6 @@ class RowMap:
     relid: int
     columns: tuple[str, ...]  # the model's result columns, as in its cache table
     table_columns: tuple[str, ...] = ()  # the table's own columns (names a join must not reuse)
-
-
-@dataclass
-class MapRows:
-    """Rows of a chunk whose outputs go into the map, with their place in the chunk."""
-
-    tids: list[tuple[int, int]]
-    xids: list[int]
-    digests: list[bytes]
-    positions: np.ndarray
-
-    def split(self, cut: int) -> tuple[MapRows, MapRows]:
-        k = int(np.searchsorted(self.positions, cut))
-        head = MapRows(self.tids[:k], self.xids[:k], self.digests[:k], self.positions[:k])
-        return head, MapRows(self.tids[k:], self.xids[k:], self.digests[k:], self.positions[k:])
-
-    @classmethod
-    def concat(cls, parts: list[MapRows]) -> MapRows:
-        return cls(
-            [t for p in parts for t in p.tids],
-            [x for p in parts for x in p.xids],
-            [d for p in parts for d in p.digests],
-            np.zeros(0, dtype=np.int64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.tids)
 
 
 # -- which calls a map can serve ------------------------------------------------------------------
@@ -234,7 +202,7 @@ def _ddl(spec: ModelSpec, target: MapTarget, function: int) -> list[str]:
     ]
 
 
-# -- the input query and writes -------------------------------------------------------------------
+# -- reading entries -------------------------------------------------------------------
 
 
 def filenode_sql(relid: int) -> str:
@@ -248,68 +216,4 @@ def match_sql(map_alias: str, table_alias: str, relid: int) -> str:
     return (
         f"{m}.tid = {t}.ctid AND {m}.xid = {t}.xmin AND {m}.filenode = {filenode_sql(relid)} "
         f"AND {m}.ordinal = 0"
-    )
-
-
-def input_sql(site: CallSite, spec: ModelSpec, target: MapTarget, count: bool = False) -> str:
-    """The site's rows that the map does not hold yet: (identity, send forms of the arguments);
-    with ``count``, how many rows reach the site (mapped or not)."""
-    from planner.send_forms import send_sql
-
-    t = quote_ident(target.alias)
-    columns = [f"{t}.{quote_ident(c)}" for c in target.rowmap.key.columns]
-    source = f"{quote_ident(target.schema)}.{quote_ident(target.name)} AS {t}"
-    where = [f"({site.where_sql})"] if site.where_sql else []
-    where += [f"{c} IS NOT NULL" for c in columns]  # STRICT: NULL in, NULL out, no entry needed
-    if count:
-        return (
-            f"{site.with_sql} SELECT pg_catalog.count(*) FROM {source} WHERE {' AND '.join(where)}".lstrip()
-        )
-    rel = target.rowmap.relid
-    identity = (
-        f"pg_catalog.oidsend({t}.tableoid) || pg_catalog.oidsend({filenode_sql(rel)}) || "
-        f"pg_catalog.tidsend({t}.ctid) || pg_catalog.xidsend({t}.xmin)"
-    )
-    sends = ", ".join(send_sql(arg_type, c) for (_, arg_type), c in zip(spec.args, columns, strict=True))
-    held = match_sql("sieve_map", target.alias, rel)
-    where.append(f"NOT EXISTS (SELECT 1 FROM {target.rowmap.table} sieve_map WHERE {held})")
-    return f"{site.with_sql} SELECT {identity}, {sends} FROM {source} WHERE {' AND '.join(where)}".lstrip()
-
-
-def read_identities(raw: list[bytes], relid: int) -> tuple[np.ndarray, np.ndarray]:
-    """The identities of a chunk's rows, and which of them may get map entries (rows of the
-    verified table: the query names it by schema, so this only fails for a catalog change)."""
-    ids = np.frombuffer(b"".join(raw), dtype=IDENTITY)
-    return ids, ids["rel"] == relid
-
-
-def map_rows(ids: np.ndarray, keep: np.ndarray, digests: list[bytes]) -> MapRows:
-    positions = np.flatnonzero(keep)
-    chosen = ids[positions]
-    tids = list(zip(chosen["block"].tolist(), chosen["offset"].tolist(), strict=True))
-    return MapRows(tids, chosen["xid"].tolist(), [digests[i] for i in positions.tolist()], positions)
-
-
-async def write(
-    conn: asyncpg.Connection, spec: ModelSpec, rowmap: RowMap, filenode: int, rows: MapRows
-) -> None:
-    """Enter a batch's rows, their outputs copied from the cache by SieveDB's own digest (rows
-    whose output is not cached, which cannot happen unless the cache was cleared meanwhile, get
-    no entry). Entries of an older tuple version at the same tid are replaced. Keys go in in
-    order, so writers of overlapping rows wait for each other instead of deadlocking."""
-    if not rows.tids:
-        return
-    cols = [quote_ident(c) for c in rowmap.columns]
-    await conn.execute(
-        f"INSERT INTO {rowmap.table} (filenode, tid, xid, ordinal, {', '.join(cols)}) "
-        f"SELECT $1::pg_catalog.oid, r.tid, r.xid, c.ordinal, {', '.join(f'c.{c}' for c in cols)} "
-        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.xid[]), "
-        "pg_catalog.unnest($4::pg_catalog.bytea[])) AS r(tid, xid, digest) "
-        f"JOIN {spec.cache_table} c ON c.digest = r.digest AND c.ordinal = 0 "
-        "ORDER BY r.tid ON CONFLICT (tid, filenode, ordinal) DO UPDATE SET xid = EXCLUDED.xid, "
-        + ", ".join(f"{c} = EXCLUDED.{c}" for c in cols),
-        filenode,
-        rows.tids,
-        rows.xids,
-        rows.digests,
     )

@@ -48,12 +48,12 @@ def join(alias: str = "sieve_m1", ref: str = "t") -> str:
         f"LEFT JOIN (SELECT r.tid AS {alias}_tid, r.xid AS {alias}_xid, r.value AS {alias}_value "
         f"FROM {TABLE} AS r WHERE r.filenode = (SELECT pg_catalog.pg_relation_filenode("
         f"CAST(16384 AS pg_catalog.oid))) AND r.ordinal = 0) AS {alias} ON {alias}_tid = {ref}.ctid "
-        f"AND {alias}_xid = {ref}.xmin AND {ref}.tableoid = 16384"
+        f"AND {ref}.tableoid = 16384"
     )
 
 
-def read(call: str, alias: str = "sieve_m1") -> str:
-    return f"CASE WHEN {alias}_tid IS NOT NULL THEN {alias}_value ELSE {call} END"
+def read(call: str, alias: str = "sieve_m1", ref: str = "t") -> str:
+    return f"CASE WHEN {alias}_xid = {ref}.xmin THEN {alias}_value ELSE {call} END"
 
 
 def rewrite(sql: str) -> str | None:
@@ -76,7 +76,7 @@ def rewrite(sql: str) -> str | None:
         # an alias, a schema
         (
             "SELECT a.id FROM t AS a WHERE m(a.x) > 1",
-            f"SELECT a.id FROM t AS a {join(ref='a')} WHERE {read('m(a.x)')} > 1",
+            f"SELECT a.id FROM t AS a {join(ref='a')} WHERE {read('m(a.x)', ref='a')} > 1",
         ),
         ("SELECT sum(m(x)) FROM public.t", f"SELECT sum({read('m(x)')}) FROM public.t {join()}"),
         # two models, one join each; a model with two arguments
@@ -101,7 +101,7 @@ def rewrite(sql: str) -> str | None:
             "SELECT sieve_m1 FROM t WHERE m(x) = 1",
             f"SELECT sieve_m1 FROM t {join('sieve_m2')} WHERE {read('m(x)', 'sieve_m2')} = 1",
         ),
-        ("SELECT m(x) FROM u", f"SELECT {read('m(x)', 'sieve_m2')} AS m FROM u {join('sieve_m2', 'u')}"),
+        ("SELECT m(x) FROM u", f"SELECT {read('m(x)', 'sieve_m2', 'u')} AS m FROM u {join('sieve_m2', 'u')}"),
         ("INSERT INTO out SELECT m(x) FROM t", f"INSERT INTO out SELECT {read('m(x)')} AS m FROM t {join()}"),
     ],
 )
