@@ -20,6 +20,7 @@ from planner.rewrite.ast_util import (
     conjuncts,
     mentions_model,
     model_name,
+    models_called,
     parse_condition,
     render,
     walk,
@@ -92,7 +93,31 @@ def find_call_sites(
     for stmt in statements:
         _walk(stmt, ctx, level=None, depth=0, out=sites, withs=())
     unique = list(dict.fromkeys(sites))  # ORDER BY f(x) repeats the SELECT list's f(x)
-    return sorted(unique, key=lambda s: (-s.nesting, s.lateral_rank, -s.depth))
+    return _after_what_they_read(
+        sorted(unique, key=lambda s: (-s.nesting, s.lateral_rank, -s.depth)), ctx.models
+    )
+
+
+def _after_what_they_read(sites: list[CallSite], models: set[str]) -> list[CallSite]:
+    """Each site after the sites of every other model its input query calls (a subquery that
+    narrows it, a CTE, a view); ties and cycles keep the nesting order."""
+    reads = {id(s): models_called(parse_sql(_input_sql(s))[0].stmt, models) - {s.model} for s in sites}
+    ordered, left = [], list(sites)
+    while left:
+        ready = next(
+            (s for s in left if not any(t.model in reads[id(s)] for t in left if t is not s)),
+            left[0],
+        )
+        ordered.append(ready)
+        left.remove(ready)
+    return ordered
+
+
+def _input_sql(site: CallSite) -> str:
+    args = ", ".join(site.args) or "1"
+    source = f" FROM {site.from_sql}" if site.from_sql else ""
+    where = f" WHERE {site.where_sql}" if site.where_sql else ""
+    return f"{site.with_sql} SELECT {args}{source}{where}".lstrip()
 
 
 def _walk(
@@ -294,7 +319,7 @@ def _narrowing(where: ast.Node | None, ctx: PushContext, hidden: set[str], alias
     """The WHERE conditions (and conditions they imply) the call's input query may apply: no
     model, no parameter, nothing volatile, no name of a level around this one."""
     kept = []
-    for condition in narrowing_conjuncts(conjuncts(where), ctx.models, hidden):
+    for condition in narrowing_conjuncts(conjuncts(where), ctx.models, hidden, ctx.uncorrelated):
         if is_volatile(condition) or _reads_outer(condition, aliases):
             continue
         kept.append(condition)

@@ -25,7 +25,7 @@ from planner.outcome import Failed, Forward, Outcome, PlanError, Rows, SessionPo
 from planner.privileges import require_execute
 from planner.read_outputs import read_outputs_sql, wanted_maps
 from planner.rewrite import RewriteContext, rewrite
-from planner.rewrite.ast_util import copy_node, mentions_model, models_called, render, walk
+from planner.rewrite.ast_util import copy_node, models_called, render, walk
 from planner.rewrite.bind_params import bind_params
 
 log = logging.getLogger("sievedb.planner")
@@ -163,8 +163,8 @@ class Planner:
         done.maps_wanted = wanted_maps(final, self.catalog.models) if rewritable else frozenset()
         await self._materialize_all(analysis.sites, port, done)
         await self._finish(sql, done, started, port)
-        if not rewritable:
-            return Forward()
+        if not rewritable or any(_has_params(s) for s in final):
+            return Forward()  # a value known only to Postgres: its SQL must keep the $n
         return Forward(sql=read_outputs_sql(final, self.catalog.models, done.maps) or analysis.forward_sql)
 
     async def _uncorrelated(self, statements: list, port: SessionPort) -> frozenset[str]:
@@ -173,9 +173,10 @@ class Planner:
         only outside transaction blocks, where a failed check costs nothing."""
         if port.in_transaction:
             return frozenset()
-        models = self.catalog.names
+        # as the planning statement spells them (the passes do not move them: none is known yet)
+        planned = [rewrite(copy_node(s), self._context()) for s in statements]
         found = set()
-        for text in dict.fromkeys(_where_subqueries(statements, models)):
+        for text in dict.fromkeys(_where_subqueries(planned)):
             try:
                 await port.column_types(text)
             except PlanError:
@@ -386,14 +387,14 @@ def _changes_views(stmt) -> bool:
     return isinstance(stmt, ast.AlterTableStmt | ast.RenameStmt)
 
 
-def _where_subqueries(statements: list, models: set[str]):
-    """SQL of model-free subqueries in WHERE clauses (up to MAX_SUBQUERY_CHECKS)."""
+def _where_subqueries(statements: list):
+    """SQL of the subqueries in WHERE clauses (up to MAX_SUBQUERY_CHECKS)."""
     count = 0
     for stmt in statements:
         for node in walk(stmt):
             where = getattr(node, "whereClause", None) if isinstance(node, ast.SelectStmt) else None
             for sub in walk(where) if where is not None else ():
-                if isinstance(sub, ast.SubLink) and not mentions_model(sub, models):
+                if isinstance(sub, ast.SubLink):
                     count += 1
                     if count > MAX_SUBQUERY_CHECKS:
                         return

@@ -16,6 +16,7 @@ from pglast import ast
 from planner.rewrite.inline_views import inline_views
 from planner.rewrite.prune_columns import prune_columns
 from planner.rewrite.push_down import PushContext, push_down
+from planner.rewrite.semi_joins import semi_joins
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ Pass = Callable[[ast.Node, RewriteContext], ast.Node]
 EXACT_PASSES: tuple[tuple[str, Pass], ...] = (
     ("inline_views", lambda stmt, ctx: inline_views(stmt, ctx.views)),
     ("prune_columns", lambda stmt, ctx: prune_columns(stmt, ctx.models, ctx.table_models)),
+    ("semi_joins", lambda stmt, ctx: semi_joins(stmt, ctx.models)),
     ("push_down", lambda stmt, ctx: push_down(stmt, ctx.push)),
 )
 

@@ -77,7 +77,17 @@ def and_of(parts: list[ast.Node]) -> ast.Node | None:
 
 
 def add_conjuncts(select: ast.SelectStmt, extra: list[ast.Node]) -> None:
-    select.whereClause = and_of(conjuncts(select.whereClause) + extra)
+    """AND ``extra`` into the WHERE, leaving out what it already says (passes may run again
+    over a tree they built: the same tree must come out)."""
+    present = conjuncts(select.whereClause)
+    seen = {render(c) for c in present}
+    fresh = []
+    for condition in extra:
+        text = render(condition)
+        if text not in seen:
+            seen.add(text)
+            fresh.append(condition)
+    select.whereClause = and_of(present + fresh)
 
 
 def model_name(call: ast.FuncCall, models: set[str]) -> str | None:
@@ -92,10 +102,16 @@ def column_fields(ref: ast.ColumnRef) -> list[str | None]:
     return [f.sval if isinstance(f, ast.String) else None for f in ref.fields]
 
 
-def mentions_model(node: ast.Node, models: set[str], hidden: frozenset | set = frozenset()) -> bool:
+def mentions_model(
+    node: ast.Node,
+    models: set[str],
+    hidden: frozenset | set = frozenset(),
+    ready: frozenset | set = frozenset(),
+) -> bool:
     """True when ``node`` calls a model, reads a model function's rows (``hidden`` aliases), or
-    uses a parameter (unknown while planning)."""
-    for item in walk(node):
+    uses a parameter (unknown while planning). Calls inside a subquery whose SQL is in ``ready``
+    (an uncorrelated subquery, whose own call sites run first) do not count."""
+    for item in _walk_outside(node, ready):
         if isinstance(item, ast.ParamRef):
             return True
         if isinstance(item, ast.FuncCall) and model_name(item, models):
@@ -105,6 +121,15 @@ def mentions_model(node: ast.Node, models: set[str], hidden: frozenset | set = f
             if isinstance(first, ast.String) and first.sval in hidden:
                 return True
     return False
+
+
+def _walk_outside(node: ast.Node, ready) -> Iterator[ast.Node]:
+    yield node
+    if ready and isinstance(node, ast.SubLink) and render(node.subselect) in ready:
+        yield from () if node.testexpr is None else _walk_outside(node.testexpr, ready)
+        return
+    for child in children(node):
+        yield from _walk_outside(child, ready)
 
 
 def models_called(node: ast.Node, models: set[str]) -> set[str]:

@@ -14,14 +14,19 @@ from pglast.enums import BoolExprType
 from planner.rewrite.ast_util import mentions_model
 
 
-def implied_condition(node: ast.Node, models: set[str], hidden: frozenset | set = frozenset()):
+def implied_condition(
+    node: ast.Node,
+    models: set[str],
+    hidden: frozenset | set = frozenset(),
+    ready: frozenset | set = frozenset(),
+):
     """The strongest model-free condition this procedure finds that ``node`` implies, or None
-    when it implies nothing useful (only "true")."""
-    if not mentions_model(node, models, hidden):
+    when it implies nothing useful (only "true"). ``ready``: see ast_util.mentions_model."""
+    if not mentions_model(node, models, hidden, ready):
         return node
     if not isinstance(node, ast.BoolExpr):
         return None
-    parts = [implied_condition(arg, models, hidden) for arg in node.args]
+    parts = [implied_condition(arg, models, hidden, ready) for arg in node.args]
     if node.boolop == BoolExprType.AND_EXPR:
         kept = [p for p in parts if p is not None]
         if not kept:
@@ -34,11 +39,16 @@ def implied_condition(node: ast.Node, models: set[str], hidden: frozenset | set 
     return None  # NOT: the negation of a relaxation is not implied
 
 
-def narrowing_conjuncts(conjuncts: list, models: set[str], hidden: frozenset | set = frozenset()) -> list:
+def narrowing_conjuncts(
+    conjuncts: list,
+    models: set[str],
+    hidden: frozenset | set = frozenset(),
+    ready: frozenset | set = frozenset(),
+) -> list:
     """The model-free conjuncts, and the model-free conditions implied by the others."""
     out = []
     for conjunct in conjuncts:
-        implied = implied_condition(conjunct, models, hidden)
+        implied = implied_condition(conjunct, models, hidden, ready)
         if implied is not None:
             out.append(implied)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pglast import ast
 
-from planner.rewrite.ast_util import children, column_fields, model_name, walk
+from planner.rewrite.ast_util import column_fields, model_name, nodes_in, walk
 
 # Scalar functions that may wrap a model output in a prunable column (never set-returning).
 _SCALAR_FUNCTIONS = frozenset(
@@ -89,18 +89,21 @@ def _droppable(expr: ast.Node, models: set[str], table_models: set[str]) -> bool
 
 
 def _names_read_outside(stmt: ast.Node, sub: ast.RangeSubselect) -> set[str] | None:
-    """Column names read outside ``sub``; None when something reads all of its columns."""
+    """Column names read outside ``sub``; None when something reads all of its columns. A name
+    counts when qualified by the subquery's alias, or unqualified inside the level whose FROM
+    holds the subquery (or a level nested in it: a correlated reference)."""
     alias = sub.alias.aliasname
     used: set[str] = set()
-    for node, level in _outside(stmt, sub, None):
+    for node, levels in _outside(stmt, sub, ()):
+        in_scope = any(_in_from(level, sub) for level in levels)
         if isinstance(node, ast.ColumnRef):
             fields = column_fields(node)
             if fields[-1] is None and (len(fields) == 1 or fields[-2] == alias):
-                if len(fields) > 1 or _in_from(level, sub):
+                if len(fields) > 1 or (levels and _in_from(levels[-1], sub)):
                     return None  # * or alias.*
-            elif len(fields) == 1 and fields[0] == alias:
+            elif len(fields) == 1 and fields[0] == alias and in_scope:
                 return None  # the whole row as a value
-            else:
+            elif (len(fields) == 1 and in_scope) or (len(fields) > 1 and fields[-2] == alias):
                 used.add(fields[-1])
         elif isinstance(node, ast.JoinExpr):
             if node.isNatural and sub in (node.larg, node.rarg):
@@ -109,15 +112,19 @@ def _names_read_outside(stmt: ast.Node, sub: ast.RangeSubselect) -> set[str] | N
     return used
 
 
-def _outside(node: ast.Node, sub: ast.RangeSubselect, level):
-    """(node, its SELECT level) for every node outside ``sub``'s own query."""
+def _outside(node: ast.Node, sub: ast.RangeSubselect, levels: tuple):
+    """(node, the SELECT levels around it, innermost last) for every node outside ``sub``'s
+    own query."""
+    outer = levels
     if isinstance(node, ast.SelectStmt):
-        level = node
-    yield node, level
-    for child in children(node):
-        if child is sub.subquery:
-            continue
-        yield from _outside(child, sub, level)
+        levels = (*levels, node)
+    yield node, levels
+    for name in node.__slots__:
+        # a WITH clause's queries cannot see the FROM items of the statement they belong to
+        scope = outer if name == "withClause" else levels
+        for child in nodes_in(getattr(node, name, None)):
+            if child is not sub.subquery:
+                yield from _outside(child, sub, scope)
 
 
 def _in_from(level, sub: ast.RangeSubselect) -> bool:

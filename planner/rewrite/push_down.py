@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pglast import ast
-from pglast.enums import JoinType
+from pglast.enums import A_Expr_Kind, JoinType, SubLinkType
 
 from planner.rewrite.ast_util import (
     add_conjuncts,
@@ -59,6 +59,10 @@ class PushContext:
 
 def push_down(stmt: ast.Node, ctx: PushContext) -> ast.Node:
     if isinstance(stmt, ast.SelectStmt) and stmt.fromClause:
+        # a WHERE subquery is finished first: whether it may move is decided on its final SQL
+        where = walk(stmt.whereClause) if stmt.whereClause is not None else ()
+        for sublink in (n for n in where if isinstance(n, ast.SubLink)):
+            push_down(sublink.subselect, ctx)
         _push_level(stmt, ctx)
     for child in children(stmt):
         push_down(child, ctx)
@@ -74,12 +78,28 @@ def movable(node: ast.Node, ctx: PushContext) -> bool:
     and every subquery in it known to read nothing of the statement around it."""
     if is_volatile(node):
         return False
-    return all(render(n.subselect) in ctx.uncorrelated for n in walk(node) if isinstance(n, ast.SubLink))
+    return all(uncorrelated(n.subselect, ctx) for n in walk(node) if isinstance(n, ast.SubLink))
+
+
+def uncorrelated(select: ast.Node, ctx: PushContext) -> bool:
+    """Postgres prepared it on its own (ctx.uncorrelated), or every name in it is qualified by
+    a table its own FROM reads (the semi-join conditions planner.rewrite.semi_joins writes)."""
+    if render(select) in ctx.uncorrelated:
+        return True
+    if not isinstance(select, ast.SelectStmt) or not select.fromClause:
+        return False
+    own = _names(select.fromClause)
+    for node in walk(select):
+        if isinstance(node, ast.SubLink | ast.ParamRef | ast.RangeSubselect | ast.RangeFunction):
+            return False
+        if isinstance(node, ast.ColumnRef) and (_alias_of(node) not in own):
+            return False
+    return True
 
 
 def _push_level(level: ast.SelectStmt, ctx: PushContext) -> None:
-    candidates = narrowing_conjuncts(conjuncts(level.whereClause), ctx.models)
-    candidates = [c for c in candidates if movable(c, ctx)]
+    candidates = narrowing_conjuncts(conjuncts(level.whereClause), ctx.models, ready=ctx.uncorrelated)
+    candidates = [_pinned(c, ctx) for c in candidates if movable(c, ctx)]
     candidates += transferred(candidates, equalities(level))
     sole = len(level.fromClause) == 1 and isinstance(level.fromClause[0], ast.RangeSubselect)
     if candidates:
@@ -103,16 +123,33 @@ def _push_into(sub: ast.RangeSubselect, conditions: list, sole: bool, ctx: PushC
         rewritten = _rewrite(conjunct, alias, sole, columns)
         if rewritten is None:
             continue
-        if not mentions_model(rewritten, ctx.models):
+        if not mentions_model(rewritten, ctx.models, ready=ctx.uncorrelated):
             pushed.append(rewritten)
         # What it implies without the subquery's model columns (and without a model
         # function's rows, so that the other items are filtered before the function runs)
-        if mentions_model(rewritten, ctx.models, hidden):
-            implied = implied_condition(rewritten, ctx.models, hidden)
+        if mentions_model(rewritten, ctx.models, hidden, ctx.uncorrelated):
+            implied = implied_condition(rewritten, ctx.models, hidden, ctx.uncorrelated)
             if implied is not None:
                 pushed.append(implied)
     if pushed:
         add_conjuncts(sub.subquery, pushed)
+
+
+def _pinned(condition: ast.Node, ctx: PushContext) -> ast.Node:
+    """``x IN (SELECT ...)`` as ``x = ANY(ARRAY(SELECT ...))``: the same rows, but Postgres
+    cannot turn it into a semi-join, so it filters where it is written, before any model call
+    of that scan (a semi-join would run those calls on rows the inputs never included)."""
+    if not (isinstance(condition, ast.SubLink) and condition.subLinkType == SubLinkType.ANY_SUBLINK):
+        return condition
+    operator = [n.sval for n in condition.operName or ()]
+    if operator not in ([], ["="]) or isinstance(condition.testexpr, ast.RowExpr):
+        return condition
+    array = ast.SubLink(
+        subLinkType=SubLinkType.ARRAY_SUBLINK, subLinkId=0, subselect=copy_node(condition.subselect)
+    )
+    return ast.A_Expr(
+        kind=A_Expr_Kind.AEXPR_OP_ANY, name=(ast.String(sval="="),), lexpr=condition.testexpr, rexpr=array
+    )
 
 
 def _outer_joins(items) -> list[tuple[ast.JoinExpr, ast.RangeSubselect, ast.Node]]:
@@ -136,12 +173,12 @@ def _push_into_nullable(join: ast.JoinExpr, nullable, preserved, candidates: lis
     and WHERE conditions on the preserved side carried over by an ON equality, narrow it."""
     alias = nullable.alias.aliasname
     on = conjuncts(join.quals)
-    own = [c for c in on if _only_reads(c, {alias}) and movable(c, ctx)]
+    own = [c for c in on if _only_reads(_outside_subqueries(c), {alias}) and movable(c, ctx)]
     kept = _names([preserved])
     pairs = [(a, b) for a, b in _equal_pairs(on) if _alias_of(a) == alias and _alias_of(b) in kept]
     sources = [c for c in candidates if _only_reads(c, kept)]
     carried = [c for c in transferred(sources, pairs) if _only_reads(c, {alias})]
-    conditions = narrowing_conjuncts(own, ctx.models) + carried
+    conditions = narrowing_conjuncts(own, ctx.models, ready=ctx.uncorrelated) + carried
     if conditions:
         _push_into(nullable, conditions, False, ctx)
 
@@ -172,6 +209,14 @@ def _transfer_into_sublink(select: ast.SelectStmt, candidates: list, outer: set[
     carried = [c for c in transferred(sources, pairs) if _only_reads(c, inner)]
     if carried:
         add_conjuncts(select, carried)
+
+
+def _outside_subqueries(condition: ast.Node) -> ast.Node:
+    """``condition`` with each subquery's own subselect left out (testexpr kept): what it reads
+    of the level it is written in."""
+    if isinstance(condition, ast.SubLink):
+        return condition.testexpr if condition.testexpr is not None else ast.A_Const(isnull=True)
+    return _mapped(condition, _outside_subqueries)
 
 
 def _equal_pairs(conditions: list) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:

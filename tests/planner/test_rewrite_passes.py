@@ -143,7 +143,7 @@ def test_push_down_moves_a_known_uncorrelated_subquery():
     out = sql_of(
         push_down(inline_views(stmt("SELECT id FROM preds WHERE id IN (SELECT x FROM t)"), VIEWS), ctx)
     )
-    assert "FROM digits AS d WHERE d.id IN (SELECT x FROM t)" in out
+    assert "FROM digits AS d WHERE d.id = ANY(ARRAY(SELECT x FROM t))" in out  # never a semi-join
 
 
 def test_push_down_transfers_a_condition_across_a_join_equality():
@@ -286,3 +286,51 @@ def test_a_scalar_subquery_in_the_select_list_gets_the_outer_condition():
         "FROM frames f WHERE f.frame < 30"
     )
     assert "LATERAL detect(f.pixels) AS d WHERE f.frame < 30" in out
+
+
+def test_a_filtered_table_joined_to_a_model_view_narrows_it_by_its_keys():
+    (site,) = _sites("SELECT t.a, p.digit FROM t JOIN preds p ON p.id = t.a WHERE t.b > 5")
+    assert site.where_sql == "(d.id = ANY(ARRAY(SELECT t.a FROM t WHERE t.b > 5)))"
+
+
+def test_a_cte_joined_to_a_model_view_narrows_it_and_its_own_models_run_first():
+    sites = _sites(
+        "WITH few AS (SELECT id FROM preds WHERE digit = 1) SELECT p.other FROM preds p JOIN few USING (id)"
+    )
+    assert [s.model for s in sites] == ["m", "n"]  # m (in the CTE) feeds n's inputs
+    assert "d.id = ANY(ARRAY(SELECT few.id FROM few))" in sites[1].where_sql
+
+
+def test_an_unfiltered_table_gives_no_semi_join():
+    (site,) = _sites("SELECT t.a, p.digit FROM t JOIN preds p ON p.id = t.a")
+    assert site.where_sql == ""
+
+
+def test_an_in_subquery_moves_as_an_array_so_postgres_filters_before_the_model():
+    ctx = RewriteContext(MODELS, VIEWS, {"detect"}, frozenset({"SELECT x FROM t"}))
+    planned = rewrite(stmt("SELECT id, digit FROM preds WHERE id IN (SELECT x FROM t)"), ctx)
+    (site,) = find_call_sites([planned], MODELS, ctx.push)
+    assert site.where_sql == "(d.id = ANY(ARRAY(SELECT x FROM t)))"
+
+
+def test_passes_are_idempotent():
+    once = rewrite(stmt("SELECT * FROM colors WHERE frame = 270 OR (frame = 3 AND label = 'x')"), CTX)
+    assert sql_of(rewrite(once, CTX)) == sql_of(once)
+
+
+@pytest.mark.parametrize(
+    ("given", "dropped"),
+    [
+        # a name read by a CTE is not a name read of the main query's view
+        (
+            "WITH few AS (SELECT id FROM preds WHERE digit = 1) SELECT p.id FROM preds p JOIN few USING (id)",
+            3,
+        ),
+        # a name qualified by another alias is not this subquery's
+        ("SELECT p.id FROM preds p JOIN preds q ON q.id = p.id WHERE q.digit = 1", 3),
+    ],
+)
+def test_prune_counts_only_names_that_can_reach_the_subquery(given, dropped):
+    out = sql_of(prune_columns(inline_views(stmt(given), VIEWS), MODELS, {"detect"}))
+    calls = out.count("m(d.pixels)") + out.count("n(d.pixels)")
+    assert 4 - calls == dropped, out

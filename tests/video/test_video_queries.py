@@ -595,12 +595,8 @@ class MinimalityGap(AssertionError):
 # xfail(strict) on MinimalityGap only: a wrong result or an error still fails them, and one
 # that becomes minimal fails (strict) until it is taken off this list.
 KNOWN_GAPS = {
-    "a_time_range_on_frames_narrows_a_joined_per_frame_model": "no semi-join reduction from a joined table",
-    "a_left_join_with_a_condition_on_the_nullable_side_in_on": "ON conditions of outer joins do not narrow",
-    "an_in_subquery_over_the_detector_view_narrows_a_per_frame_model": "IN over a model view: not run first",
     "limit_over_a_join_of_the_chain_and_per_frame_stats_stops_early": "the join partner's model runs in full",
     "a_condition_above_a_limit_in_a_subquery_is_not_pushed_below_it": "a subquery's LIMIT rows: unpredicted",
-    "a_cte_of_red_frames_joined_with_the_chain": "no semi-join reduction from a CTE",
 }
 
 

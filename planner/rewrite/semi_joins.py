@@ -1,0 +1,184 @@
+"""Pass: a model view joined to a filtered table reads only the keys the table keeps.
+
+``frames f JOIN frame_stats s ON s.frame = f.frame WHERE f.ts >= ...`` needs the per-frame
+models only for frames whose ``ts`` passes: the pass adds ``s.frame = ANY(ARRAY(SELECT f.frame
+FROM frames f WHERE f.ts >= ...))``, which every row the statement keeps satisfies, so the
+answer is the same, and push_down then carries it into the view, where it narrows the model's
+inputs. An ``ARRAY(...)`` (not ``IN``) keeps Postgres from turning it into a semi-join: it
+filters the view's scan before any model call there. The table side is a base table with
+conditions of its own in WHERE, or a CTE (its body is the filter); the view side is a plain
+subquery that calls a model, joined by an inner join, or the nullable side of an outer join
+(the condition then goes into the join's ON).
+"""
+
+from __future__ import annotations
+
+from pglast import ast
+from pglast.enums import A_Expr_Kind, JoinType, SetOperation, SubLinkType
+
+from planner.rewrite.ast_util import (
+    add_conjuncts,
+    and_of,
+    column_fields,
+    conjuncts,
+    copy_node,
+    is_plain_select,
+    mentions_model,
+    render,
+    walk,
+)
+
+
+def semi_joins(stmt: ast.Node, models: set[str]) -> ast.Node:
+    _visit(stmt, models, frozenset())
+    return stmt
+
+
+def _visit(node: ast.Node, models: set[str], ctes: frozenset) -> None:
+    if isinstance(node, ast.SelectStmt):
+        if node.withClause is not None:
+            ctes = ctes | {c.ctename for c in node.withClause.ctes}
+        if node.fromClause:
+            _level(node, models, ctes)
+    for name in node.__slots__:
+        value = getattr(node, name, None)
+        for child in _nodes(value):
+            _visit(child, models, ctes)
+
+
+def _nodes(value):
+    if isinstance(value, ast.Node):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _nodes(item)
+
+
+def _level(level: ast.SelectStmt, models: set[str], ctes: frozenset) -> None:
+    items = _named_items(level.fromClause)
+    added: set[str] = set()
+    for join, y_ref, x_ref in _key_pairs(level):
+        table, view = items.get(_alias(x_ref)), items.get(_alias(y_ref))
+        if not isinstance(table, ast.RangeVar) or not _model_view(view, models):
+            continue
+        condition = _semi_join(level, table, x_ref, y_ref, models, ctes)
+        if condition is None or render(condition) in added:
+            continue
+        added.add(render(condition))
+        if join is None:
+            add_conjuncts(level, [condition])
+        else:
+            join.quals = and_of([*conjuncts(join.quals), condition])
+
+
+def _key_pairs(level: ast.SelectStmt):
+    """(join or None, view-side column, table-side column): equalities every kept row
+    satisfies (WHERE, inner joins' ON), both ways round, and an outer join's ON equalities
+    with the nullable side as the view side."""
+    where = [(None, a, b) for a, b in _equalities(conjuncts(level.whereClause))]
+    stack = list(level.fromClause)
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, ast.JoinExpr):
+            continue
+        stack += [item.larg, item.rarg]
+        on = _equalities(conjuncts(item.quals)) + _using(item)
+        if item.jointype == JoinType.JOIN_INNER:
+            where += [(None, a, b) for a, b in on]
+        elif item.jointype in (JoinType.JOIN_LEFT, JoinType.JOIN_RIGHT):
+            nullable = item.rarg if item.jointype == JoinType.JOIN_LEFT else item.larg
+            name = getattr(getattr(nullable, "alias", None), "aliasname", None)
+            where += [(item, a, b) for a, b in on if _alias(a) == name and name is not None]
+            where += [(item, b, a) for a, b in on if _alias(b) == name and name is not None]
+            continue
+    both = []
+    for join, a, b in where:
+        both.append((join, a, b))
+        if join is None:
+            both.append((None, b, a))
+    return both
+
+
+def _semi_join(level, table: ast.RangeVar, x_ref, y_ref, models: set[str], ctes: frozenset):
+    alias = table.alias.aliasname if table.alias is not None else table.relname
+    own = [
+        copy_node(c)
+        for c in conjuncts(level.whereClause)
+        if _reads_only(c, alias) and not mentions_model(c, models)
+    ]
+    is_cte = table.schemaname is None and table.relname in ctes
+    if not own and not is_cte:
+        return None  # the whole table: nothing to narrow by
+    source = copy_node(table)
+    select = ast.SelectStmt(
+        targetList=(ast.ResTarget(val=copy_node(x_ref)),),
+        fromClause=(source,),
+        whereClause=and_of(own),
+        op=SetOperation.SETOP_NONE,
+    )
+    array = ast.SubLink(subLinkType=SubLinkType.ARRAY_SUBLINK, subLinkId=0, subselect=select)
+    return ast.A_Expr(
+        kind=A_Expr_Kind.AEXPR_OP_ANY, name=(ast.String(sval="="),), lexpr=copy_node(y_ref), rexpr=array
+    )
+
+
+def _reads_only(condition: ast.Node, alias: str) -> bool:
+    refs = [n for n in walk(condition) if isinstance(n, ast.ColumnRef)]
+    if not refs or any(isinstance(n, ast.SubLink | ast.ParamRef) for n in walk(condition)):
+        return False
+    return all(_alias(r) == alias for r in refs)
+
+
+def _model_view(item, models: set[str]) -> bool:
+    return (
+        isinstance(item, ast.RangeSubselect)
+        and item.alias is not None
+        and not item.alias.colnames
+        and is_plain_select(item.subquery)
+        and mentions_model(item.subquery, models)
+    )
+
+
+def _named_items(items) -> dict[str, ast.Node]:
+    named = {}
+    stack = list(items or ())
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.JoinExpr):
+            stack += [item.larg, item.rarg]
+        elif getattr(item, "alias", None) is not None:
+            named[item.alias.aliasname] = item
+        elif isinstance(item, ast.RangeVar):
+            named[item.relname] = item
+    return named
+
+
+def _equalities(conditions: list) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
+    return [
+        (c.lexpr, c.rexpr)
+        for c in conditions
+        if isinstance(c, ast.A_Expr)
+        and c.kind == A_Expr_Kind.AEXPR_OP
+        and [n.sval for n in c.name] == ["="]
+        and isinstance(c.lexpr, ast.ColumnRef)
+        and isinstance(c.rexpr, ast.ColumnRef)
+        and _alias(c.lexpr) is not None
+        and _alias(c.rexpr) is not None
+    ]
+
+
+def _using(join: ast.JoinExpr) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
+    left, right = _named_items([join.larg]), _named_items([join.rarg])
+    if len(left) != 1 or len(right) != 1 or not join.usingClause:
+        return []
+    (a,), (b,) = left, right
+    return [(_column(a, n.sval), _column(b, n.sval)) for n in join.usingClause]
+
+
+def _column(alias: str, name: str) -> ast.ColumnRef:
+    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))
+
+
+def _alias(ref: ast.ColumnRef) -> str | None:
+    fields = column_fields(ref)
+    return fields[0] if len(fields) == 2 else None
