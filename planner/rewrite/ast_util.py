@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pglast import ast, parse_sql
-from pglast.enums import BoolExprType
+from pglast.enums import BoolExprType, SubLinkType
 from pglast.stream import RawStream
 
 AGGREGATES = frozenset(
@@ -88,6 +88,17 @@ def add_conjuncts(select: ast.SelectStmt, extra: list[ast.Node]) -> None:
             seen.add(text)
             fresh.append(condition)
     select.whereClause = and_of(present + fresh)
+
+
+def pinned_in(testexpr: ast.Node, subselect: ast.Node) -> ast.BoolExpr:
+    """``(x IN (SELECT ...) OR false)``: the rows of ``x IN (...)``, but Postgres, which pulls an
+    IN in WHERE up into a semi-join, keeps this one a hashed subplan that filters the scan it
+    is written at, before any costlier condition there (a model call)."""
+    sublink = ast.SubLink(
+        subLinkType=SubLinkType.ANY_SUBLINK, subLinkId=0, testexpr=testexpr, subselect=subselect
+    )
+    false = ast.A_Const(val=ast.Boolean(boolval=False))
+    return ast.BoolExpr(boolop=BoolExprType.OR_EXPR, args=(sublink, false))
 
 
 def model_name(call: ast.FuncCall, models: set[str]) -> str | None:

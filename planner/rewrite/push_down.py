@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind, JoinType, SubLinkType
+from pglast.enums import JoinType, SubLinkType
 
 from planner.rewrite.ast_util import (
     add_conjuncts,
@@ -24,6 +24,7 @@ from planner.rewrite.ast_util import (
     is_plain_select,
     mentions_model,
     output_columns,
+    pinned_in,
     render,
     walk,
 )
@@ -136,20 +137,15 @@ def _push_into(sub: ast.RangeSubselect, conditions: list, sole: bool, ctx: PushC
 
 
 def _pinned(condition: ast.Node, ctx: PushContext) -> ast.Node:
-    """``x IN (SELECT ...)`` as ``x = ANY(ARRAY(SELECT ...))``: the same rows, but Postgres
-    cannot turn it into a semi-join, so it filters where it is written, before any model call
-    of that scan (a semi-join would run those calls on rows the inputs never included)."""
+    """``x IN (SELECT ...)`` as ``(x IN (SELECT ...) OR false)`` (see ast_util.pinned_in):
+    Postgres then filters where it is written, before any model call of that scan (a
+    semi-join would run those calls on rows the inputs never included)."""
     if not (isinstance(condition, ast.SubLink) and condition.subLinkType == SubLinkType.ANY_SUBLINK):
         return condition
     operator = [n.sval for n in condition.operName or ()]
     if operator not in ([], ["="]) or isinstance(condition.testexpr, ast.RowExpr):
         return condition
-    array = ast.SubLink(
-        subLinkType=SubLinkType.ARRAY_SUBLINK, subLinkId=0, subselect=copy_node(condition.subselect)
-    )
-    return ast.A_Expr(
-        kind=A_Expr_Kind.AEXPR_OP_ANY, name=(ast.String(sval="="),), lexpr=condition.testexpr, rexpr=array
-    )
+    return pinned_in(condition.testexpr, copy_node(condition.subselect))
 
 
 def _outer_joins(items) -> list[tuple[ast.JoinExpr, ast.RangeSubselect, ast.Node]]:

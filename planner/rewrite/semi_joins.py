@@ -1,11 +1,11 @@
 """Pass: a model view joined to a filtered table reads only the keys the table keeps.
 
 ``frames f JOIN frame_stats s ON s.frame = f.frame WHERE f.ts >= ...`` needs the per-frame
-models only for frames whose ``ts`` passes: the pass adds ``s.frame = ANY(ARRAY(SELECT f.frame
-FROM frames f WHERE f.ts >= ...))``, which every row the statement keeps satisfies, so the
+models only for frames whose ``ts`` passes: the pass adds ``(s.frame IN (SELECT f.frame FROM
+frames f WHERE f.ts >= ...) OR false)``, which every row the statement keeps satisfies, so the
 answer is the same, and push_down then carries it into the view, where it narrows the model's
-inputs. An ``ARRAY(...)`` (not ``IN``) keeps Postgres from turning it into a semi-join: it
-filters the view's scan before any model call there. The table side is a base table with
+inputs. The ``OR false`` keeps Postgres from turning it into a semi-join: a hashed subplan
+filters the view's scan before any model call there (ast_util.pinned_in). The table side is a base table with
 conditions of its own in WHERE, or a CTE (its body is the filter); the view side is a plain
 subquery that calls a model, joined by an inner join, or the nullable side of an outer join
 (the condition then goes into the join's ON).
@@ -14,7 +14,7 @@ subquery that calls a model, joined by an inner join, or the nullable side of an
 from __future__ import annotations
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind, JoinType, SetOperation, SubLinkType
+from pglast.enums import A_Expr_Kind, JoinType, SetOperation
 
 from planner.rewrite.ast_util import (
     add_conjuncts,
@@ -24,6 +24,7 @@ from planner.rewrite.ast_util import (
     copy_node,
     is_plain_select,
     mentions_model,
+    pinned_in,
     render,
     walk,
 )
@@ -116,10 +117,7 @@ def _semi_join(level, table: ast.RangeVar, x_ref, y_ref, models: set[str], ctes:
         whereClause=and_of(own),
         op=SetOperation.SETOP_NONE,
     )
-    array = ast.SubLink(subLinkType=SubLinkType.ARRAY_SUBLINK, subLinkId=0, subselect=select)
-    return ast.A_Expr(
-        kind=A_Expr_Kind.AEXPR_OP_ANY, name=(ast.String(sval="="),), lexpr=copy_node(y_ref), rexpr=array
-    )
+    return pinned_in(copy_node(y_ref), select)
 
 
 def _reads_only(condition: ast.Node, alias: str) -> bool:
