@@ -287,11 +287,12 @@ class Planner:
         await self._validate(request.inner_sql, [request.statement], port)
         await require_execute(port, self._specs(analysis.sites))
         request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in analysis.sites]
-        target = sql
         if request.analyze:
             target = await self._explain_analyze(sql, stmt, request, analysis, port, rewritable)
         else:
             await self._count_inputs(request, port)
+            # Postgres's plan of what it would run: the planning statement
+            target = _explain_of(stmt, analysis.forward_sql) if analysis.forward_sql else sql
         result = await port.run_sql(target)
         if result.error is not None:
             return result.error
@@ -317,7 +318,7 @@ class Planner:
         """Materialize as the statement would; the SQL whose plan Postgres then shows."""
         done = Materialized()
         limit = self._limit_plan(analysis) if rewritable else None
-        target = sql
+        target = _explain_of(stmt, analysis.forward_sql) if analysis.forward_sql else sql
         if limit is not None:
             request.limit_run = await self._measured(request, done, lambda: self._limited(limit, port, done))
             if request.limit_run.stopped:
@@ -399,6 +400,11 @@ def _where_subqueries(statements: list):
                     if count > MAX_SUBQUERY_CHECKS:
                         return
                     yield render(sub.subselect)
+
+
+def _explain_of(stmt: ast.ExplainStmt, query_sql: str) -> str:
+    """The client's EXPLAIN (its options) of another statement."""
+    return render(ast.ExplainStmt(query=parse_sql(query_sql)[0].stmt, options=stmt.options))
 
 
 def _has_params(stmt) -> bool:

@@ -73,3 +73,44 @@ def test_explain_of_an_unread_model_column_runs_no_model(explain_world, pg_bin):
     """The view's model column is not read: no call site, Postgres's own plan."""
     out = _psql(explain_world, pg_bin, "explain select id from explain_predictions where id < 10")
     assert "SieveDB" not in out and "Model Call" not in out
+
+
+def _clear(world) -> None:
+    with world.connect() as conn:
+        conn.execute("select sieve.clear_cache('explain_oracle')")
+
+
+def test_explain_analyze_of_a_limit_stops_early_and_counts_inference_in_its_total(explain_world, pg_bin):
+    _clear(explain_world)
+    sql = "explain analyze select id from explain_predictions where digit = 7 limit 5"
+    out = _psql(explain_world, pg_bin, sql)
+    calls = int(re.search(r"Actual: model calls=(\d+)", out).group(1))
+    rows = len(explain_world.digits.y)
+    assert 0 < calls < rows // 4, out
+    assert "LIMIT Early Stop: stopped early" in out
+    total = float(re.search(r"SieveDB Total Time: ([\d.]+) ms", out).group(1))
+    execution = float(re.search(r"Execution Time: ([\d.]+) ms", out).group(1))
+    assert total > execution  # inference and materialization are in the total, not in Postgres's
+    with explain_world.connect() as conn:
+        logged = conn.execute(
+            "select (model_calls->>'explain_oracle')::int from sieve.query_log "
+            "where query = %s order by query_id desc limit 1",
+            (sql,),
+        ).fetchone()[0]
+    assert logged == calls
+
+
+@pytest.mark.parametrize("prepare", [None, True], ids=["simple", "extended"])
+def test_explain_works_over_both_protocols_without_running_the_model(explain_world, prepare):
+    _clear(explain_world)
+    with explain_world.connect() as conn:
+        lines = [
+            r[0]
+            for r in conn.execute(
+                "explain select id from explain_predictions where digit = 3 and id < 40", prepare=prepare
+            ).fetchall()
+        ]
+        cached = conn.execute(f"select count(*) from {cache_table(conn, 'explain_oracle')}").fetchone()[0]
+    assert lines[0].startswith("SieveDB ML Materialize"), lines
+    assert any("inputs to run: 40" in line for line in lines), lines
+    assert cached == 0
