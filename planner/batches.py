@@ -93,9 +93,15 @@ def model_ref(spec: ModelSpec) -> ModelRef:
     )
 
 
-async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) -> tuple[int, int]:
-    """Run the model over the batch's inputs that no one cached yet and cache the outputs;
-    returns (inputs run, inputs found cached)."""
+@dataclass
+class BatchResult:
+    runs: int  # inputs the model ran on
+    found: int  # inputs another batch had cached meanwhile
+    values: dict[bytes, object]  # digest -> output of the inputs run (one-value models)
+
+
+async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) -> BatchResult:
+    """Run the model over the batch's inputs that no one cached yet and cache the outputs."""
     rows = _unique_sorted(rows)
     async with db.acquire() as writer, writer.transaction():
         await writer.execute(_CLAIM, spec.id, sorted({_lock_key(d) for d in rows.digests}))
@@ -107,7 +113,7 @@ async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) ->
             cached = {bytes(r[0]) for r in done}
             rows = rows.take([i for i, d in enumerate(rows.digests) if d not in cached])
         if not len(rows):
-            return 0, found
+            return BatchResult(0, found, {})
         _check_images(spec, rows, full=False)  # headers only: cheap, and names a bad input
         inputs = {
             info["name"]: _tensor(rows.values[i], spec, i, info)
@@ -118,8 +124,15 @@ async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) ->
         except InferenceError:
             await _explain_bad_images(spec, rows)  # a data error, when an image is the cause
             raise
-        await _write_cache(spec, _cache_rows(spec, rows.digests, outputs), writer)
-    return len(rows), found
+        cache_rows = _cache_rows(spec, rows.digests, outputs)
+        await _write_cache(spec, cache_rows, writer)
+    values = {r[0]: r[2] for r in cache_rows} if one_value(spec) else {}
+    return BatchResult(len(rows), found, values)
+
+
+def one_value(spec: ModelSpec) -> bool:
+    """One scalar result per input (not an array, not rows): it can travel as one array."""
+    return not spec.row_index and len(spec.bindings) == 1 and not spec.bindings[0].sql_type.is_array
 
 
 def _unique_sorted(rows: InputRows) -> InputRows:

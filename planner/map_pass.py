@@ -50,6 +50,14 @@ class MapRows:
     digests: list[bytes]
     positions: np.ndarray
 
+    def take(self, index: list[int]) -> MapRows:
+        return MapRows(
+            [self.tids[i] for i in index],
+            [self.xids[i] for i in index],
+            [self.digests[i] for i in index],
+            self.positions[index] if len(self.positions) else self.positions,
+        )
+
     def split(self, cut: int) -> tuple[MapRows, MapRows]:
         k = int(np.searchsorted(self.positions, cut))
         head = MapRows(self.tids[:k], self.xids[:k], self.digests[:k], self.positions[:k])
@@ -160,26 +168,51 @@ def map_rows(ids: np.ndarray, keep: np.ndarray, digests: list[bytes]) -> MapRows
 
 
 async def write(
-    conn: asyncpg.Connection, spec: ModelSpec, rowmap: RowMap, filenode: int, rows: MapRows
+    conn: asyncpg.Connection, spec: ModelSpec, rowmap: RowMap, filenode: int, rows: MapRows, values: dict
 ) -> int:
-    """Enter a batch's rows, their outputs copied from the cache by SieveDB's own digest (a row
-    whose output is not cached, as after a concurrent sieve.clear_cache, gets no entry); returns
-    how many were entered. An entry of an older tuple version at the same tid is replaced. Keys
-    go in in order, so writers of overlapping rows wait for each other instead of deadlocking."""
-    if not rows.tids:
-        return 0
+    """Enter a batch's rows; returns how many were entered. A row's output is the one in
+    ``values`` (digest -> output, just computed) or else the cache's under SieveDB's own digest
+    (a row whose output is in neither, as after a concurrent sieve.clear_cache, gets no entry).
+    An entry of an older tuple version at the same tid is replaced. Keys go in in order, so
+    writers of overlapping rows wait for each other instead of deadlocking."""
+    known = [i for i, d in enumerate(rows.digests) if d in values]
+    entered = 0
+    if known:
+        part = rows.take(known)
+        args = [part.tids, part.xids, [values[d] for d in part.digests]]
+        entered += _count(await conn.execute(_insert_values(spec, rowmap), filenode, *args))
+    if len(known) < len(rows):
+        part = rows.take(sorted(set(range(len(rows))) - set(known)))
+        args = [part.tids, part.xids, part.digests]
+        entered += _count(await conn.execute(_insert_cached(spec, rowmap), filenode, *args))
+    return entered
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])  # INSERT 0 <rows>
+
+
+def _insert_values(spec: ModelSpec, rowmap: RowMap) -> str:
+    (column,), sql_type = rowmap.columns, spec.bindings[0].sql_type.sql
+    return (
+        f"INSERT INTO {rowmap.table} (filenode, tid, xid, ordinal, {quote_ident(column)}) "
+        "SELECT $1::pg_catalog.oid, r.tid, r.xid, 0, r.v "
+        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.xid[]), "
+        f"pg_catalog.unnest($4::{sql_type}[])) AS r(tid, xid, v) "
+        f"ORDER BY r.tid {_UPSERT} {quote_ident(column)} = EXCLUDED.{quote_ident(column)}"
+    )
+
+
+def _insert_cached(spec: ModelSpec, rowmap: RowMap) -> str:
     cols = [quote_ident(c) for c in rowmap.columns]
-    status = await conn.execute(
+    return (
         f"INSERT INTO {rowmap.table} (filenode, tid, xid, ordinal, {', '.join(cols)}) "
         f"SELECT $1::pg_catalog.oid, r.tid, r.xid, c.ordinal, {', '.join(f'c.{c}' for c in cols)} "
         "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.tid[]), pg_catalog.unnest($3::pg_catalog.xid[]), "
         "pg_catalog.unnest($4::pg_catalog.bytea[])) AS r(tid, xid, digest) "
         f"JOIN {spec.cache_table} c ON c.digest = r.digest AND c.ordinal = 0 "
-        "ORDER BY r.tid ON CONFLICT (tid, filenode, ordinal) DO UPDATE SET xid = EXCLUDED.xid, "
-        + ", ".join(f"{c} = EXCLUDED.{c}" for c in cols),
-        filenode,
-        rows.tids,
-        rows.xids,
-        rows.digests,
+        f"ORDER BY r.tid {_UPSERT} " + ", ".join(f"{c} = EXCLUDED.{c}" for c in cols)
     )
-    return int(status.split()[-1])
+
+
+_UPSERT = "ON CONFLICT (tid, filenode, ordinal) DO UPDATE SET xid = EXCLUDED.xid,"

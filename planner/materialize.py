@@ -26,7 +26,7 @@ import numpy as np
 
 from inference.errors import InferenceLayerError
 from planner import map_pass, row_maps, send_forms
-from planner.batches import InputRows, input_label, model_ref, run_batch
+from planner.batches import BatchResult, InputRows, input_label, model_ref, run_batch
 from planner.calls import CallSite
 from planner.install import digest_sql
 from planner.map_pass import MapRows, Survey
@@ -83,9 +83,10 @@ async def materialize_site(
             work.survey = await map_pass.survey(dbs.read, port, site, target)
             query = None if work.survey.vouched else map_pass.input_sql(site, spec, target)
         if query is not None:
+            if target is not None:  # before the stream: the pass reads ahead (see _Pass.consume)
+                await work.arm()
             async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
-                async for rows in chunks:
-                    await work.feed(rows)
+                await work.consume(chunks)
         await work.finish()
         if work.completes_map(site):
             await map_pass.mark_complete(dbs.write, target.rowmap, work.survey)
@@ -204,6 +205,34 @@ class _Pass:
         self.armed = False
         self.started = self.last_notice = time.monotonic()
 
+    async def consume(self, chunks) -> None:
+        """Feed every chunk. On the map path the next chunk is read while this one is fed: the
+        pass then makes no other use of the session (statement_timeout is armed before)."""
+        if self.target is None:
+            async for rows in chunks:
+                await self.feed(rows)
+            return
+        it = chunks.__aiter__()
+        ahead = asyncio.ensure_future(anext(it))
+        try:
+            while True:
+                try:
+                    rows = await ahead
+                except StopAsyncIteration:
+                    return
+                ahead = asyncio.ensure_future(anext(it))
+                await self.feed(rows)
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def arm(self) -> None:
+        """statement_timeout counts from the first expensive step (the setting is read once)."""
+        if not self.armed:
+            self.armed = True
+            await self.port.arm_statement_timeout()
+
     async def feed(self, rows: list[tuple]) -> None:
         self.read += len(rows)
         chunk = self._digest_chunk(rows) if self.target is None else self._map_chunk(rows)
@@ -277,21 +306,22 @@ class _Pass:
                 await self._collect(self.tasks.popleft())
             else:  # a long batch: say how far the work is meanwhile
                 await self._report()
-        if not self.armed:  # statement_timeout counts from here (the session's setting is read once)
-            self.armed = True
-            await self.port.arm_statement_timeout()
+        await self.arm()
         previous = self.tasks[-1] if self.tasks else None
         self.tasks.append(asyncio.ensure_future(self._batch(run, mapped, previous)))
 
     async def _batch(self, run: InputRows, mapped: MapRows | None, previous) -> tuple[int, int, int]:
-        runs, found = await run_batch(self.spec, run, self.dbs.write, self.pool) if len(run) else (0, 0)
+        done = (
+            await run_batch(self.spec, run, self.dbs.write, self.pool) if len(run) else BatchResult(0, 0, {})
+        )
         if mapped:
             if previous is not None:  # its outputs, which some of these rows read, come first
                 await asyncio.wait([previous])
+            rowmap = self.target.rowmap
             async with self.dbs.write.acquire() as conn:
-                entered = await map_pass.write(conn, self.spec, self.target.rowmap, self.filenode, mapped)
+                entered = await map_pass.write(conn, self.spec, rowmap, self.filenode, mapped, done.values)
             self.unentered += len(mapped) - entered
-        return runs, found, len(mapped) if mapped else 0
+        return done.runs, done.found, len(mapped) if mapped else 0
 
     async def _collect(self, task: asyncio.Task) -> None:
         runs, found, mapped = await task
