@@ -63,6 +63,11 @@ class ModelCatalog:
         log.info("model catalog loaded models=%d views=%d", len(models), len(self.views))
 
     async def _model_views(self, names: list[str]) -> dict[str, str]:
-        """Views in schema public that read model functions, directly or through other views."""
-        rows = await self._pool.fetch(_MODEL_VIEWS, names)
+        """Views in schema public that read model functions, directly or through other views.
+        Their definitions name every table and function with its schema (printed under an
+        empty search_path): inlined into a client's statement, they read what the view reads
+        whatever the client's search_path."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_catalog.set_config('search_path', '', true)")
+            rows = await conn.fetch(_MODEL_VIEWS, names)
         return {r["name"]: r["definition"] for r in rows}

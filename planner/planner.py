@@ -31,6 +31,11 @@ from planner.rewrite.bind_params import bind_params
 log = logging.getLogger("sievedb.planner")
 
 PLAN_CACHE_SIZE = 256
+SHADOWED_VIEWS = (
+    "SELECT n FROM pg_catalog.unnest($1::text[]) AS n "
+    "WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(n)) "
+    "IS DISTINCT FROM pg_catalog.to_regclass('public.' || pg_catalog.quote_ident(n))"
+)
 MAX_SUBQUERY_CHECKS = 8  # subqueries per statement Postgres is asked about (one describe each)
 DEFAULT_MAX_MODEL_BYTES = 2 << 30  # --max-model-bytes
 NEXT_MODEL_ID = "SELECT nextval('sieve.model_ids')"
@@ -134,19 +139,40 @@ class Planner:
             table_models={name for name, spec in models.items() if spec.returns_table},
         )
 
-    def _analyse(self, statements: list, uncorrelated: frozenset[str] = frozenset()) -> Analysis:
+    def _analyse(
+        self,
+        statements: list,
+        uncorrelated: frozenset[str] = frozenset(),
+        shadowed: frozenset[str] = frozenset(),
+    ) -> Analysis:
         """The planning statements (views inlined, unread model columns pruned, conditions
-        pushed down: planner.rewrite) and the call sites read off them."""
-        ctx = replace(self._context(), uncorrelated=uncorrelated)
+        pushed down: planner.rewrite) and the call sites read off them. ``shadowed``: view
+        names the session's search_path resolves to something else (not inlined)."""
+        ctx = self._context()
+        views = {n: d for n, d in ctx.views.items() if n not in shadowed}
+        ctx = replace(ctx, uncorrelated=uncorrelated, views=views)
         planned = [rewrite(copy_node(stmt), ctx) for stmt in statements]
-        return Analysis(
-            planned, find_call_sites(planned, ctx.models, ctx.push), _forward_sql(statements, planned)
-        )
+        sites = find_call_sites(planned, ctx.models, ctx.push)
+        named = frozenset(_unqualified_views(statements, views))
+        return Analysis(planned, sites, _forward_sql(statements, planned), uncorrelated, named)
+
+    async def _unshadowed(self, statements: list, analysis: Analysis, port: SessionPort) -> Analysis:
+        """The analysis for this session: a view name its search_path resolves elsewhere than
+        to SieveDB's public view (a table of that name in an earlier schema) is not inlined."""
+        if not analysis.views_named:
+            return analysis
+        rows = await port.fetch(SHADOWED_VIEWS, (sorted(analysis.views_named),))
+        if not rows:
+            return analysis
+        return self._analyse(statements, analysis.uncorrelated, frozenset(r[0] for r in rows))
 
     async def _query(
         self, sql: str, statements: list, analysis: Analysis, port: SessionPort, rewritable: bool
     ) -> Outcome:
         started = time.monotonic()
+        if not analysis.sites:
+            return Forward()
+        analysis = await self._unshadowed(statements, analysis, port)
         if not analysis.sites:
             return Forward()
         await self._validate(sql, statements, port)
@@ -282,6 +308,8 @@ class Planner:
         ANALYZE the statement runs as it would (LIMIT's early stop included)."""
         request = read_explain(stmt)
         analysis = self._analyse([request.statement])
+        if analysis.sites:
+            analysis = await self._unshadowed([request.statement], analysis, port)
         if not analysis.sites:
             return Forward()
         await self._validate(request.inner_sql, [request.statement], port)
@@ -419,6 +447,15 @@ class Analysis:
     # filters rows exactly as the input queries did (it derives no OR-implied or transferred
     # conditions of its own), so it never asks for an output that was not materialized.
     forward_sql: str | None = None
+    uncorrelated: frozenset[str] = frozenset()  # WHERE subqueries Postgres prepared on their own
+    views_named: frozenset[str] = frozenset()  # model views the client named without a schema
+
+
+def _unqualified_views(statements: list, views: dict[str, str]):
+    for stmt in statements:
+        for node in walk(stmt):
+            if isinstance(node, ast.RangeVar) and node.schemaname is None and node.relname in views:
+                yield node.relname
 
 
 def _forward_sql(statements: list, planned: list) -> str | None:

@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 
 from tests.models.conftest import direct_run, label_function, label_view
+from tests.support.model_files import cache_table
 
 
 def _latest_calls(conn, model: str) -> int:
@@ -187,3 +188,32 @@ def test_limit_on_a_warm_cache_runs_no_model_and_on_null_tests_stays_exact(world
         "select id, coalesce(digit, -1) from warm_predictions where digit is not distinct from 2 limit 5"
     )
     assert len(odd) == 5 and all(expected[i] == 2 == d for i, d in odd)
+
+
+def test_a_table_that_shadows_a_model_view_on_the_search_path_is_what_the_query_reads(world):
+    """The planner inlines a view only where the session's search_path finds SieveDB's view:
+    a table of that name in an earlier schema is read as Postgres would, with no model run."""
+    expected = direct_run(world.mlp_path, {"X": world.digits.x})["label"]
+    with world.connect() as conn:
+        _setup(conn)
+        conn.execute("select sieve.clear_cache('view_oracle')")
+        conn.execute("create schema shadowing")
+        try:
+            conn.execute("create table shadowing.view_predictions (id int, true_label int, digit int)")
+            conn.execute("insert into shadowing.view_predictions values (1, 7, 7), (2, 3, 3), (3, 7, 7)")
+            conn.execute("set search_path = shadowing, public")
+            for sql in (
+                "select id from view_predictions where digit = 7 limit 5",
+                "select id from view_predictions where digit = 7 order by id limit 5",
+                "select id from view_predictions where digit = 7",
+            ):
+                assert sorted(r[0] for r in conn.execute(sql).fetchall()) == [1, 3], sql
+            conn.execute("reset search_path")
+            assert conn.execute(f"select count(*) from {cache_table(conn, 'view_oracle')}").fetchone()[0] == 0
+            rows = conn.execute(
+                "select id from view_predictions where digit = 7 and id < 40 order by id"
+            ).fetchall()
+            assert [r[0] for r in rows] == [i for i in range(40) if expected[i] == 7]
+        finally:
+            conn.execute("reset search_path")
+            conn.execute("drop schema shadowing cascade")
