@@ -26,6 +26,7 @@ from planner.rewrite.ast_util import (
     add_conjuncts,
     column_fields,
     conjuncts,
+    copy_node,
     has_aggregates,
     is_plain_select,
     output_columns,
@@ -33,6 +34,7 @@ from planner.rewrite.ast_util import (
     render,
     walk,
 )
+from planner.rewrite.push_down import PushContext, push_down
 
 FIRST_BLOCKS = 1
 MAX_BLOCK = 0xFFFFFFFF  # the largest block number a tid can hold: "to the end of the table"
@@ -59,20 +61,35 @@ class LimitPlan:
     alias: str = ""  # the driver's name in the statement
     order: OrderKey | None = None  # batches by the first ORDER BY key, not by blocks
     filters: tuple[str, ...] = ()  # the driver level's conditions on the driver alone
+    # ORDER BY: the same bound on the statement's own sort expression, so that push_down
+    # carries it across joins to the other side's models too
+    top_guard: ast.BoolExpr | None = None
+    top_key: str = ""
+    current: ast.SelectStmt | None = None  # the statement of this batch, conditions pushed
+    uncorrelated: frozenset[str] = frozenset()  # see planner.rewrite.RewriteContext
+
+    def refresh(self, push: PushContext) -> ast.SelectStmt:
+        """This batch's statement: a copy with the guards' values, pushed down again."""
+        self.current = push_down(copy_node(self.statement), push)
+        return self.current
 
     def set_bound(self, text: str, type_name: str) -> None:
         """ORDER BY: keep the driver rows ordered up to ``text`` (a value of ``type_name``)."""
-        order = self.order
-        key = f"{_quote(self.alias)}.{_quote(order.column)}"
+        key = f"{_quote(self.alias)}.{_quote(self.order.column)}"
         value = "'" + text.replace("'", "''") + "'::" + type_name
-        nulls = f"{key} IS NULL" if order.nulls_first else "false"
-        self.guard.args = parse_condition(
-            f"{key} {'>=' if order.descending else '<='} {value} OR {nulls}"
-        ).args
+        self.guard.args = self._bounded(key, value)
+        if self.top_guard is not None:
+            self.top_guard.args = self._bounded(self.top_key, value)
+
+    def _bounded(self, key: str, value: str) -> tuple:
+        nulls = f"{key} IS NULL" if self.order.nulls_first else "false"
+        return parse_condition(f"{key} {'>=' if self.order.descending else '<='} {value} OR {nulls}").args
 
     def set_all(self) -> None:
         """ORDER BY: the last batch, the whole driver."""
-        self.guard.args = parse_condition("true OR false").args
+        for guard in (self.guard, self.top_guard):
+            if guard is not None:
+                guard.args = parse_condition("true OR false").args
 
     def bound_sql(self, rows: int) -> str:
         """The ORDER BY key of the driver's ``rows``-th row in order (with its own filters)."""
@@ -93,7 +110,7 @@ class LimitPlan:
         _set_tid(high, MAX_BLOCK if hi is None else hi)
 
     def sql(self) -> str:
-        return render(self.statement)
+        return render(self.current if self.current is not None else self.statement)
 
     def count_sql(self) -> str:
         return f"SELECT count(*) FROM ({self.sql()}) AS sieve_limit_check"
@@ -130,7 +147,12 @@ def plan_limit(statements: list) -> LimitPlan | None:
         guard = parse_condition("false OR false")
     filters = tuple(render(c) for c in conjuncts(level.whereClause) if _reads_only(c, name))
     add_conjuncts(level, [guard])
-    return LimitPlan(stmt, limit, render(named), guard, name, order, filters)
+    plan = LimitPlan(stmt, limit, render(named), guard, name, order, filters)
+    top = _sort_key(stmt)
+    if order is not None and level is not stmt and isinstance(top, ast.ColumnRef):
+        plan.top_guard, plan.top_key = parse_condition("false OR false"), render(top)
+        add_conjuncts(stmt, [plan.top_guard])
+    return plan
 
 
 def _sort_key(stmt: ast.SelectStmt):

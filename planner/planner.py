@@ -217,7 +217,10 @@ class Planner:
             return None  # checked before copying the tree: most statements have no LIMIT
         if _has_params(analysis.statements[0]):
             return None
-        return plan_limit([copy_node(analysis.statements[0])])
+        plan = plan_limit([copy_node(analysis.statements[0])])
+        if plan is not None:
+            plan.uncorrelated = analysis.uncorrelated
+        return plan
 
     async def _validate(self, sql: str, statements: list, port: SessionPort) -> None:
         """Postgres checks the statement (parse analysis, no execution) before any model runs:
@@ -248,6 +251,7 @@ class Planner:
                 run.done = blocks
                 return run  # the whole table is done: the statement runs as sent
             limit.set_range(0, hi)
+            self._limit_sites(limit)  # the statement over every block done, for the count
             run.done = hi
             if await port.fetchval(limit.count_sql()) >= limit.limit:
                 run.stopped = True
@@ -272,8 +276,8 @@ class Planner:
             rows *= 2
 
     def _limit_sites(self, limit: LimitPlan) -> list[CallSite]:
-        ctx = self._context()
-        return find_call_sites([limit.statement], ctx.models, ctx.push)
+        ctx = replace(self._context(), uncorrelated=limit.uncorrelated)
+        return find_call_sites([limit.refresh(ctx.push)], ctx.models, ctx.push)
 
     async def _record_costs(self, specs: list[ModelSpec]) -> None:
         """Persist what the pool measured: cost per row per device, and batch sizes."""

@@ -595,7 +595,6 @@ class MinimalityGap(AssertionError):
 # xfail(strict) on MinimalityGap only: a wrong result or an error still fails them, and one
 # that becomes minimal fails (strict) until it is taken off this list.
 KNOWN_GAPS = {
-    "limit_over_a_join_of_the_chain_and_per_frame_stats_stops_early": "the join partner's model runs in full",
     "a_condition_above_a_limit_in_a_subquery_is_not_pushed_below_it": "a subquery's LIMIT rows: unpredicted",
 }
 
