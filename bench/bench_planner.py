@@ -11,29 +11,43 @@ One SieveDB server (embedded PostgreSQL 18, ``--inference-workers 1``) in a temp
    SieveDB.
 3. Three queries, each from a cold cache (``sieve.clear_cache('digit_oracle')`` first), sent with the
    simple query protocol (psycopg 3 sends a statement without parameters with the simple protocol
-   unless it prepares it, which ``prepare_threshold=None`` rules out; only the simple protocol gets
-   the LIMIT early stop):
+   unless it prepares it, which ``prepare_threshold=None`` rules out):
 
        (a) selective  SELECT id, digit FROM bench_predictions WHERE id < 1000 AND digit = 7
        (b) limit      SELECT id FROM bench_predictions WHERE digit = 7 LIMIT 10
        (c) aggregate  SELECT digit, count(*) FROM bench_predictions GROUP BY digit
 
    Model calls come from ``sieve.query_log`` (latest row of that query text). The eager baseline
-   reads every input back, runs the same ONNX file with ONNX Runtime in this process, COPYs the
-   labels into a plain table ``eager (id, digit)`` and runs the same SQL on it: its calls are
-   ``--rows`` for every query and its wall time is materialize + query. Answers are compared.
-4. Planner overhead on a cached statement: ``SELECT count(*) FROM bench_predictions WHERE id < 100``
+   (the hand-written job, bench/planner_scan.py) reads every input straight from Postgres, runs the
+   same ONNX file with ONNX Runtime in this process, COPYs the labels into a plain table
+   ``eager (id, digit)`` and runs the same SQL on it. Answers are compared.
+4. Exact full scan against the hand-written job, side by side: ``--scan-rounds`` cold runs of
+   ``SELECT count(*) FROM blobs WHERE digit_oracle(pixels) = 3`` through SieveDB alternate with the
+   job (materialize + the same count over ``eager``); the ratio is the job's median over SieveDB's.
+5. Fully cached scan against plain tables at ``--cached-rows`` rows (default 1,000,000; 0 skips it):
+   ``big`` is built from blobs (copies shifted by 1e-4, all inputs distinct), materialized once
+   through SieveDB, and ``big_outputs (id, digit)`` / ``big_with (id, pixels, digit)`` made from its
+   outputs; then ``count(*) ... = 3`` four ways in ``--cached-rounds`` rotating rounds: through SieveDB
+   (cached), over each plain table, and a plain scan of ``big``. Once more straight on Postgres
+   through the installed function (each row digested and looked up: the old read), unless
+   ``--skip-function``.
+6. Planner overhead on a cached statement: ``SELECT count(digit) FROM bench_predictions WHERE id < 100``
    ``--overhead-n`` times through SieveDB against the same statement sent straight to the backing
-   Postgres over its unix socket, and against a model-free statement through SieveDB (and direct),
-   interleaved in rotating rounds, with the simple protocol and with prepared statements.
-5. Memory: the server process's RSS (and each child process's, e.g. the inference worker) sampled
+   Postgres over its unix socket, against the same statement behind a new comment each time (first
+   seen: parsed and analysed again), and against a model-free statement through SieveDB (and
+   direct), interleaved in rotating rounds, with the simple protocol and with prepared statements.
+7. Memory: the server process's RSS (and each child process's, e.g. the inference worker) sampled
    every 50 ms while (c) materializes every row.
+
+Chained point query calls and view LIMIT calls: bench/bench_planner_shapes.py.
 
 Targets (summary block, MET / MISSED): planner p50 overhead <= 2 ms over direct Postgres; server RSS
 peak < 500 MB while (c) materializes; (a) runs the model for at most the 1,000 rows its predicate
-keeps; (b) stops early (< 1% of the rows); (c) runs each input once; answers equal the eager ones.
+keeps; (b) stops early (< 1% of the rows); (c) runs each input once; answers equal the eager ones;
+a cold full scan >= 1.0x the hand-written job; a fully cached scan within 3x of the outputs table.
 
-    .venv/bin/python bench/bench_planner.py [--rows 100000] [--overhead-n 300] [--max-minutes 15]
+    .venv/bin/python bench/bench_planner.py [--rows 100000] [--cached-rows 1000000] [--overhead-n 300]
+        [--scan-rounds 3] [--cached-rounds 5] [--skip-function] [--max-minutes 15]
 
 Everything it starts is stopped on exit (also on Ctrl-C / SIGTERM / the time limit).
 """
@@ -65,6 +79,15 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
+from planner_scan import (  # noqa: E402
+    CachedScan,
+    Job,
+    answers_agree,
+    cached_scan_vs_tables,
+    full_scan_vs_job,
+    hand_written_job,
+)
+from planner_scan import report as scan_report  # noqa: E402
 
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings  # noqa: E402
 from tests.support.servers import SieveProcess  # noqa: E402
@@ -75,6 +98,8 @@ VIEW = "bench_predictions"
 OVERHEAD_TARGET_MS = 2.0
 RSS_TARGET_MB = 500.0
 LIMIT_FRACTION_TARGET = 0.01
+SCAN_TARGET = 1.0  # a cold full scan: the hand-written job's time over SieveDB's, at least
+CACHED_TARGET = 3.0  # a fully cached scan over a plain table of the outputs, at most
 SAMPLE_EVERY_S = 0.05
 
 CREATE_FUNCTION = (
@@ -88,8 +113,9 @@ QUERIES = [
     ("(b) limit", f"SELECT id FROM {VIEW} WHERE digit = 7 LIMIT 10"),
     ("(c) aggregate", f"SELECT digit, count(*) FROM {VIEW} GROUP BY digit"),
 ]
-OVERHEAD_MODEL_SQL = f"SELECT count(*) FROM {VIEW} WHERE id < 100"
-OVERHEAD_PLAIN_SQL = "SELECT count(*) FROM blobs WHERE id < 100"
+OVERHEAD_MODEL_SQL = f"SELECT count(digit) FROM {VIEW} WHERE id < 100"  # reads the model column
+OVERHEAD_PLAIN_SQL = "SELECT count(pixels) FROM blobs WHERE id < 100"
+FIRST_SEEN_SQL = "/* first seen {} */ " + OVERHEAD_MODEL_SQL  # never the same text twice
 
 
 class BenchError(RuntimeError):
@@ -127,15 +153,6 @@ def copy_text(pixels: np.ndarray, start: int, stop: int) -> str:
     return "".join(
         template % (i, *row) for i, row in zip(range(start, stop), pixels[start:stop].tolist(), strict=True)
     )
-
-
-def parse_copy_out(text: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``id\\t{p1,...,pW}`` lines as (ids, float32 [n, W])."""
-    flat = np.array(
-        text.translate(str.maketrans("\t\n", ",,", "{}")).rstrip(",").split(","), dtype=np.float64
-    )
-    table = flat.reshape(-1, width + 1)
-    return table[:, 0].astype(np.int64), table[:, 1:].astype(np.float32)
 
 
 # -- measurement helpers ------------------------------------------------------------------------------
@@ -270,53 +287,7 @@ def run_query(
     return QueryResult(name, sql, calls, hits, planner_ms, wall, rows)
 
 
-@dataclass
-class Eager:
-    read_s: float = 0.0
-    infer_s: float = 0.0
-    write_s: float = 0.0
-    labels: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def materialize_s(self) -> float:
-        return self.read_s + self.infer_s + self.write_s
-
-
-def eager_materialize(conn: psycopg.Connection, model_path: Path, width: int) -> Eager:
-    import onnxruntime as ort
-
-    out = Eager()
-    began = time.perf_counter()
-    buf = []
-    with conn.cursor().copy("COPY (SELECT id, pixels FROM blobs) TO STDOUT") as copy:
-        for data in copy:
-            buf.append(bytes(data))
-    ids, pixels = parse_copy_out(b"".join(buf).decode(), width)
-    out.read_s = time.perf_counter() - began
-
-    began = time.perf_counter()
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    labels = np.concatenate(
-        [
-            session.run(["label"], {input_name: pixels[i : i + 8192]})[0].reshape(-1)
-            for i in range(0, len(pixels), 8192)
-        ]
-    )
-    out.infer_s = time.perf_counter() - began
-
-    began = time.perf_counter()
-    conn.execute("DROP TABLE IF EXISTS eager")
-    conn.execute("CREATE TABLE eager (id int PRIMARY KEY, digit int)")
-    with conn.cursor().copy("COPY eager (id, digit) FROM STDIN") as copy:
-        copy.write("".join(f"{i}\t{d}\n" for i, d in zip(ids.tolist(), labels.tolist(), strict=True)))
-    conn.execute("ANALYZE eager")
-    out.write_s = time.perf_counter() - began
-    out.labels = dict(zip(ids.tolist(), labels.tolist(), strict=True))
-    return out
-
-
-def check_answers(results: list[QueryResult], eager: Eager) -> None:
+def check_answers(results: list[QueryResult], eager: Job) -> None:
     for r in results:
         if r.name.startswith("(a)"):
             r.answer_ok = sorted(r.rows) == sorted(r.eager_rows)
@@ -350,10 +321,12 @@ def measure_overhead(
 ) -> dict[tuple[str, str], Latency]:
     targets = [
         ("sievedb, model view", "sieve", OVERHEAD_MODEL_SQL),
+        ("sievedb, first seen", "sieve", FIRST_SEEN_SQL),
         ("direct,  model view", "direct", OVERHEAD_MODEL_SQL),
         ("sievedb, no model", "sieve", OVERHEAD_PLAIN_SQL),
         ("direct,  no model", "direct", OVERHEAD_PLAIN_SQL),
     ]
+    seen = iter(range(1 << 62))  # a new comment each time: the planner meets new statement text
     conns = {
         "sieve": psycopg.connect(sieve_dsn, autocommit=True, prepare_threshold=None),
         "direct": psycopg.connect(**direct_kwargs, autocommit=True, prepare_threshold=None),
@@ -366,7 +339,7 @@ def measure_overhead(
                 results[(name, mode)] = Latency(name, mode)
                 cur = conns[where].cursor()
                 for _ in range(warmup):
-                    cur.execute(sql, prepare=prepare or None)
+                    cur.execute(sql.format(next(seen)), prepare=prepare or None)
                     cur.fetchone()
             per_round = [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
             for rnd, count in enumerate(per_round):
@@ -377,8 +350,9 @@ def measure_overhead(
                     cur = conns[where].cursor()
                     samples = results[(name, mode)].samples_ms
                     for _ in range(count):
+                        text = sql.format(next(seen))
                         began = time.perf_counter_ns()
-                        cur.execute(sql, prepare=prepare or None)
+                        cur.execute(text, prepare=prepare or None)
                         cur.fetchone()
                         samples.append((time.perf_counter_ns() - began) / 1e6)
     finally:
@@ -420,6 +394,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overhead-n", type=int, default=300, help="executions per target and mode (300)")
     p.add_argument("--overhead-rounds", type=int, default=3, help="rotating rounds the N is split in (3)")
     p.add_argument("--warmup", type=int, default=20, help="untimed executions per target and mode (20)")
+    p.add_argument(
+        "--scan-rounds", type=int, default=3, help="cold full scans and hand-written jobs (3 each)"
+    )
+    p.add_argument(
+        "--cached-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of the cached-scan table (1000000; 0 skips it)",
+    )
+    p.add_argument("--cached-rounds", type=int, default=5, help="rotating rounds of the cached scans (5)")
+    p.add_argument(
+        "--skip-function", action="store_true", help="skip timing the installed function over --cached-rows"
+    )
     p.add_argument("--inference-workers", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=15.0, help="hard cap on the run time (15)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -562,7 +549,7 @@ def run(
 
     left()
     log("eager baseline: read every input, ONNX Runtime in this process, COPY into eager")
-    eager = eager_materialize(conn, models_dir / MODEL_FILE, 64)
+    eager = hand_written_job(direct, models_dir / MODEL_FILE, 64)
     log(
         f"eager materialize {eager.materialize_s:.2f}s (read {eager.read_s:.2f}s, "
         f"infer {eager.infer_s:.2f}s, write {eager.write_s:.2f}s)"
@@ -575,6 +562,26 @@ def run(
         r.eager_rows = cur.fetchall()
         r.eager_query_s = time.perf_counter() - began
     check_answers(results, eager)
+
+    # -- speed: a cold full scan against the hand-written job, a cached scan against tables ---------
+    log(f"full scan: {args.scan_rounds} cold SieveDB scans and hand-written jobs, alternating")
+    full = full_scan_vs_job(conn, direct, models_dir / MODEL_FILE, args.scan_rounds, left)
+    log(f"full scan: job / sievedb = {full.ratio:.2f}x")
+    cached: CachedScan | None = None
+    if args.cached_rows:
+        log(f"cached scan: {args.cached_rows:,} rows, materialized once, then {args.cached_rounds} rounds")
+        cached = cached_scan_vs_tables(
+            conn,
+            direct,
+            args.cached_rows,
+            args.rows,
+            args.cached_rounds,
+            not args.skip_function,
+            left,
+            lambda sql: latest_log(direct, sql)[0],
+        )
+        log(f"cached scan: sievedb / outputs table = {cached.ratio('outputs table'):.1f}x")
+    # Chained point query calls and view LIMIT calls: bench/bench_planner_shapes.py.
 
     left()
     log(f"planner overhead: {args.overhead_n} executions per target and mode")
@@ -651,6 +658,8 @@ def run(
             f"vs eager {args.rows / eager.materialize_s:,.0f} rows/s"
         )
 
+    out += scan_report(full, cached, args.rows)
+
     out.append("")
     out.append(
         f"Per-statement latency, all inputs cached ({args.overhead_n} timed executions per row, "
@@ -674,12 +683,14 @@ def run(
             "model_vs_direct_p95": sm.p95 - dm.p95,
             "plain_vs_direct_p50": sp.p50 - dp.p50,
             "planner_only_p50": sm.p50 - sp.p50,
+            "first_seen_vs_direct_p50": lat[("sievedb, first seen", mode)].p50 - dm.p50,
         }
         e = extra[mode]
         out.append(
             f"  [{mode}] p50 extra over direct: model view {e['model_vs_direct_p50']:+.3f} ms "
             f"(p95 {e['model_vs_direct_p95']:+.3f}), no model {e['plain_vs_direct_p50']:+.3f} ms; "
-            f"planner alone (model view - no model, both via SieveDB) {e['planner_only_p50']:+.3f} ms"
+            f"planner alone (model view - no model, both via SieveDB) {e['planner_only_p50']:+.3f} ms; "
+            f"first seen {e['first_seen_vs_direct_p50']:+.3f} ms"
         )
     out.append(
         f"  last logged model-view execution: {fmt_calls(calls_cached)} model calls, "
@@ -737,7 +748,22 @@ def run(
             f"{fmt_calls(calls_cached)} calls",
             calls_cached == 0,
         ),
+        (
+            f"a cold exact full scan is >= {SCAN_TARGET:g}x the hand-written job (job time / SieveDB time)",
+            f"{full.ratio:.2f}x",
+            full.ratio >= SCAN_TARGET and full.answers_equal,
+        ),
     ]
+    if cached is not None:
+        checks.append(
+            (
+                f"a fully cached scan of {cached.rows:,} rows within {CACHED_TARGET:g}x of a plain table of "
+                "the outputs",
+                f"{cached.ratio('outputs table'):.1f}x (inputs+outputs table: "
+                f"{cached.ratio('inputs+outputs table'):.1f}x)",
+                cached.ratio("outputs table") <= CACHED_TARGET and answers_agree(cached),
+            )
+        )
     out.append("")
     out.append("Summary")
     width = max(len(t) for t, _, _ in checks)
@@ -775,6 +801,24 @@ def run(
                         for (name, mode), v in lat.items()
                     },
                     "overhead_ms": extra,
+                    "full_scan": {
+                        "sievedb_s": full.sieve_s,
+                        "job_s": [j.total_s for j in full.jobs],
+                        "job_over_sievedb": full.ratio,
+                        "same_answer": full.answers_equal,
+                    },
+                    "cached_scan": None
+                    if cached is None
+                    else {
+                        "rows": cached.rows,
+                        "cold_s": cached.cold_s,
+                        "cold_calls": cached.cold_calls,
+                        "timings_s": cached.timings,
+                        "installed_function_s": cached.function_s,
+                        "sievedb_over_outputs_table": cached.ratio("outputs table"),
+                        "sievedb_over_inputs_outputs_table": cached.ratio("inputs+outputs table"),
+                        "same_answers": answers_agree(cached),
+                    },
                     "server_peak_rss_mb": peak.peak / mb,
                     "children_peak_rss_mb": {
                         str(pid): [lbl, rss / mb] for pid, (lbl, rss) in peak.children.items()
