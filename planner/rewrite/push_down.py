@@ -29,6 +29,7 @@ from planner.rewrite.ast_util import (
     walk,
 )
 from planner.rewrite.implied import implied_condition, narrowing_conjuncts
+from planner.rewrite.join_keys import alias_of, equal_pairs, named_items, reads_only, using_pairs
 
 # Functions whose every call may answer differently: evaluating them twice changes the rows.
 VOLATILE = frozenset(
@@ -89,11 +90,11 @@ def uncorrelated(select: ast.Node, ctx: PushContext) -> bool:
         return True
     if not isinstance(select, ast.SelectStmt) or not select.fromClause:
         return False
-    own = _names(select.fromClause)
+    own = set(named_items(select.fromClause))
     for node in walk(select):
         if isinstance(node, ast.SubLink | ast.ParamRef | ast.RangeSubselect | ast.RangeFunction):
             return False
-        if isinstance(node, ast.ColumnRef) and (_alias_of(node) not in own):
+        if isinstance(node, ast.ColumnRef) and (alias_of(node) not in own):
             return False
     return True
 
@@ -110,7 +111,7 @@ def _push_level(level: ast.SelectStmt, ctx: PushContext) -> None:
         _push_into_nullable(join, nullable, preserved, candidates, ctx)
     if candidates:
         for select in _sublink_selects(level):
-            _transfer_into_sublink(select, candidates, _names(level.fromClause))
+            _transfer_into_sublink(select, candidates, set(named_items(level.fromClause)))
 
 
 def _push_into(sub: ast.RangeSubselect, conditions: list, sole: bool, ctx: PushContext) -> None:
@@ -169,11 +170,11 @@ def _push_into_nullable(join: ast.JoinExpr, nullable, preserved, candidates: lis
     and WHERE conditions on the preserved side carried over by an ON equality, narrow it."""
     alias = nullable.alias.aliasname
     on = conjuncts(join.quals)
-    own = [c for c in on if _only_reads(_outside_subqueries(c), {alias}) and movable(c, ctx)]
-    kept = _names([preserved])
-    pairs = [(a, b) for a, b in _equal_pairs(on) if _alias_of(a) == alias and _alias_of(b) in kept]
-    sources = [c for c in candidates if _only_reads(c, kept)]
-    carried = [c for c in transferred(sources, pairs) if _only_reads(c, {alias})]
+    own = [c for c in on if reads_only(_outside_subqueries(c), {alias}) and movable(c, ctx)]
+    kept = set(named_items([preserved]))
+    pairs = [(a, b) for a, b in equal_pairs(on) if alias_of(a) == alias and alias_of(b) in kept]
+    sources = [c for c in candidates if reads_only(c, kept)]
+    carried = [c for c in transferred(sources, pairs) if reads_only(c, {alias})]
     conditions = narrowing_conjuncts(own, ctx.models, ready=ctx.uncorrelated) + carried
     if conditions:
         _push_into(nullable, conditions, False, ctx)
@@ -194,15 +195,15 @@ def _sublink_selects(level: ast.SelectStmt) -> list[ast.SelectStmt]:
 def _transfer_into_sublink(select: ast.SelectStmt, candidates: list, outer: set[str]) -> None:
     """``WHERE f.frame < 50 AND EXISTS (SELECT ... WHERE c.frame = f.frame)``: only inner rows
     with ``c.frame < 50`` can matter to a row the outer WHERE keeps."""
-    inner = _names(select.fromClause)
+    inner = set(named_items(select.fromClause))
     visible = outer - inner
     pairs = []
-    for a, b in _equal_pairs(conjuncts(select.whereClause)):
+    for a, b in equal_pairs(conjuncts(select.whereClause)):
         for mine, theirs in ((a, b), (b, a)):
-            if _alias_of(mine) in inner and _alias_of(theirs) in visible:
+            if alias_of(mine) in inner and alias_of(theirs) in visible:
                 pairs.append((theirs, mine))
-    sources = [c for c in candidates if _only_reads(c, visible)]
-    carried = [c for c in transferred(sources, pairs) if _only_reads(c, inner)]
+    sources = [c for c in candidates if reads_only(c, visible)]
+    carried = [c for c in transferred(sources, pairs) if reads_only(c, inner)]
     if carried:
         add_conjuncts(select, carried)
 
@@ -213,46 +214,6 @@ def _outside_subqueries(condition: ast.Node) -> ast.Node:
     if isinstance(condition, ast.SubLink):
         return condition.testexpr if condition.testexpr is not None else ast.A_Const(isnull=True)
     return _mapped(condition, _outside_subqueries)
-
-
-def _equal_pairs(conditions: list) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
-    return [
-        (c.lexpr, c.rexpr)
-        for c in conditions
-        if isinstance(c, ast.A_Expr)
-        and c.kind.name == "AEXPR_OP"
-        and [n.sval for n in c.name] == ["="]
-        and isinstance(c.lexpr, ast.ColumnRef)
-        and isinstance(c.rexpr, ast.ColumnRef)
-    ]
-
-
-def _alias_of(ref: ast.ColumnRef) -> str | None:
-    fields = column_fields(ref)
-    return fields[0] if len(fields) == 2 else None
-
-
-def _only_reads(condition: ast.Node, aliases: set[str]) -> bool:
-    """Every column ``condition`` reads is qualified by one of ``aliases`` (no subquery)."""
-    refs = [n for n in walk(condition) if isinstance(n, ast.ColumnRef)]
-    if not refs or any(isinstance(n, ast.SubLink) for n in walk(condition)):
-        return False
-    return all(_alias_of(r) in aliases for r in refs)
-
-
-def _names(items) -> set[str]:
-    """Aliases (or table names) the FROM items define, through joins."""
-    names: set[str] = set()
-    stack = list(items or ())
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.JoinExpr):
-            stack += [item.larg, item.rarg]
-        elif getattr(item, "alias", None) is not None:
-            names.add(item.alias.aliasname)
-        elif isinstance(item, ast.RangeVar):
-            names.add(item.relname)
-    return names
 
 
 def _plain_subquery(item: ast.RangeSubselect) -> bool:
@@ -284,21 +245,9 @@ def equalities(level: ast.SelectStmt) -> list[tuple[ast.ColumnRef, ast.ColumnRef
         item = stack.pop()
         if isinstance(item, ast.JoinExpr) and item.jointype == JoinType.JOIN_INNER:
             conditions += conjuncts(item.quals)
-            pairs += _using_pairs(item)
+            pairs += using_pairs(item)
             stack += [item.larg, item.rarg]
-    return _equal_pairs(conditions) + pairs
-
-
-def _using_pairs(join: ast.JoinExpr) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
-    left, right = _names([join.larg]), _names([join.rarg])
-    if len(left) != 1 or len(right) != 1 or not join.usingClause:
-        return []
-    (a,), (b,) = left, right
-    return [(_column(a, n.sval), _column(b, n.sval)) for n in join.usingClause]
-
-
-def _column(alias: str, name: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))
+    return equal_pairs(conditions) + pairs
 
 
 def transferred(candidates: list, pairs: list) -> list:

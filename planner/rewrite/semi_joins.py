@@ -14,20 +14,20 @@ subquery that calls a model, joined by an inner join, or the nullable side of an
 from __future__ import annotations
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind, JoinType, SetOperation
+from pglast.enums import JoinType, SetOperation
 
 from planner.rewrite.ast_util import (
     add_conjuncts,
     and_of,
-    column_fields,
     conjuncts,
     copy_node,
     is_plain_select,
     mentions_model,
+    nodes_in,
     pinned_in,
     render,
-    walk,
 )
+from planner.rewrite.join_keys import alias_of, equal_pairs, named_items, reads_only, using_pairs
 
 
 def semi_joins(stmt: ast.Node, models: set[str]) -> ast.Node:
@@ -43,23 +43,15 @@ def _visit(node: ast.Node, models: set[str], ctes: frozenset) -> None:
             _level(node, models, ctes)
     for name in node.__slots__:
         value = getattr(node, name, None)
-        for child in _nodes(value):
+        for child in nodes_in(value):
             _visit(child, models, ctes)
 
 
-def _nodes(value):
-    if isinstance(value, ast.Node):
-        yield value
-    elif isinstance(value, tuple | list):
-        for item in value:
-            yield from _nodes(item)
-
-
 def _level(level: ast.SelectStmt, models: set[str], ctes: frozenset) -> None:
-    items = _named_items(level.fromClause)
+    items = named_items(level.fromClause)
     added: set[str] = set()
     for join, y_ref, x_ref in _key_pairs(level):
-        table, view = items.get(_alias(x_ref)), items.get(_alias(y_ref))
+        table, view = items.get(alias_of(x_ref)), items.get(alias_of(y_ref))
         if not isinstance(table, ast.RangeVar) or not _model_view(view, models):
             continue
         condition = _semi_join(level, table, x_ref, y_ref, models, ctes)
@@ -76,21 +68,21 @@ def _key_pairs(level: ast.SelectStmt):
     """(join or None, view-side column, table-side column): equalities every kept row
     satisfies (WHERE, inner joins' ON), both ways round, and an outer join's ON equalities
     with the nullable side as the view side."""
-    where = [(None, a, b) for a, b in _equalities(conjuncts(level.whereClause))]
+    where = [(None, a, b) for a, b in _qualified_pairs(conjuncts(level.whereClause))]
     stack = list(level.fromClause)
     while stack:
         item = stack.pop()
         if not isinstance(item, ast.JoinExpr):
             continue
         stack += [item.larg, item.rarg]
-        on = _equalities(conjuncts(item.quals)) + _using(item)
+        on = _qualified_pairs(conjuncts(item.quals)) + using_pairs(item)
         if item.jointype == JoinType.JOIN_INNER:
             where += [(None, a, b) for a, b in on]
         elif item.jointype in (JoinType.JOIN_LEFT, JoinType.JOIN_RIGHT):
             nullable = item.rarg if item.jointype == JoinType.JOIN_LEFT else item.larg
             name = getattr(getattr(nullable, "alias", None), "aliasname", None)
-            where += [(item, a, b) for a, b in on if _alias(a) == name and name is not None]
-            where += [(item, b, a) for a, b in on if _alias(b) == name and name is not None]
+            where += [(item, a, b) for a, b in on if alias_of(a) == name and name is not None]
+            where += [(item, b, a) for a, b in on if alias_of(b) == name and name is not None]
             continue
     both = []
     for join, a, b in where:
@@ -105,7 +97,7 @@ def _semi_join(level, table: ast.RangeVar, x_ref, y_ref, models: set[str], ctes:
     own = [
         copy_node(c)
         for c in conjuncts(level.whereClause)
-        if _reads_only(c, alias) and not mentions_model(c, models)
+        if reads_only(c, {alias}) and not mentions_model(c, models)
     ]
     is_cte = table.schemaname is None and table.relname in ctes
     if not own and not is_cte:
@@ -120,13 +112,6 @@ def _semi_join(level, table: ast.RangeVar, x_ref, y_ref, models: set[str], ctes:
     return pinned_in(copy_node(y_ref), select)
 
 
-def _reads_only(condition: ast.Node, alias: str) -> bool:
-    refs = [n for n in walk(condition) if isinstance(n, ast.ColumnRef)]
-    if not refs or any(isinstance(n, ast.SubLink | ast.ParamRef) for n in walk(condition)):
-        return False
-    return all(_alias(r) == alias for r in refs)
-
-
 def _model_view(item, models: set[str]) -> bool:
     return (
         isinstance(item, ast.RangeSubselect)
@@ -137,46 +122,5 @@ def _model_view(item, models: set[str]) -> bool:
     )
 
 
-def _named_items(items) -> dict[str, ast.Node]:
-    named = {}
-    stack = list(items or ())
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.JoinExpr):
-            stack += [item.larg, item.rarg]
-        elif getattr(item, "alias", None) is not None:
-            named[item.alias.aliasname] = item
-        elif isinstance(item, ast.RangeVar):
-            named[item.relname] = item
-    return named
-
-
-def _equalities(conditions: list) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
-    return [
-        (c.lexpr, c.rexpr)
-        for c in conditions
-        if isinstance(c, ast.A_Expr)
-        and c.kind == A_Expr_Kind.AEXPR_OP
-        and [n.sval for n in c.name] == ["="]
-        and isinstance(c.lexpr, ast.ColumnRef)
-        and isinstance(c.rexpr, ast.ColumnRef)
-        and _alias(c.lexpr) is not None
-        and _alias(c.rexpr) is not None
-    ]
-
-
-def _using(join: ast.JoinExpr) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:
-    left, right = _named_items([join.larg]), _named_items([join.rarg])
-    if len(left) != 1 or len(right) != 1 or not join.usingClause:
-        return []
-    (a,), (b,) = left, right
-    return [(_column(a, n.sval), _column(b, n.sval)) for n in join.usingClause]
-
-
-def _column(alias: str, name: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))
-
-
-def _alias(ref: ast.ColumnRef) -> str | None:
-    fields = column_fields(ref)
-    return fields[0] if len(fields) == 2 else None
+def _qualified_pairs(conditions: list):
+    return [(a, b) for a, b in equal_pairs(conditions) if alias_of(a) is not None and alias_of(b) is not None]
