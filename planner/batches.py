@@ -11,7 +11,7 @@ writer can hold a claimed digest, the outputs go straight into the cache table b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -100,10 +100,14 @@ class BatchResult:
     values: dict[bytes, object]  # digest -> output of the inputs run (one-value models)
 
 
-async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) -> BatchResult:
-    """Run the model over the batch's inputs that no one cached yet and cache the outputs."""
+async def run_batch(
+    spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool, also: Callable | None = None
+) -> BatchResult:
+    """Run the model over the batch's inputs that no one cached yet and cache the outputs;
+    ``also(connection, values)``, when given, runs in the same transaction once they are in."""
     rows = _unique_sorted(rows)
     async with db.acquire() as writer, writer.transaction():
+        await writer.execute(ASYNC_COMMIT)
         await writer.execute(_CLAIM, spec.id, sorted({_lock_key(d) for d in rows.digests}))
         done = await writer.fetch(
             f"SELECT DISTINCT digest FROM {spec.cache_table} WHERE digest = ANY($1::bytea[])", rows.digests
@@ -113,6 +117,8 @@ async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) ->
             cached = {bytes(r[0]) for r in done}
             rows = rows.take([i for i, d in enumerate(rows.digests) if d not in cached])
         if not len(rows):
+            if also is not None:
+                await also(writer, {})
             return BatchResult(0, found, {})
         _check_images(spec, rows, full=False)  # headers only: cheap, and names a bad input
         inputs = {
@@ -126,7 +132,9 @@ async def run_batch(spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool) ->
             raise
         cache_rows = _cache_rows(spec, rows.digests, outputs)
         await _write_cache(spec, cache_rows, writer)
-    values = {r[0]: r[2] for r in cache_rows} if one_value(spec) else {}
+        values = {r[0]: r[2] for r in cache_rows} if one_value(spec) else {}
+        if also is not None:
+            await also(writer, values)
     return BatchResult(len(rows), found, values)
 
 
@@ -141,6 +149,11 @@ def _unique_sorted(rows: InputRows) -> InputRows:
     digests = rows.digests
     keep = [i for k, i in enumerate(order) if k == 0 or digests[i] != digests[order[k - 1]]]
     return rows.take(keep)
+
+
+# Outputs can always be computed again: a batch's commit need not wait for its WAL to reach the
+# disk (a crash may lose the last batches, never make them half-visible; WAL stays in order).
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 
 
 def _lock_key(digest: bytes) -> int:

@@ -1,16 +1,17 @@
 """Running a model over the inputs a call site can reach, and writing the outputs to its cache.
 
-The input rows stream through the client's own session (its role, database and snapshot) in
-chunks. Each chunk is decoded column by column (planner.send_forms: one numpy pass per chunk),
-its new inputs gather into batches of BATCH_ROWS, and each batch runs in a task of its own
-(planner.batches: claims, the model, COPY into the cache) while the next chunks are read, so
-that Postgres reading, the model and Postgres writing overlap (at most IN_FLIGHT batches).
+The input rows are read in the client's own session (its role, database and snapshot). Each
+chunk is decoded column by column (planner.send_forms: one numpy pass per chunk), its new inputs
+gather into batches of BATCH_ROWS, and each batch runs in a task of its own (planner.batches:
+claims, the model, COPY into the cache) while the next chunks are read, so that Postgres
+reading, the model and Postgres writing overlap (at most IN_FLIGHT batches).
 
 A call that reads plain columns of one table, in a statement whose outputs planner.read_outputs
-reads back by row identity, also keeps a row map (planner.row_maps): its input query then reads
-only the rows the map does not hold yet, SieveDB digests their send forms itself, and each
-batch enters its rows in the map once its outputs (and those of the batches before it) are
-cached.
+reads back by row identity, also keeps a row map (planner.row_maps): a survey tells whether any
+row needs work at all, the rows without an entry are read block range by block range (one value
+per range, the next range read while this one is fed: planner.map_pass), SieveDB digests their
+send forms itself, and each batch enters its rows in the map: those whose outputs it computed
+in its own transaction, the others once the batches before it are done.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from inference.errors import InferenceLayerError
 from planner import map_pass, row_maps, send_forms
-from planner.batches import BatchResult, InputRows, input_label, model_ref, run_batch
+from planner.batches import ASYNC_COMMIT, InputRows, input_label, model_ref, run_batch
 from planner.calls import CallSite
 from planner.install import digest_sql
 from planner.map_pass import MapRows, Survey
@@ -37,6 +38,7 @@ from planner.row_maps import MapKey, MapTarget, RowMap
 __all__ = ["BATCH_ROWS", "Databases", "Materialized", "materialize_site", "model_ref", "pending_inputs_sql"]
 
 log = logging.getLogger("sievedb.planner.materialize")
+
 
 BATCH_ROWS = 4096  # inputs per model run and per COPY
 CHUNK_ROWS = 4096  # input rows per Execute of the input query
@@ -79,14 +81,13 @@ async def materialize_site(
                 digest_sql(spec, list(site.args)), [t for _, t in spec.args], spec.cache_table
             )
             work.total_sql = pending_inputs_sql(site, spec)
-        else:
-            work.survey = await map_pass.survey(dbs.read, port, site, target)
-            query = None if work.survey.vouched else map_pass.input_sql(site, spec, target)
-        if query is not None:
-            if target is not None:  # before the stream: the pass reads ahead (see _Pass.consume)
-                await work.arm()
             async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
-                await work.consume(chunks)
+                async for rows in chunks:
+                    await work.feed(rows)
+        else:
+            work.survey = await map_pass.survey(port, site, target)
+            if not work.survey.vouched:
+                await work.read_ranges(map_pass.range_sql(site, spec, target))
         await work.finish()
         if work.completes_map(site):
             await map_pass.mark_complete(dbs.write, target.rowmap, work.survey)
@@ -159,20 +160,40 @@ class _Chunk:
         return head, tail
 
 
-def _decode(
-    spec: ModelSpec, sends: list[list[bytes]], digests: list[bytes], new: list[int], labels
-) -> InputRows:
-    """The new inputs' arguments decoded from their send forms (see planner.send_forms)."""
+def _decode(spec: ModelSpec, sends: list, digests: list[bytes], new: list[int], label_of=None) -> InputRows:
+    """The new inputs' arguments decoded from their send forms (see planner.send_forms); each
+    column of ``sends`` is a list of bytes or a uint8 block (rows of one length)."""
     values = []
     for (name, sql_type), column in zip(spec.args, sends, strict=True):
-        raws = [column[i] for i in new]
-        try:
-            values.append(send_forms.decode_column(sql_type, raws, spec.name, name))
-        except PlanError as exc:  # name the input, as every data error of a batch does
-            row = _first_bad(sql_type, raws, spec.name, name)
-            where = input_label(digests[new[row]], labels[row] if labels else None)
-            raise PlanError(exc.sqlstate, f"{exc} ({where})", hint=exc.hint) from None
-    return InputRows([digests[i] for i in new], values, labels)
+        block, raws = None, None
+        if isinstance(column, np.ndarray):
+            part = column[new]
+            block = _block_or_none(sql_type, part, spec, name, digests, new, label_of)
+            raws = None if block is not None else [row.tobytes() for row in part]
+        else:
+            raws = [column[i] for i in new]
+        if block is None:
+            block = _column(sql_type, raws, spec, name, digests, new, label_of)
+        values.append(block)
+    return InputRows([digests[i] for i in new], values)
+
+
+def _block_or_none(sql_type, part: np.ndarray, spec: ModelSpec, name: str, digests, new, label_of):
+    if not len(part):
+        return None
+    try:
+        return send_forms.decode_block(sql_type, part, spec.name, name)
+    except PlanError:  # every row shares the first one's header, NULL flag included
+        return _column(sql_type, [row.tobytes() for row in part], spec, name, digests, new, label_of)
+
+
+def _column(sql_type, raws: list[bytes], spec: ModelSpec, name: str, digests, new, label_of):
+    try:
+        return send_forms.decode_column(sql_type, raws, spec.name, name)
+    except PlanError as exc:  # name the input, as every data error of a batch does
+        row = _first_bad(sql_type, raws, spec.name, name)
+        where = input_label(digests[new[row]], label_of(new[row]) if label_of else None)
+        raise PlanError(exc.sqlstate, f"{exc} ({where})", hint=exc.hint) from None
 
 
 def _first_bad(sql_type, raws: list[bytes], model: str, arg: str) -> int:
@@ -182,6 +203,11 @@ def _first_bad(sql_type, raws: list[bytes], model: str, arg: str) -> int:
         except PlanError:
             return i
     return 0
+
+
+def _names_rows(spec: ModelSpec) -> bool:
+    """Errors found while a batch runs (an undecodable image) name their input's row."""
+    return any(sql_type.base in ("bytea", "text") for _, sql_type in spec.args)
 
 
 # -- one pass over a site's input rows ------------------------------------------------------------
@@ -205,23 +231,24 @@ class _Pass:
         self.armed = False
         self.started = self.last_notice = time.monotonic()
 
-    async def consume(self, chunks) -> None:
-        """Feed every chunk. On the map path the next chunk is read while this one is fed: the
-        pass then makes no other use of the session (statement_timeout is armed before)."""
-        if self.target is None:
-            async for rows in chunks:
-                await self.feed(rows)
-            return
-        it = chunks.__aiter__()
-        ahead = asyncio.ensure_future(anext(it))
+    async def read_ranges(self, sql: str) -> None:
+        """Map path: read the block ranges (planner.map_pass), the next while this one is fed;
+        the pass makes no other use of the session meanwhile (statement_timeout is armed first)."""
+        await self.arm()
+        nargs, relid = len(self.spec.args), self.target.rowmap.relid
+
+        async def fetch(bounds: tuple[str, str]) -> map_pass.RangeRows:
+            (row,) = await self.port.fetch(sql, bounds)
+            return map_pass.parse_range(row, nargs, relid)
+
+        ranges = map_pass.block_ranges(self.survey)
+        ahead = asyncio.ensure_future(fetch(next(ranges)))
         try:
-            while True:
-                try:
-                    rows = await ahead
-                except StopAsyncIteration:
-                    return
-                ahead = asyncio.ensure_future(anext(it))
-                await self.feed(rows)
+            for bounds in ranges:
+                rows = await ahead
+                ahead = asyncio.ensure_future(fetch(bounds))
+                await self._feed_range(rows)
+            await self._feed_range(await ahead)
         finally:
             if not ahead.done():
                 ahead.cancel()
@@ -234,8 +261,16 @@ class _Pass:
             await self.port.arm_statement_timeout()
 
     async def feed(self, rows: list[tuple]) -> None:
+        """Digest path: a chunk of the input query's rows."""
         self.read += len(rows)
-        chunk = self._digest_chunk(rows) if self.target is None else self._map_chunk(rows)
+        await self._gather(self._digest_chunk(rows))
+
+    async def _feed_range(self, rows: map_pass.RangeRows) -> None:
+        self.read += len(rows.digests)
+        await self._gather(self._map_chunk(rows))
+
+    async def _gather(self, chunk: _Chunk) -> None:
+        """Hold a chunk's new inputs; submit a batch whenever BATCH_ROWS of them are held."""
         while self.pending_runs + len(chunk.run) >= BATCH_ROWS:
             head, chunk = chunk.split(BATCH_ROWS - self.pending_runs)
             self._hold(head)
@@ -259,25 +294,24 @@ class _Pass:
         sends = [[rows[i][2 + k] for i in missing] for k in range(width)]
         digests = send_forms.digests_of(sends)
         new = self._unseen(digests)
-        run = _decode(self.spec, sends, digests, new, None)
+        run = _decode(self.spec, sends, digests, new)
         return _Chunk(run, np.asarray([missing[i] for i in new], dtype=np.int64))
 
-    def _map_chunk(self, rows: list[tuple]) -> _Chunk:
-        """Rows (identity, send forms...) that the map does not hold yet."""
+    def _map_chunk(self, rows: map_pass.RangeRows) -> _Chunk:
+        """Rows that the map does not hold yet: identities, send forms, digests."""
         assert self.target is not None
-        ids, keep = map_pass.read_identities([r[0] for r in rows], self.target.rowmap.relid)
+        ids = rows.ids
         if self.filenode is None and len(ids):
-            self.filenode = int(ids["filenode"][0])
-        keep &= ids["filenode"] == self.filenode
+            self.filenode = rows.filenode
+        keep = np.full(len(ids), rows.verified and rows.filenode == self.filenode)
         self.unkept += len(keep) - int(keep.sum())
-        sends = [[r[1 + k] for r in rows] for k in range(len(self.spec.args))]
-        digests = send_forms.digests_of(sends)
-        new = self._unseen(digests)
-        labels = [
-            f"({b},{o})" for b, o in zip(ids["block"][new].tolist(), ids["offset"][new].tolist(), strict=True)
-        ]
-        run = _decode(self.spec, sends, digests, new, labels)
-        return _Chunk(run, np.asarray(new, dtype=np.int64), map_pass.map_rows(ids, keep, digests))
+        new = self._unseen(rows.digests)
+        run = _decode(
+            self.spec, rows.sends, rows.digests, new, lambda i: f"({ids['block'][i]},{ids['offset'][i]})"
+        )
+        if _names_rows(self.spec):
+            run.labels = [f"({ids['block'][i]},{ids['offset'][i]})" for i in new]
+        return _Chunk(run, np.asarray(new, dtype=np.int64), map_pass.map_rows(ids, keep, rows.digests))
 
     def _unseen(self, digests: list[bytes]) -> list[int]:
         """Positions of the digests not met before in this pass (each kept once)."""
@@ -311,17 +345,28 @@ class _Pass:
         self.tasks.append(asyncio.ensure_future(self._batch(run, mapped, previous)))
 
     async def _batch(self, run: InputRows, mapped: MapRows | None, previous) -> tuple[int, int, int]:
-        done = (
-            await run_batch(self.spec, run, self.dbs.write, self.pool) if len(run) else BatchResult(0, 0, {})
-        )
+        """Run a batch; enter its rows in the map: those whose outputs it computed in its own
+        transaction, the others (cached before, or computed by earlier batches) after the
+        batches before it are done."""
+        rest = mapped
+        rowmap = self.target.rowmap if self.target is not None else None
+
+        async def enter_known(conn, values: dict) -> None:
+            nonlocal rest
+            entered, rest = await map_pass.write_known(conn, self.spec, rowmap, self.filenode, mapped, values)
+            self.unentered -= entered
+
         if mapped:
+            self.unentered += len(mapped)
+        known = enter_known if mapped else None
+        done = await run_batch(self.spec, run, self.dbs.write, self.pool, known) if len(run) else None
+        if rest:
             if previous is not None:  # its outputs, which some of these rows read, come first
                 await asyncio.wait([previous])
-            rowmap = self.target.rowmap
-            async with self.dbs.write.acquire() as conn:
-                entered = await map_pass.write(conn, self.spec, rowmap, self.filenode, mapped, done.values)
-            self.unentered += len(mapped) - entered
-        return done.runs, done.found, len(mapped) if mapped else 0
+            async with self.dbs.write.acquire() as conn, conn.transaction():
+                await conn.execute(ASYNC_COMMIT)
+                self.unentered -= await map_pass.write_cached(conn, self.spec, rowmap, self.filenode, rest)
+        return (done.runs, done.found, len(mapped) if mapped else 0) if done else (0, 0, len(mapped or ()))
 
     async def _collect(self, task: asyncio.Task) -> None:
         runs, found, mapped = await task

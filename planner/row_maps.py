@@ -156,20 +156,23 @@ def _type_name(sql_type) -> str:
 async def ensure_table(db: asyncpg.Pool, spec: ModelSpec, target: MapTarget) -> None:
     """Create the map (SieveDB's, like the cache) and its read policy, once."""
     table = target.rowmap.table
-    if await db.fetchval(_EXISTS, table.split(".")[1]):
+    made = _MADE.setdefault(id(db), set())
+    if table in made or await db.fetchval(_EXISTS, table.split(".")[1]):
+        made.add(table)  # maps go with their model (a new model gets a new id, new names)
         return
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", DDL_LOCK, int(spec.id))
-        if await conn.fetchval(_EXISTS, table.split(".")[1]):  # made while this session waited
-            return
-        function = await conn.fetchval(
-            "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid", signature_sql(spec, with_names=False)
-        )
-        for statement in _ddl(spec, target, int(function)):
-            await conn.execute(statement)
-    log.info("row map created table=%s model=%s relation=%s", table, spec.key, target.rowmap.relid)
+        if not await conn.fetchval(_EXISTS, table.split(".")[1]):  # or made while this one waited
+            function = await conn.fetchval(
+                "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid", signature_sql(spec, with_names=False)
+            )
+            for statement in _ddl(spec, target, int(function)):
+                await conn.execute(statement)
+            log.info("row map created table=%s model=%s relation=%s", table, spec.key, target.rowmap.relid)
+    made.add(table)
 
 
+_MADE: dict[int, set[str]] = {}  # id of a database's pool (it lives as long as the server) -> maps made
 # pg_class itself, read with the statement's snapshot (a name lookup may use a catalog cache
 # that has not yet seen the table another session made while this one waited for the lock)
 _EXISTS = (
@@ -192,7 +195,7 @@ def _ddl(spec: ModelSpec, target: MapTarget, function: int) -> list[str]:
         ]
     )
     return [
-        f"CREATE TABLE {table} (filenode pg_catalog.oid NOT NULL, tid pg_catalog.tid NOT NULL, "
+        f"CREATE UNLOGGED TABLE {table} (filenode pg_catalog.oid NOT NULL, tid pg_catalog.tid NOT NULL, "
         f"xid pg_catalog.xid NOT NULL, ordinal integer NOT NULL, {columns}, "
         "PRIMARY KEY (tid, filenode, ordinal))",
         f"GRANT SELECT ON {table} TO PUBLIC",

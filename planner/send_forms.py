@@ -65,14 +65,27 @@ def decode_column(sql_type: SqlType, raws: Sequence[bytes], model: str, arg: str
 def _uniform_arrays(sql_type: SqlType, raws: Sequence[bytes], model: str, arg: str) -> np.ndarray | None:
     """Arrays whose send forms all share one header (dimensions, no NULL element), as one block;
     None when they differ, so the caller decodes them one by one."""
-    first = raws[0]
+    size = len(raws[0])
+    if any(len(raw) != size for raw in raws):
+        return None
+    rows = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(len(raws), size)
+    return decode_block(sql_type, rows, model, arg)
+
+
+def decode_block(sql_type: SqlType, rows: np.ndarray, model: str, arg: str) -> np.ndarray | None:
+    """Send forms of one length, one row of ``rows`` (uint8) each, decoded in one numpy pass:
+    arrays sharing one header (dimensions, no NULL element) or fixed-width numbers; None for
+    anything else, which the caller decodes one by one."""
+    if not sql_type.is_array:
+        dtype = _ELEMENT.get(sql_type.base)
+        if dtype is None or sql_type.base == "bool" or rows.shape[1] != dtype.itemsize:
+            return None
+        return np.ascontiguousarray(rows).view(dtype).reshape(-1).astype(dtype.newbyteorder("="))
+    first = rows[0].tobytes() if len(rows) else b""
     size = len(first)
     ndim = _INT.unpack_from(first, 0)[0] if size >= 12 else 0
     head = 12 + 8 * ndim
-    if ndim == 0 or size < head or any(len(raw) != size for raw in raws):
-        return None
-    rows = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(len(raws), size)
-    if not (rows[:, :head] == rows[0, :head]).all():
+    if ndim == 0 or size < head or not (rows[:, :head] == rows[0, :head]).all():
         return None
     if _INT.unpack_from(first, 4)[0]:
         _array(sql_type, first, model, arg)  # raises the NULL-element error
@@ -81,10 +94,10 @@ def _uniform_arrays(sql_type: SqlType, raws: Sequence[bytes], model: str, arg: s
     count = int(np.prod(dims))
     if size != head + count * (4 + dtype.itemsize):
         return None
-    pairs = rows[:, head:].view(np.dtype([("length", ">i4"), ("value", dtype)]))
+    pairs = np.ascontiguousarray(rows[:, head:]).view(np.dtype([("length", ">i4"), ("value", dtype)]))
     if not (pairs["length"] == dtype.itemsize).all():
         return None
-    return pairs["value"].astype(dtype.newbyteorder("=")).reshape(len(raws), *dims)
+    return pairs["value"].astype(dtype.newbyteorder("=")).reshape(len(rows), *dims)
 
 
 def decode(sql_type: SqlType, raw: bytes, model: str, arg: str) -> object:
