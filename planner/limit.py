@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pglast import ast
-from pglast.enums import JoinType, SortByDir, SortByNulls
+from pglast.enums import JoinType
 
 from planner.rewrite.ast_util import (
     add_conjuncts,
@@ -34,6 +34,7 @@ from planner.rewrite.ast_util import (
     render,
     walk,
 )
+from planner.rewrite.ordering import OrderKey, constant, order_of, quote, sort_key
 from planner.rewrite.push_down import PushContext, push_down
 
 FIRST_BLOCKS = 1
@@ -41,15 +42,6 @@ MAX_BLOCK = 0xFFFFFFFF  # the largest block number a tid can hold: "to the end o
 
 
 FIRST_ROWS = 64  # ORDER BY: the first batch's rows of the driver
-
-
-@dataclass(frozen=True)
-class OrderKey:
-    """The driver column the statement's first ORDER BY key reads, and its direction."""
-
-    column: str
-    descending: bool
-    nulls_first: bool
 
 
 @dataclass
@@ -75,7 +67,7 @@ class LimitPlan:
 
     def set_bound(self, text: str, type_name: str) -> None:
         """ORDER BY: keep the driver rows ordered up to ``text`` (a value of ``type_name``)."""
-        key = f"{_quote(self.alias)}.{_quote(self.order.column)}"
+        key = f"{quote(self.alias)}.{quote(self.order.column)}"
         value = "'" + text.replace("'", "''") + "'::" + type_name
         self.guard.args = self._bounded(key, value)
         if self.top_guard is not None:
@@ -94,13 +86,13 @@ class LimitPlan:
     def bound_sql(self, rows: int) -> str:
         """The ORDER BY key of the driver's ``rows``-th row in order (with its own filters)."""
         order = self.order
-        key = f"{_quote(self.alias)}.{_quote(order.column)}"
+        key = f"{quote(self.alias)}.{quote(order.column)}"
         where = f" WHERE {' AND '.join(self.filters)}" if self.filters else ""
         direction = ("DESC" if order.descending else "ASC") + (
             " NULLS FIRST" if order.nulls_first else " NULLS LAST"
         )
         return (
-            f"SELECT {key}::text, pg_catalog.pg_typeof({key})::text FROM {self.table} AS {_quote(self.alias)}"
+            f"SELECT {key}::text, pg_catalog.pg_typeof({key})::text FROM {self.table} AS {quote(self.alias)}"
             f"{where} ORDER BY {key} {direction} OFFSET {rows - 1} LIMIT 1"
         )
 
@@ -120,68 +112,6 @@ class LimitPlan:
         return f"SELECT pg_catalog.pg_relation_size('{name}'::regclass) / current_setting('block_size')::int"
 
 
-def plan_limit(statements: list) -> LimitPlan | None:
-    """A LIMIT plan for the (rewritten) statement, its guard added; None when it does not apply."""
-    if len(statements) != 1:
-        return None
-    stmt = statements[0]
-    if not _limited_select(stmt):
-        return None
-    limit = _constant(stmt.limitCount)
-    offset = _constant(stmt.limitOffset) if stmt.limitOffset is not None else 0
-    if limit is None or offset is None:
-        return None  # LIMIT ALL, or a value known only at run time
-    found = _driver(stmt, _sort_key(stmt))
-    if found is None:
-        return None
-    level, table, key = found
-    if stmt.sortClause and key is None:
-        return None  # ordered by something other than a driver column
-    name = table.alias.aliasname if table.alias is not None else table.relname
-    named = ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
-    order = _order(stmt.sortClause[0], key) if key is not None else None
-    if order is None:
-        ref = _quote(name) + ".ctid"
-        guard = parse_condition(f"{ref} >= '(0,0)'::tid AND {ref} < '(1,0)'::tid")
-    else:
-        guard = parse_condition("false OR false")
-    filters = tuple(render(c) for c in conjuncts(level.whereClause) if _reads_only(c, name))
-    add_conjuncts(level, [guard])
-    plan = LimitPlan(stmt, limit, render(named), guard, name, order, filters)
-    top = _sort_key(stmt)
-    if order is not None and level is not stmt and isinstance(top, ast.ColumnRef):
-        plan.top_guard, plan.top_key = parse_condition("false OR false"), render(top)
-        add_conjuncts(stmt, [plan.top_guard])
-    return plan
-
-
-def _sort_key(stmt: ast.SelectStmt):
-    """The first ORDER BY expression, output column names and positions resolved."""
-    if not stmt.sortClause:
-        return None
-    node = stmt.sortClause[0].node
-    targets = list(stmt.targetList or ())
-    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
-        index = node.val.ival - 1
-        return targets[index].val if 0 <= index < len(targets) else None
-    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1:
-        named = [t.val for t in targets if t.name == column_fields(node)[0]]
-        if named:
-            return named[0]
-    return node
-
-
-def _order(sort: ast.SortBy, column: str) -> OrderKey | None:
-    if sort.useOp is not None:
-        return None
-    descending = sort.sortby_dir == SortByDir.SORTBY_DESC
-    if sort.sortby_nulls == SortByNulls.SORTBY_NULLS_DEFAULT:
-        nulls_first = descending  # Postgres: NULLs sort as larger than any value
-    else:
-        nulls_first = sort.sortby_nulls == SortByNulls.SORTBY_NULLS_FIRST
-    return OrderKey(column, descending, nulls_first)
-
-
 @dataclass
 class LimitRun:
     """How a LIMIT plan ran: for EXPLAIN ANALYZE and the query log."""
@@ -195,6 +125,41 @@ class LimitRun:
         if self.total is None:
             return f"{how} after the first {self.done} rows of the driving table in ORDER BY order"
         return f"{how} after {self.done} of {self.total} blocks of the driving table"
+
+
+def plan_limit(statements: list) -> LimitPlan | None:
+    """A LIMIT plan for the (rewritten) statement, its guard added; None when it does not apply."""
+    if len(statements) != 1:
+        return None
+    stmt = statements[0]
+    if not _limited_select(stmt):
+        return None
+    limit = constant(stmt.limitCount)
+    offset = constant(stmt.limitOffset) if stmt.limitOffset is not None else 0
+    if limit is None or offset is None:
+        return None  # LIMIT ALL, or a value known only at run time
+    found = _driver(stmt, sort_key(stmt))
+    if found is None:
+        return None
+    level, table, key = found
+    if stmt.sortClause and key is None:
+        return None  # ordered by something other than a driver column
+    name = table.alias.aliasname if table.alias is not None else table.relname
+    named = ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
+    order = order_of(stmt.sortClause[0], key) if key is not None else None
+    if order is None:
+        ref = quote(name) + ".ctid"
+        guard = parse_condition(f"{ref} >= '(0,0)'::tid AND {ref} < '(1,0)'::tid")
+    else:
+        guard = parse_condition("false OR false")
+    filters = tuple(render(c) for c in conjuncts(level.whereClause) if _reads_only(c, name))
+    add_conjuncts(level, [guard])
+    plan = LimitPlan(stmt, limit, render(named), guard, name, order, filters)
+    top = sort_key(stmt)
+    if order is not None and level is not stmt and isinstance(top, ast.ColumnRef):
+        plan.top_guard, plan.top_key = parse_condition("false OR false"), render(top)
+        add_conjuncts(stmt, [plan.top_guard])
+    return plan
 
 
 def _limited_select(stmt) -> bool:
@@ -255,10 +220,6 @@ def _reads_only(condition: ast.Node, name: str) -> bool:
     return all(len(column_fields(r)) == 2 and column_fields(r)[0] == name for r in refs)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _plain(query) -> bool:
     return is_plain_select(query) and not query.lockingClause
 
@@ -266,16 +227,3 @@ def _plain(query) -> bool:
 def _set_tid(comparison: ast.A_Expr, block: int) -> None:
     cast = comparison.rexpr  # '(b,0)'::tid
     cast.arg.val.sval = f"({block},0)"
-
-
-def _constant(node) -> int | None:
-    """An integer LIMIT/OFFSET: a literal, or a bound parameter's value ('5'::int8)."""
-    if isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const):
-        value = node.arg.val
-        text = getattr(value, "sval", None) if isinstance(value, ast.String) else None
-        if text is not None and text.strip().lstrip("-").isdigit():
-            return int(text)
-        node = node.arg
-    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Integer):
-        return node.val.ival
-    return None

@@ -73,8 +73,11 @@ async def materialize_site(
     site: CallSite, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, result: Materialized
 ) -> None:
     """Run the model over the call site's inputs that have no cached output yet."""
-    target = await _map_target(site, spec, dbs, port, result)
+    async with port.batch():  # the map's checks and survey: one exchange with Postgres
+        target = await _map_target(site, spec, dbs, port, result)
+        found = await map_pass.survey(port, site, target) if target is not None else None
     work = _Pass(spec, dbs, pool, port, target)
+    work.survey = found
     try:
         if target is None:
             query = site.input_query(
@@ -84,10 +87,8 @@ async def materialize_site(
             async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
                 async for rows in chunks:
                     await work.feed(rows)
-        else:
-            work.survey = await map_pass.survey(port, site, target)
-            if not work.survey.vouched:
-                await work.read_ranges(map_pass.range_sql(site, spec, target))
+        elif not found.vouched:
+            await work.read_ranges(map_pass.range_sql(site, spec, target))
         await work.finish()
         if work.completes_map(site):
             await map_pass.mark_complete(dbs.write, target.rowmap, work.survey)

@@ -21,6 +21,7 @@ levels of any other shape.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -48,7 +49,9 @@ def wanted_maps(statements: list[ast.Node], specs: Mapping[str, ModelSpec]) -> f
     """The calls of a statement that read_outputs could serve from row maps."""
     if len(statements) != 1:
         return frozenset()
-    return frozenset(found.key for found in _calls(statements[0], specs))
+    return _memo(
+        ("wanted", _models_of(specs)), statements[0], lambda s: frozenset(f.key for f in _calls(s, specs))
+    )
 
 
 def read_outputs_sql(
@@ -57,8 +60,36 @@ def read_outputs_sql(
     """The statement's SQL with calls read from ``maps``; None when nothing changed."""
     if len(statements) != 1 or not maps:
         return None
-    rewritten = read_outputs(statements[0], specs, maps)
-    return None if rewritten is statements[0] else render(rewritten)
+
+    def rewritten_sql(stmt: ast.Node) -> str | None:
+        rewritten = read_outputs(stmt, specs, maps)
+        return None if rewritten is stmt else render(rewritten)
+
+    key = ("sql", _models_of(specs), tuple(sorted(maps.items(), key=lambda kv: repr(kv[0]))))
+    return _memo(key, statements[0], rewritten_sql)
+
+
+# Statements repeat (dashboards): the planner keeps their trees (planner.Planner._plans), and
+# their rewrites are kept here by tree, as long as it is (the entry holds it), LRU-bounded.
+_MEMO: OrderedDict = OrderedDict()
+_MEMO_SIZE = 256
+
+
+def _memo(key: tuple, stmt: ast.Node, compute):
+    entry = (id(stmt), key)
+    found = _MEMO.get(entry)
+    if found is not None and found[0] is stmt:
+        _MEMO.move_to_end(entry)
+        return found[1]
+    value = compute(stmt)
+    _MEMO[entry] = (stmt, value)
+    if len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def _models_of(specs: Mapping[str, ModelSpec]) -> tuple:
+    return tuple(sorted((name, spec.id, spec.version) for name, spec in specs.items()))
 
 
 def read_outputs(stmt: ast.Node, specs: Mapping[str, ModelSpec], maps: Mapping[MapKey, RowMap]) -> ast.Node:

@@ -20,6 +20,7 @@ by nobody once the table has row-level security (its rows then read through the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -84,14 +85,19 @@ def site_key(site: CallSite) -> tuple[MapKey, ast.RangeVar] | None:
     """A call site's map key, when it reads one table by plain columns."""
     if site.row_key is None or not site.from_sql or not site.args:
         return None
+    return _site_key(site.model, site.from_sql, site.args)
+
+
+@functools.lru_cache(maxsize=1024)
+def _site_key(model: str, from_sql: str, args: tuple[str, ...]) -> tuple[MapKey, ast.RangeVar] | None:
     try:
-        item = parse_sql(f"SELECT 1 FROM {site.from_sql}")[0].stmt.fromClause
-        args = parse_sql(f"SELECT {', '.join(site.args)}")[0].stmt.targetList
+        item = parse_sql(f"SELECT 1 FROM {from_sql}")[0].stmt.fromClause
+        targets = parse_sql(f"SELECT {', '.join(args)}")[0].stmt.targetList
     except ParseError:
         return None
     if len(item) != 1 or not isinstance(item[0], ast.RangeVar):
         return None
-    key = call_key(site.model, [t.val for t in args], item[0])
+    key = call_key(model, [t.val for t in targets], item[0])
     return None if key is None else (key, item[0])
 
 

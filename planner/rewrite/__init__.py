@@ -17,6 +17,7 @@ from planner.rewrite.inline_views import inline_views
 from planner.rewrite.prune_columns import prune_columns
 from planner.rewrite.push_down import PushContext, push_down
 from planner.rewrite.semi_joins import semi_joins
+from planner.rewrite.subquery_limits import subquery_limits
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ EXACT_PASSES: tuple[tuple[str, Pass], ...] = (
     ("inline_views", lambda stmt, ctx: inline_views(stmt, ctx.views)),
     ("prune_columns", lambda stmt, ctx: prune_columns(stmt, ctx.models, ctx.table_models)),
     ("semi_joins", lambda stmt, ctx: semi_joins(stmt, ctx.models)),
+    ("subquery_limits", lambda stmt, ctx: subquery_limits(stmt, ctx.models, ctx.table_models)),
     ("push_down", lambda stmt, ctx: push_down(stmt, ctx.push)),
 )
 

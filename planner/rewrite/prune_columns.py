@@ -14,7 +14,7 @@ from pglast import ast
 from planner.rewrite.ast_util import column_fields, model_name, nodes_in, walk
 
 # Scalar functions that may wrap a model output in a prunable column (never set-returning).
-_SCALAR_FUNCTIONS = frozenset(
+SCALAR_FUNCTIONS = frozenset(
     {"round", "abs", "lower", "upper", "trunc", "floor", "ceil", "greatest", "least", "length", "concat"}
 )
 
@@ -81,7 +81,7 @@ def _droppable(expr: ast.Node, models: set[str], table_models: set[str]) -> bool
                 return False
             if name is not None:
                 calls_model = True
-            elif node.funcname[-1].sval.lower() not in _SCALAR_FUNCTIONS:
+            elif node.funcname[-1].sval.lower() not in SCALAR_FUNCTIONS:
                 return False
         elif isinstance(node, ast.SubLink):
             return False

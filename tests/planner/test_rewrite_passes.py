@@ -334,3 +334,28 @@ def test_prune_counts_only_names_that_can_reach_the_subquery(given, dropped):
     out = sql_of(prune_columns(inline_views(stmt(given), VIEWS), MODELS, {"detect"}))
     calls = out.count("m(d.pixels)") + out.count("n(d.pixels)")
     assert 4 - calls == dropped, out
+
+
+def test_a_subquery_taking_the_first_rows_in_order_reads_only_those():
+    out = sql_of(
+        rewrite(
+            stmt("SELECT * FROM (SELECT id, digit FROM preds ORDER BY id LIMIT 10) t WHERE digit = 7"), CTX
+        )
+    )
+    assert "d.id <= (SELECT d.id FROM digits AS d ORDER BY d.id ASC NULLS LAST LIMIT 1 OFFSET 9)" in out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        # a condition between the table and the LIMIT drops rows: the first ten are not the first ten frames
+        "SELECT * FROM (SELECT id, digit FROM preds WHERE digit = 7 ORDER BY id LIMIT 10) t",
+        # a model with several rows per input changes the count
+        "SELECT * FROM (SELECT frame, box FROM objects ORDER BY frame LIMIT 10) t",
+        # ordered by a model output
+        "SELECT * FROM (SELECT id, digit FROM preds ORDER BY digit LIMIT 10) t",
+    ],
+)
+def test_a_subquery_limit_that_does_not_keep_one_row_per_table_row_is_left_alone(given):
+    out = sql_of(rewrite(stmt(given), CTX))
+    assert "OFFSET 9 LIMIT 1" not in out, out

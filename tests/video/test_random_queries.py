@@ -84,6 +84,17 @@ def _query(rng: random.Random) -> tuple[str, bool]:
     picked = sorted(rng.sample(sorted(columns), k=min(len(columns), rng.randrange(1, 4))))
     select = [columns[k] for k in picked]
     shape = rng.random()
+    if shape < 0.1 and " " in source and "JOIN" not in source:
+        everything = list(dict.fromkeys([columns["frame"], *columns.values()]))
+        inner = ", ".join(everything)
+        keys = ", ".join(f"{c} NULLS LAST" for c in everything)
+        alias = source.split()[-1]
+        outer = where.replace(f"{alias}.", "t.")
+        return (
+            f"SELECT * FROM (SELECT {inner} FROM {source} ORDER BY {keys} LIMIT {rng.randrange(1, 30)}) t "
+            f"WHERE {outer}",
+            False,
+        )
     if shape < 0.2:
         group = select[0]
         return f"SELECT {group}, count(*) FROM {source} WHERE {where} GROUP BY {group}", False

@@ -564,9 +564,7 @@ class MinimalityGap(AssertionError):
 # Shapes the planner answers right but not minimally yet, each with why. Their tests are
 # xfail(strict) on MinimalityGap only: a wrong result or an error still fails them, and one
 # that becomes minimal fails (strict) until it is taken off this list.
-KNOWN_GAPS = {
-    "a_condition_above_a_limit_in_a_subquery_is_not_pushed_below_it": "a subquery's LIMIT rows: unpredicted",
-}
+KNOWN_GAPS = {}
 
 
 def _cases(cases: list) -> list:
