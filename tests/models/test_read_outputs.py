@@ -284,3 +284,17 @@ def test_a_complete_map_vouches_for_old_rows_and_new_rows_still_run(ro):
         narrowed = "select ro_label(pixels) from ro_mark where id = 7"
         assert conn.execute(narrowed).fetchall() == [(expected[3],)]
         assert conn.execute(sql).fetchall()[7] == (7, expected[3])
+
+
+def test_a_models_maps_can_be_dropped_with_it(ro):
+    from planner.row_maps import drop_maps_sql
+
+    world, _ = ro
+    with world.connect() as conn:
+        conn.execute("select count(*) from ro_digits where ro_label(pixels) = 1")
+        assert maps_of(conn, "ro_label", "ro_digits")
+        model_id = conn.execute("select id from sieve.models where name = 'ro_label'").fetchone()[0]
+    with direct(world) as pg:
+        pg.execute(drop_maps_sql(model_id))
+    with world.connect() as conn:
+        assert maps_of(conn, "ro_label", "ro_digits") == []
