@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pglast import ast, parse_sql
@@ -27,15 +27,11 @@ from planner.read_outputs import read_outputs_sql, wanted_maps
 from planner.rewrite import RewriteContext, rewrite
 from planner.rewrite.ast_util import copy_node, models_called, render, walk
 from planner.rewrite.bind_params import bind_params
+from planner.view_access import CLIENT_VIEWS, VIEWS_READ_WHOLE, OwnerPort
 
 log = logging.getLogger("sievedb.planner")
 
 PLAN_CACHE_SIZE = 256
-SHADOWED_VIEWS = (
-    "SELECT n FROM pg_catalog.unnest($1::text[]) AS n "
-    "WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(n)) "
-    "IS DISTINCT FROM pg_catalog.to_regclass('public.' || pg_catalog.quote_ident(n))"
-)
 MAX_SUBQUERY_CHECKS = 8  # subqueries per statement Postgres is asked about (one describe each)
 DEFAULT_MAX_MODEL_BYTES = 2 << 30  # --max-model-bytes
 NEXT_MODEL_ID = "SELECT nextval('sieve.model_ids')"
@@ -143,28 +139,52 @@ class Planner:
         self,
         statements: list,
         uncorrelated: frozenset[str] = frozenset(),
-        shadowed: frozenset[str] = frozenset(),
+        excluded: frozenset[str] = frozenset(),
     ) -> Analysis:
         """The planning statements (views inlined, unread model columns pruned, conditions
-        pushed down: planner.rewrite) and the call sites read off them. ``shadowed``: view
-        names the session's search_path resolves to something else (not inlined)."""
+        pushed down: planner.rewrite) and the call sites read off them. ``excluded``: views
+        left whole (see _view_access)."""
         ctx = self._context()
-        views = {n: d for n, d in ctx.views.items() if n not in shadowed}
+        views = {n: d for n, d in ctx.views.items() if n not in excluded}
         ctx = replace(ctx, uncorrelated=uncorrelated, views=views)
         planned = [rewrite(copy_node(stmt), ctx) for stmt in statements]
         sites = find_call_sites(planned, ctx.models, ctx.push)
-        named = frozenset(_unqualified_views(statements, views))
+        named = frozenset(_named_views(statements, views))
         return Analysis(planned, sites, _forward_sql(statements, planned), uncorrelated, named)
 
-    async def _unshadowed(self, statements: list, analysis: Analysis, port: SessionPort) -> Analysis:
-        """The analysis for this session: a view name its search_path resolves elsewhere than
-        to SieveDB's public view (a table of that name in an earlier schema) is not inlined."""
+    async def _view_access(self, statements: list, analysis: Analysis, port: SessionPort) -> Analysis:
+        """The analysis for this session. A view name its search_path resolves elsewhere (a
+        table of that name in an earlier schema) is not SieveDB's view: not inlined. A view
+        the client may read but whose tables it may not is read whole, as Postgres reads it
+        (planner.view_access): not inlined, its models materialized as its owner reads it."""
         if not analysis.views_named:
             return analysis
-        rows = await port.fetch(SHADOWED_VIEWS, (sorted(analysis.views_named),))
-        if not rows:
+        names = sorted({n for n, _ in analysis.views_named})
+        bare = {n for n, b in analysis.views_named if b}
+        rows = await port.fetch(CLIENT_VIEWS, (names,))
+        shadowed = {r[0] for r in rows if r[1] and r[0] in bare}
+        role = rows[0][2] if rows else port.user
+        readable = [n for n in names if n not in shadowed]
+        opaque = dict(await self.db.fetch(VIEWS_READ_WHOLE, readable, role)) if readable else {}
+        if not shadowed and not opaque:
             return analysis
-        return self._analyse(statements, analysis.uncorrelated, frozenset(r[0] for r in rows))
+        whole = self._analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
+        whole.opaque = {view: (owner, self._view_sites(view)) for view, owner in opaque.items()}
+        return whole
+
+    def _view_sites(self, view: str) -> list[CallSite]:
+        """The call sites of a view's own definition (everything it can read)."""
+        name = '"' + view.replace('"', '""') + '"'
+        return self._analyse([parse_sql(f"SELECT * FROM public.{name}")[0].stmt]).sites
+
+    async def _materialize_views(self, analysis: Analysis, port: SessionPort, done: Materialized) -> None:
+        """The models of views read whole, as their owners read them (before any other site:
+        those may read the views' outputs)."""
+        for owner, sites in analysis.opaque.values():
+            async with OwnerPort(self.dbs.read, owner, port) as as_owner:
+                for site in sites:
+                    spec = self.catalog.get(site.model)
+                    await materialize_site(site, spec, self.dbs, self.inference, as_owner, done)
 
     async def _query(
         self, sql: str, statements: list, analysis: Analysis, port: SessionPort, rewritable: bool
@@ -172,13 +192,14 @@ class Planner:
         started = time.monotonic()
         if not analysis.sites:
             return Forward()
-        analysis = await self._unshadowed(statements, analysis, port)
-        if not analysis.sites:
+        analysis = await self._view_access(statements, analysis, port)
+        if not analysis.sites and not analysis.opaque:
             return Forward()
         await self._validate(sql, statements, port)
-        await require_execute(port, self._specs(analysis.sites))
+        await require_execute(port, self._specs(analysis.all_sites))
         done = Materialized()
-        limit = self._limit_plan(analysis) if rewritable else None
+        await self._materialize_views(analysis, port, done)
+        limit = self._limit_plan(analysis) if rewritable and not analysis.opaque else None
         if limit is not None:
             run = await self._limited(limit, port, done)
             await self._finish(sql, done, started, port)
@@ -313,11 +334,11 @@ class Planner:
         request = read_explain(stmt)
         analysis = self._analyse([request.statement])
         if analysis.sites:
-            analysis = await self._unshadowed([request.statement], analysis, port)
-        if not analysis.sites:
+            analysis = await self._view_access([request.statement], analysis, port)
+        if not analysis.sites and not (analysis.opaque and request.analyze):
             return Forward()
         await self._validate(request.inner_sql, [request.statement], port)
-        await require_execute(port, self._specs(analysis.sites))
+        await require_execute(port, self._specs(analysis.all_sites))
         request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in analysis.sites]
         if request.analyze:
             target = await self._explain_analyze(sql, stmt, request, analysis, port, rewritable)
@@ -349,7 +370,8 @@ class Planner:
     ) -> str:
         """Materialize as the statement would; the SQL whose plan Postgres then shows."""
         done = Materialized()
-        limit = self._limit_plan(analysis) if rewritable else None
+        await self._materialize_views(analysis, port, done)
+        limit = self._limit_plan(analysis) if rewritable and not analysis.opaque else None
         target = _explain_of(stmt, analysis.forward_sql) if analysis.forward_sql else sql
         if limit is not None:
             request.limit_run = await self._measured(request, done, lambda: self._limited(limit, port, done))
@@ -452,14 +474,21 @@ class Analysis:
     # conditions of its own), so it never asks for an output that was not materialized.
     forward_sql: str | None = None
     uncorrelated: frozenset[str] = frozenset()  # WHERE subqueries Postgres prepared on their own
-    views_named: frozenset[str] = frozenset()  # model views the client named without a schema
+    views_named: frozenset[tuple[str, bool]] = frozenset()  # model views named (without a schema?)
+    opaque: dict[str, tuple[str, list[CallSite]]] = field(default_factory=dict)  # view -> owner, sites
+
+    @property
+    def all_sites(self) -> list[CallSite]:
+        return [*(s for _, sites in self.opaque.values() for s in sites), *self.sites]
 
 
-def _unqualified_views(statements: list, views: dict[str, str]):
+def _named_views(statements: list, views: dict[str, str]):
+    """(name, named without a schema) of each public model view the statements name."""
     for stmt in statements:
         for node in walk(stmt):
-            if isinstance(node, ast.RangeVar) and node.schemaname is None and node.relname in views:
-                yield node.relname
+            named = isinstance(node, ast.RangeVar) and node.relname in views and node.catalogname is None
+            if named and node.schemaname in (None, "public"):
+                yield node.relname, node.schemaname is None
 
 
 def _forward_sql(statements: list, planned: list) -> str | None:

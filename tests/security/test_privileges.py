@@ -252,3 +252,32 @@ def test_approximate_queries_over_a_table_named_by_a_reserved_word(world: World)
         ).fetchall()
     # a budget above the candidate count labels every row: the exact answer
     assert sorted(r[0] for r in rows) == sorted(i for i, v in world.expected.items() if v == 3)
+
+
+def test_a_role_granted_a_model_view_alone_reads_it_as_postgres_would(world: World) -> None:
+    """Postgres reads a view's tables as the view's owner: SELECT on the view (and EXECUTE on
+    its model) is enough. The view is read whole, its model run as the owner reads it; the
+    client's own conditions never run with the owner's privileges."""
+    with world.connect() as conn:
+        conn.execute(
+            "create function p_view_label(pixels real[]) returns int language onnx "
+            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+        )
+        conn.execute("create view labelled as select d.id, p_view_label(d.pixels) as digit from digits d")
+        conn.execute("grant select on labelled to alice")
+        conn.execute("grant execute on function p_view_label(real[]) to alice")
+        conn.execute("create view labelled_invoker with (security_invoker = true) as select * from labelled")
+        conn.execute("grant select on labelled_invoker to alice")
+    want = sorted(i for i, label in world.expected.items() if label == 3)
+    with world.connect("alice") as conn:
+        _fails(conn, "select id from digits where p_label(pixels) = 3")  # still no table access
+        rows = conn.execute("select id from labelled where digit = 3 order by id").fetchall()
+        assert [r[0] for r in rows] == want
+        limited = conn.execute("select id, digit from labelled where digit = 3 limit 2").fetchall()
+        assert len(limited) == 2 and all(digit == 3 and i in want for i, digit in limited)
+        explained = "\n".join(r[0] for r in conn.execute("explain analyze select count(*) from labelled"))
+        assert "Execution Time" in explained
+        # a pushed-down condition of the client's would run as the owner: it must not
+        _fails(conn, "select id from labelled where digit = 3 and (select s from secret) is not null")
+        # security_invoker: Postgres checks the client's own privileges on the tables
+        _fails(conn, "select id from labelled_invoker where digit = 3")
