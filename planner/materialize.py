@@ -4,7 +4,7 @@ The input rows are read in the client's own session (its role, database and snap
 chunk is decoded column by column (planner.send_forms: one numpy pass per chunk), its new inputs
 gather into batches of BATCH_ROWS, and each batch runs in a task of its own (planner.batches:
 claims, the model, COPY into the cache) while the next chunks are read, so that Postgres
-reading, the model and Postgres writing overlap (at most IN_FLIGHT batches).
+reading, the model and Postgres writing overlap (planner.site_pass).
 
 A call that reads plain columns of one table, in a statement whose outputs planner.read_outputs
 reads back by row identity, also keeps a row map (planner.row_maps): a survey tells whether any
@@ -16,36 +16,30 @@ in its own transaction, the others once the batches before it are done.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import asyncpg
-import numpy as np
+from pglast import ast
 
 from inference.errors import InferenceLayerError
-from planner import map_pass, row_maps, send_forms
-from planner.batches import ASYNC_COMMIT, InputRows, input_label, model_ref, run_batch
+from planner import map_pass, row_maps
+from planner.batches import model_ref
 from planner.calls import CallSite
 from planner.install import digest_sql
-from planner.map_pass import MapRows, Survey
 from planner.model_spec import ModelSpec
 from planner.outcome import PlanError, SessionPort
 from planner.row_maps import MapKey, MapTarget, RowMap
+from planner.site_pass import BATCH_ROWS, SitePass
 
 __all__ = ["BATCH_ROWS", "Databases", "Materialized", "materialize_site", "model_ref", "pending_inputs_sql"]
 
 log = logging.getLogger("sievedb.planner.materialize")
 
 
-BATCH_ROWS = 4096  # inputs per model run and per COPY
 CHUNK_ROWS = 4096  # input rows per Execute of the input query
-MAP_FLUSH_ROWS = 16384  # map entries that are written even when no input of theirs needs the model
-IN_FLIGHT = 2  # batches running while the next chunks are read
 ANALYZE_AFTER_ROWS = 10_000
-NOTICE_EVERY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +67,13 @@ async def materialize_site(
     site: CallSite, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, result: Materialized
 ) -> None:
     """Run the model over the call site's inputs that have no cached output yet."""
-    async with port.batch():  # the map's checks and survey: one exchange with Postgres
-        target = await _map_target(site, spec, dbs, port, result)
-        found = await map_pass.survey(port, site, target) if target is not None else None
-    work = _Pass(spec, dbs, pool, port, target)
+    target = found = None
+    key = _wanted_key(site, result)
+    if key is not None:
+        async with port.batch():  # the map's checks and survey: one exchange with Postgres
+            target = await _map_target(key, spec, dbs, port, result)
+            found = await map_pass.survey(port, site, target) if target is not None else None
+    work = SitePass(spec, dbs.write, pool, port, target)
     work.survey = found
     try:
         if target is None:
@@ -106,21 +103,24 @@ async def materialize_site(
     result.add(spec.name, work.runs, work.hits)
 
 
-async def _map_target(
-    site: CallSite, spec: ModelSpec, dbs: Databases, port: SessionPort, result: Materialized
-) -> MapTarget | None:
-    """The row map this site keeps, when the final statement reads it and the call qualifies."""
+def _wanted_key(site: CallSite, result: Materialized) -> tuple[MapKey, ast.RangeVar] | None:
+    """The site's map key, when the final statement reads the call by row identity."""
     found = row_maps.site_key(site) if result.maps_wanted else None
-    if found is None or found[0] not in result.maps_wanted:
-        return None
-    target = await row_maps.verify(port, spec, *found)
+    return found if found is not None and found[0] in result.maps_wanted else None
+
+
+async def _map_target(
+    key: tuple[MapKey, ast.RangeVar], spec: ModelSpec, dbs: Databases, port: SessionPort, result: Materialized
+) -> MapTarget | None:
+    """The row map this site keeps, when the call qualifies (row_maps.verify)."""
+    target = await row_maps.verify(port, spec, *key)
     if target is not None:
         await row_maps.ensure_table(dbs.write, spec, target)
-        result.maps[found[0]] = target.rowmap
+        result.maps[key[0]] = target.rowmap
     return target
 
 
-async def _analyze(db: asyncpg.Pool, spec: ModelSpec, work: _Pass) -> None:
+async def _analyze(db: asyncpg.Pool, spec: ModelSpec, work: SitePass) -> None:
     """Fresh statistics keep the plans of the next input queries and reads right."""
     if work.runs >= ANALYZE_AFTER_ROWS:
         await db.execute(f"ANALYZE {spec.cache_table}")
@@ -137,279 +137,3 @@ def pending_inputs_sql(site: CallSite, spec: ModelSpec) -> str:
         "SELECT count(*) FILTER (WHERE NOT hit), count(*) FILTER (WHERE hit) FROM "
         f"(SELECT DISTINCT ON (sieve_digest) sieve_digest, hit FROM ({inputs}) AS i) AS d"
     )
-
-
-# -- chunks -------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Chunk:
-    """A decoded chunk: its new inputs (in row order, with their row positions) and, on the map
-    path, the rows to enter in the map."""
-
-    run: InputRows
-    positions: np.ndarray
-    mapped: MapRows | None = None
-
-    def split(self, k: int) -> tuple[_Chunk, _Chunk]:
-        """The chunk up to its k-th new input (and the map rows before it), and the rest."""
-        cut = int(self.positions[k - 1]) + 1
-        head = _Chunk(self.run.take(range(k)), self.positions[:k])
-        tail = _Chunk(self.run.take(range(k, len(self.run))), self.positions[k:])
-        if self.mapped is not None:
-            head.mapped, tail.mapped = self.mapped.split(cut)
-        return head, tail
-
-
-def _decode(spec: ModelSpec, sends: list, digests: list[bytes], new: list[int], label_of=None) -> InputRows:
-    """The new inputs' arguments decoded from their send forms (see planner.send_forms); each
-    column of ``sends`` is a list of bytes or a uint8 block (rows of one length)."""
-    values = []
-    for (name, sql_type), column in zip(spec.args, sends, strict=True):
-        block, raws = None, None
-        if isinstance(column, np.ndarray):
-            part = column[new]
-            block = _block_or_none(sql_type, part, spec, name, digests, new, label_of)
-            raws = None if block is not None else [row.tobytes() for row in part]
-        else:
-            raws = [column[i] for i in new]
-        if block is None:
-            block = _column(sql_type, raws, spec, name, digests, new, label_of)
-        values.append(block)
-    return InputRows([digests[i] for i in new], values)
-
-
-def _block_or_none(sql_type, part: np.ndarray, spec: ModelSpec, name: str, digests, new, label_of):
-    if not len(part):
-        return None
-    try:
-        return send_forms.decode_block(sql_type, part, spec.name, name)
-    except PlanError:  # every row shares the first one's header, NULL flag included
-        return _column(sql_type, [row.tobytes() for row in part], spec, name, digests, new, label_of)
-
-
-def _column(sql_type, raws: list[bytes], spec: ModelSpec, name: str, digests, new, label_of):
-    try:
-        return send_forms.decode_column(sql_type, raws, spec.name, name)
-    except PlanError as exc:  # name the input, as every data error of a batch does
-        row = _first_bad(sql_type, raws, spec.name, name)
-        where = input_label(digests[new[row]], label_of(new[row]) if label_of else None)
-        raise PlanError(exc.sqlstate, f"{exc} ({where})", hint=exc.hint) from None
-
-
-def _first_bad(sql_type, raws: list[bytes], model: str, arg: str) -> int:
-    for i, raw in enumerate(raws):
-        try:
-            send_forms.decode(sql_type, raw, model, arg)
-        except PlanError:
-            return i
-    return 0
-
-
-def _names_rows(spec: ModelSpec) -> bool:
-    """Errors found while a batch runs (an undecodable image) name their input's row."""
-    return any(sql_type.base in ("bytea", "text") for _, sql_type in spec.args)
-
-
-# -- one pass over a site's input rows ------------------------------------------------------------
-
-
-class _Pass:
-    """Decode chunks, gather new inputs into batches, run them IN_FLIGHT at a time."""
-
-    def __init__(self, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, target: MapTarget | None):
-        self.spec, self.dbs, self.pool, self.port, self.target = spec, dbs, pool, port, target
-        self.seen: set[bytes] = set()
-        self.pending: list[_Chunk] = []
-        self.pending_runs = self.pending_mapped = 0
-        self.tasks: deque[asyncio.Task] = deque()
-        self.runs = self.hits = self.mapped = self.read = 0
-        self.survey: Survey | None = None  # map path: the rows reaching the call, the marker
-        self.unkept = self.unentered = 0  # map path: rows read that got no entry
-        self.total_sql: str | None = None  # digest path: how to count the inputs, when it takes long
-        self.total: int | None = None
-        self.filenode: int | None = None
-        self.armed = False
-        self.started = self.last_notice = time.monotonic()
-
-    async def read_ranges(self, sql: str) -> None:
-        """Map path: read the block ranges (planner.map_pass), the next while this one is fed;
-        the pass makes no other use of the session meanwhile (statement_timeout is armed first)."""
-        await self.arm()
-        nargs, relid = len(self.spec.args), self.target.rowmap.relid
-
-        async def fetch(bounds: tuple[str, str]) -> map_pass.RangeRows:
-            (row,) = await self.port.fetch(sql, bounds)
-            return map_pass.parse_range(row, nargs, relid)
-
-        ranges = map_pass.block_ranges(self.survey)
-        ahead = asyncio.ensure_future(fetch(next(ranges)))
-        try:
-            for bounds in ranges:
-                rows = await ahead
-                ahead = asyncio.ensure_future(fetch(bounds))
-                await self._feed_range(rows)
-            await self._feed_range(await ahead)
-        finally:
-            if not ahead.done():
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
-
-    async def arm(self) -> None:
-        """statement_timeout counts from the first expensive step (the setting is read once)."""
-        if not self.armed:
-            self.armed = True
-            await self.port.arm_statement_timeout()
-
-    async def feed(self, rows: list[tuple]) -> None:
-        """Digest path: a chunk of the input query's rows."""
-        self.read += len(rows)
-        await self._gather(self._digest_chunk(rows))
-
-    async def _feed_range(self, rows: map_pass.RangeRows) -> None:
-        self.read += len(rows.digests)
-        await self._gather(self._map_chunk(rows))
-
-    async def _gather(self, chunk: _Chunk) -> None:
-        """Hold a chunk's new inputs; submit a batch whenever BATCH_ROWS of them are held."""
-        while self.pending_runs + len(chunk.run) >= BATCH_ROWS:
-            head, chunk = chunk.split(BATCH_ROWS - self.pending_runs)
-            self._hold(head)
-            await self._submit()
-        self._hold(chunk)
-        if self.pending_mapped >= MAP_FLUSH_ROWS:
-            await self._submit()
-        await self._report()
-
-    def _digest_chunk(self, rows: list[tuple]) -> _Chunk:
-        """Rows (digest, cached?, send forms...): cached inputs are counted once; new ones are
-        keyed by the digest SieveDB computes itself from the bytes the model will run on."""
-        seen, missing = self.seen, []
-        for i, row in enumerate(rows):
-            if not row[1]:
-                missing.append(i)
-            elif row[0] not in seen:
-                seen.add(row[0])
-                self.hits += 1
-        width = len(self.spec.args)
-        sends = [[rows[i][2 + k] for i in missing] for k in range(width)]
-        digests = send_forms.digests_of(sends)
-        new = self._unseen(digests)
-        run = _decode(self.spec, sends, digests, new)
-        return _Chunk(run, np.asarray([missing[i] for i in new], dtype=np.int64))
-
-    def _map_chunk(self, rows: map_pass.RangeRows) -> _Chunk:
-        """Rows that the map does not hold yet: identities, send forms, digests."""
-        assert self.target is not None
-        ids = rows.ids
-        if self.filenode is None and len(ids):
-            self.filenode = rows.filenode
-        keep = np.full(len(ids), rows.verified and rows.filenode == self.filenode)
-        self.unkept += len(keep) - int(keep.sum())
-        new = self._unseen(rows.digests)
-        run = _decode(
-            self.spec, rows.sends, rows.digests, new, lambda i: f"({ids['block'][i]},{ids['offset'][i]})"
-        )
-        if _names_rows(self.spec):
-            run.labels = [f"({ids['block'][i]},{ids['offset'][i]})" for i in new]
-        return _Chunk(run, np.asarray(new, dtype=np.int64), map_pass.map_rows(ids, keep, rows.digests))
-
-    def _unseen(self, digests: list[bytes]) -> list[int]:
-        """Positions of the digests not met before in this pass (each kept once)."""
-        seen, new = self.seen, []
-        for i, digest in enumerate(digests):
-            if digest not in seen:
-                seen.add(digest)
-                new.append(i)
-        return new
-
-    def _hold(self, chunk: _Chunk) -> None:
-        self.pending.append(chunk)
-        self.pending_runs += len(chunk.run)
-        self.pending_mapped += len(chunk.mapped) if chunk.mapped is not None else 0
-
-    async def _submit(self) -> None:
-        parts, self.pending = self.pending, []
-        self.pending_runs = self.pending_mapped = 0
-        run = InputRows.concat([p.run for p in parts])
-        mapped = MapRows.concat([p.mapped for p in parts]) if self.target is not None else None
-        if not len(run) and not mapped:
-            return
-        while len(self.tasks) >= IN_FLIGHT:
-            finished, _ = await asyncio.wait([self.tasks[0]], timeout=NOTICE_EVERY_S)
-            if finished:
-                await self._collect(self.tasks.popleft())
-            else:  # a long batch: say how far the work is meanwhile
-                await self._report()
-        await self.arm()
-        previous = self.tasks[-1] if self.tasks else None
-        self.tasks.append(asyncio.ensure_future(self._batch(run, mapped, previous)))
-
-    async def _batch(self, run: InputRows, mapped: MapRows | None, previous) -> tuple[int, int, int]:
-        """Run a batch; enter its rows in the map: those whose outputs it computed in its own
-        transaction, the others (cached before, or computed by earlier batches) after the
-        batches before it are done."""
-        rest = mapped
-        rowmap = self.target.rowmap if self.target is not None else None
-
-        async def enter_known(conn, values: dict) -> None:
-            nonlocal rest
-            entered, rest = await map_pass.write_known(conn, self.spec, rowmap, self.filenode, mapped, values)
-            self.unentered -= entered
-
-        if mapped:
-            self.unentered += len(mapped)
-        known = enter_known if mapped else None
-        done = await run_batch(self.spec, run, self.dbs.write, self.pool, known) if len(run) else None
-        if rest:
-            if previous is not None:  # its outputs, which some of these rows read, come first
-                await asyncio.wait([previous])
-            async with self.dbs.write.acquire() as conn, conn.transaction():
-                await conn.execute(ASYNC_COMMIT)
-                self.unentered -= await map_pass.write_cached(conn, self.spec, rowmap, self.filenode, rest)
-        return (done.runs, done.found, len(mapped) if mapped else 0) if done else (0, 0, len(mapped or ()))
-
-    async def _collect(self, task: asyncio.Task) -> None:
-        runs, found, mapped = await task
-        self.runs += runs
-        self.hits += found if self.target is not None else 0
-        self.mapped += mapped
-
-    async def finish(self) -> None:
-        if self.pending:
-            await self._submit()
-        while self.tasks:
-            await self._collect(self.tasks.popleft())
-        if self.survey is not None:  # rows the map held already: served without the model
-            self.hits += max(0, self.survey.reaching - self.read)
-
-    def completes_map(self, site: CallSite) -> bool:
-        """Did this pass enter every row of the table (see planner.map_pass)?"""
-        found = self.survey
-        if found is None or found.vouched or site.where_sql or self.unkept or self.unentered:
-            return False
-        return self.filenode is None or self.filenode == found.filenode
-
-    async def abort(self) -> None:
-        tasks, self.tasks = list(self.tasks), deque()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _report(self) -> None:
-        now = time.monotonic()
-        if now - self.last_notice <= NOTICE_EVERY_S:
-            return
-        self.last_notice = now
-        if self.total is None:  # counted once, when the work turns out to be long
-            if self.survey is not None:
-                self.total = self.survey.reaching
-            else:
-                self.total = self.runs + (await self.port.fetch(self.total_sql))[0][0]
-        self.port.notice(_progress(self.spec, self.runs, self.total, now - self.started))
-
-
-def _progress(spec: ModelSpec, done: int, total: int, elapsed: float) -> str:
-    rate = done / elapsed if elapsed > 0 else 0.0
-    left = f"{(total - done) / rate:,.0f}" if rate > 0 else "?"
-    return f"model {spec.name}: {done:,} of {total:,} inputs run ({rate:,.0f}/s, about {left} s left)"
