@@ -298,3 +298,20 @@ def test_a_models_maps_can_be_dropped_with_it(ro):
         pg.execute(drop_maps_sql(model_id))
     with world.connect() as conn:
         assert maps_of(conn, "ro_label", "ro_digits") == []
+
+
+def test_reads_inside_transaction_blocks_and_over_the_extended_protocol(ro):
+    world, expected = ro
+    sql = "select id, ro_label(pixels) from ro_digits where id < 50 order by id"
+    want = [(i, expected[i]) for i in range(50)]
+    with world.connect() as conn:
+        for isolation in ("read committed", "repeatable read"):
+            conn.execute(f"begin isolation level {isolation}")
+            assert psycopg.ClientCursor(conn).execute(sql).fetchall() == want
+            conn.execute(
+                "insert into ro_digits values (7000, (select pixels from ro_digits where id = 4), 4)"
+            )
+            rows = psycopg.ClientCursor(conn).execute(sql.replace("id < 50", "id in (1, 7000)")).fetchall()
+            assert rows == [(1, expected[1]), (7000, expected[4])]  # the block's own new row
+            conn.execute("rollback")
+        assert conn.execute(sql, prepare=True).fetchall() == want  # extended protocol: the function
