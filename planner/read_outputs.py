@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from pglast import ast, parse_sql
-from pglast.enums import JoinType
+from pglast.enums import JoinType, ObjectType
 
 from planner.model_spec import ModelSpec
 from planner.rewrite.ast_util import AGGREGATES, copy_node, model_name, render, walk
@@ -112,11 +112,16 @@ def read_outputs(stmt: ast.Node, specs: Mapping[str, ModelSpec], maps: Mapping[M
 
 
 def _calls(stmt: ast.Node, specs: Mapping[str, ModelSpec]) -> Iterator[_Call]:
-    if not isinstance(stmt, _RUNS_NOW):
+    if not isinstance(stmt, _RUNS_NOW) or _defines_a_view(stmt):
         return
     for node in walk(stmt):
         if isinstance(node, ast.SelectStmt):
             yield from _level_calls(node, specs)
+
+
+def _defines_a_view(stmt: ast.Node) -> bool:
+    """CREATE MATERIALIZED VIEW keeps its query for every REFRESH: it keeps the function calls."""
+    return isinstance(stmt, ast.CreateTableAsStmt) and stmt.objtype != ObjectType.OBJECT_TABLE
 
 
 def _level_calls(level: ast.SelectStmt, specs: Mapping[str, ModelSpec]) -> Iterator[_Call]:

@@ -103,6 +103,10 @@ def rewrite(sql: str) -> str | None:
         ),
         ("SELECT m(x) FROM u", f"SELECT {read('m(x)', 'sieve_m2', 'u')} AS m FROM u {join('sieve_m2', 'u')}"),
         ("INSERT INTO out SELECT m(x) FROM t", f"INSERT INTO out SELECT {read('m(x)')} AS m FROM t {join()}"),
+        (
+            "CREATE TABLE out AS SELECT m(x) FROM t",
+            f"CREATE TABLE out AS SELECT {read('m(x)')} AS m FROM t {join()}",
+        ),
     ],
 )
 def test_calls_with_a_row_map_read_it_by_a_join(given: str, expected: str) -> None:
@@ -124,6 +128,7 @@ def test_calls_with_a_row_map_read_it_by_a_join(given: str, expected: str) -> No
         "SELECT * FROM t, LATERAL det(t.x) AS d",  # a model returning rows
         "SELECT (SELECT m(t.x)) FROM t",  # a call in another level than its table
         "CREATE VIEW v AS SELECT m(x) FROM t",  # definitions keep the function
+        "CREATE MATERIALIZED VIEW v AS SELECT m(x) FROM t",
         "SELECT m(x) FROM t; SELECT 1",
     ],
 )
