@@ -113,6 +113,7 @@ class MapTarget:
     name: str
     alias: str
     attnums: tuple[int, ...]
+    exists: bool = False  # the map table existed when the call was verified
 
 
 async def verify(port: SessionPort, spec: ModelSpec, key: MapKey, relation: ast.RangeVar) -> MapTarget | None:
@@ -122,30 +123,37 @@ async def verify(port: SessionPort, spec: ModelSpec, key: MapKey, relation: ast.
         return None
     names = ", ".join(quote_literal(c) for c in key.columns)
     types = ", ".join(quote_literal(_type_name(t)) for _, t in spec.args)
-    rows = await port.fetch(_VERIFY.format(names=names, types=types), (_relation_text(key.relation),))
+    prefix = spec.cache_table.split(".")[1]
+    sql = _VERIFY.format(names=names, types=types, prefix=quote_literal(prefix))
+    rows = await port.fetch(sql, (_relation_text(key.relation),))
     if not rows or not rows[0][1] or len(rows[0][4] or ()) != len(key.columns):
         return None
-    relid, _, schema, name, attnums, names = rows[0]
+    relid, _, schema, name, attnums, names, exists = rows[0]
     alias = relation.alias.aliasname if relation.alias is not None else relation.relname
     suffix = "_".join(str(a) for a in attnums)
     table = f"{spec.cache_table}_r{int(relid)}_c{suffix}"
     columns = tuple(json.loads(names or "[]"))
     rowmap = RowMap(key, table, int(relid), tuple(b.column for b in spec.bindings), columns)
-    return MapTarget(rowmap, schema, name, alias, tuple(attnums))
+    return MapTarget(rowmap, schema, name, alias, tuple(attnums), bool(exists))
 
 
 _VERIFY = (
     "SELECT c.oid::pg_catalog.int8, c.relkind = 'r' AND c.relpersistence <> 't' "
     "AND NOT c.relrowsecurity AND NOT c.relhassubclass, n.nspname::pg_catalog.text, "
-    "c.relname::pg_catalog.text, ARRAY(SELECT a.attnum::pg_catalog.int4 "
+    "c.relname::pg_catalog.text, v.attnums, "
+    "pg_catalog.to_json(ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))::pg_catalog.text, "
+    # whether the map exists already (its name follows from the oid and the attnums)
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_class m JOIN pg_catalog.pg_namespace s "
+    "ON s.oid = m.relnamespace WHERE s.nspname = 'sieve_cache' AND m.relname = "
+    "pg_catalog.format('%s_r%s_c%s', {prefix}, c.oid, pg_catalog.array_to_string(v.attnums, '_'))) "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL (SELECT ARRAY(SELECT a.attnum::pg_catalog.int4 "
     "FROM ROWS FROM (pg_catalog.unnest(ARRAY[{names}]::pg_catalog.text[]), "
     "pg_catalog.unnest(ARRAY[{types}]::pg_catalog.text[])) WITH ORDINALITY AS w(name, type, k) "
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
     "AND a.attname = w.name AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> 'v' "
-    "AND a.atttypid = pg_catalog.to_regtype(w.type) ORDER BY w.k), "
-    "pg_catalog.to_json(ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))::pg_catalog.text "
-    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "AND a.atttypid = pg_catalog.to_regtype(w.type) ORDER BY w.k) AS attnums) AS v "
     "WHERE c.oid = pg_catalog.to_regclass($1)"
 )
 
@@ -160,12 +168,10 @@ def _type_name(sql_type) -> str:
 
 
 async def ensure_table(db: asyncpg.Pool, spec: ModelSpec, target: MapTarget) -> None:
-    """Create the map (SieveDB's, like the cache) and its read policy, once."""
-    table = target.rowmap.table
-    made = _MADE.setdefault(id(db), set())
-    if table in made or await db.fetchval(_EXISTS, table.split(".")[1]):
-        made.add(table)  # maps go with their model (a new model gets a new id, new names)
+    """Create the map (SieveDB's, like the cache) and its read policy, unless verify saw it."""
+    if target.exists:
         return
+    table = target.rowmap.table
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", DDL_LOCK, int(spec.id))
         if not await conn.fetchval(_EXISTS, table.split(".")[1]):  # or made while this one waited
@@ -175,10 +181,8 @@ async def ensure_table(db: asyncpg.Pool, spec: ModelSpec, target: MapTarget) -> 
             for statement in _ddl(spec, target, int(function)):
                 await conn.execute(statement)
             log.info("row map created table=%s model=%s relation=%s", table, spec.key, target.rowmap.relid)
-    made.add(table)
 
 
-_MADE: dict[int, set[str]] = {}  # id of a database's pool (it lives as long as the server) -> maps made
 # pg_class itself, read with the statement's snapshot (a name lookup may use a catalog cache
 # that has not yet seen the table another session made while this one waited for the lock)
 _EXISTS = (
