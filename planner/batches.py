@@ -36,12 +36,31 @@ _DTYPES = {
     "bool": np.bool_,
     "float16": np.float16,
 }
-# Claims (model id, first 4 bytes of the digest) in ascending order: the ORDER BY sits in a
-# subquery Postgres keeps whole, whose rows the aggregate takes, and locks, one by one in order.
+# Claims, in two tiers so that a batch never takes thousands of locks (lock-table space a few
+# concurrent sessions would exhaust, ~3 µs each) and small batches of concurrent queries still
+# run side by side (their inference then shares the pool's batches):
+# - a bucket per first byte of the digest, key (model id, byte): a large batch takes its buckets
+#   exclusively (at most 256 locks; a pass splits its inputs in lanes of disjoint buckets,
+#   planner.site_pass.lane_of, so its own batches never wait for each other);
+# - a small batch takes its buckets shared, then each digest, key (-1 - model id, 4 bytes).
+# Buckets before digests, each tier in ascending order: no two batches wait on each other in a
+# cycle. The ORDER BY sits in a subquery Postgres keeps whole, whose rows the aggregate takes,
+# and locks, one by one in order.
+SMALL_CLAIM = 512  # digests a batch may claim one by one
 _CLAIM = (
-    "SELECT count(pg_advisory_xact_lock($1::int4, k)) "
+    "SELECT count(pg_advisory_xact_lock{shared}($1::int4, k)) "
     "FROM (SELECT k FROM unnest($2::int4[]) AS k ORDER BY k OFFSET 0) AS claims"
 )
+
+
+async def _claim(writer: asyncpg.Connection, model_id: int, digests: list[bytes]) -> None:
+    buckets = sorted({d[0] for d in digests})
+    if len(digests) > SMALL_CLAIM:
+        await writer.execute(_CLAIM.format(shared=""), model_id, buckets)
+        return
+    await writer.execute(_CLAIM.format(shared="_shared"), model_id, buckets)
+    keys = sorted({int.from_bytes(d[:4], "big", signed=True) for d in digests})
+    await writer.execute(_CLAIM.format(shared=""), -1 - model_id, keys)
 
 
 @dataclass
@@ -108,7 +127,7 @@ async def run_batch(
     rows = _unique_sorted(rows)
     async with db.acquire() as writer, writer.transaction():
         await writer.execute(ASYNC_COMMIT)
-        await writer.execute(_CLAIM, spec.id, sorted({_lock_key(d) for d in rows.digests}))
+        await _claim(writer, int(spec.id), rows.digests)
         done = await writer.fetch(
             f"SELECT DISTINCT digest FROM {spec.cache_table} WHERE digest = ANY($1::bytea[])", rows.digests
         )
@@ -154,10 +173,6 @@ def _unique_sorted(rows: InputRows) -> InputRows:
 # Outputs can always be computed again: a batch's commit need not wait for its WAL to reach the
 # disk (a crash may lose the last batches, never make them half-visible; WAL stays in order).
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
-
-
-def _lock_key(digest: bytes) -> int:
-    return int.from_bytes(digest[:4], "big", signed=True)
 
 
 def input_label(digest: bytes, label: str | None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import numpy as np
@@ -24,6 +24,7 @@ from planner.row_maps import MapTarget
 BATCH_ROWS = 4096  # inputs per model run and per COPY
 MAP_FLUSH_ROWS = 16384  # map entries that are written even when no input of theirs needs the model
 IN_FLIGHT = 2  # batches running while the next chunks are read
+LANES = 2  # see lane_of
 NOTICE_EVERY_S = 3.0
 
 
@@ -47,6 +48,37 @@ class _Chunk:
         if self.mapped is not None:
             head.mapped, tail.mapped = self.mapped.split(cut)
         return head, tail
+
+
+def lane_of(digest: bytes) -> int:
+    """The lane of an input: batches of different lanes never claim the same key (the claims
+    are keyed by the digest's first byte, planner.batches), so they run side by side."""
+    return digest[0] % LANES
+
+
+def _by_lane(chunk: _Chunk) -> list[_Chunk]:
+    """A chunk cut in one part per lane (rows keep their positions)."""
+    run_lanes = [lane_of(d) for d in chunk.run.digests]
+    parts = []
+    for lane in range(LANES):
+        index = [i for i, k in enumerate(run_lanes) if k == lane]
+        part = _Chunk(chunk.run.take(index), chunk.positions[index])
+        if chunk.mapped is not None:
+            part.mapped = chunk.mapped.take(
+                [j for j, d in enumerate(chunk.mapped.digests) if lane_of(d) == lane]
+            )
+        parts.append(part)
+    return parts
+
+
+@dataclass
+class _Lane:
+    """Inputs held for a lane's next batch, and its last batch (the next one's predecessor)."""
+
+    pending: list[_Chunk] = field(default_factory=list)
+    runs: int = 0
+    mapped: int = 0
+    last: asyncio.Task | None = None
 
 
 def _decode(spec: ModelSpec, sends: list, digests: list[bytes], new: list[int], label_of=None) -> InputRows:
@@ -110,9 +142,8 @@ class SitePass:
     ):
         self.spec, self.writer, self.pool, self.port, self.target = spec, writer, pool, port, target
         self.seen: set[bytes] = set()
-        self.pending: list[_Chunk] = []
-        self.pending_runs = self.pending_mapped = 0
-        self.tasks: deque[asyncio.Task] = deque()
+        self.lanes = [_Lane() for _ in range(LANES)]
+        self.tasks: deque[asyncio.Task] = deque()  # batches running, oldest first
         self.runs = self.hits = self.mapped = self.read = 0
         self.survey: Survey | None = None  # map path: the rows reaching the call, the marker
         self.unkept = self.unentered = 0  # map path: rows read that got no entry
@@ -161,14 +192,16 @@ class SitePass:
         await self._gather(self._map_chunk(rows))
 
     async def _gather(self, chunk: _Chunk) -> None:
-        """Hold a chunk's new inputs; submit a batch whenever BATCH_ROWS of them are held."""
-        while self.pending_runs + len(chunk.run) >= BATCH_ROWS:
-            head, chunk = chunk.split(BATCH_ROWS - self.pending_runs)
-            self._hold(head)
-            await self._submit()
-        self._hold(chunk)
-        if self.pending_mapped >= MAP_FLUSH_ROWS:
-            await self._submit()
+        """Hold a chunk's new inputs in their lanes; a lane submits a batch whenever it holds
+        BATCH_ROWS of them."""
+        for lane, part in zip(self.lanes, _by_lane(chunk), strict=True):
+            while lane.runs + len(part.run) >= BATCH_ROWS:
+                head, part = part.split(BATCH_ROWS - lane.runs)
+                self._hold(lane, head)
+                await self._submit(lane)
+            self._hold(lane, part)
+            if lane.mapped >= MAP_FLUSH_ROWS:
+                await self._submit(lane)
         await self._report()
 
     def _digest_chunk(self, rows: list[tuple]) -> _Chunk:
@@ -213,18 +246,22 @@ class SitePass:
                 new.append(i)
         return new
 
-    def _hold(self, chunk: _Chunk) -> None:
-        self.pending.append(chunk)
-        self.pending_runs += len(chunk.run)
-        self.pending_mapped += len(chunk.mapped) if chunk.mapped is not None else 0
+    def _hold(self, lane: _Lane, chunk: _Chunk) -> None:
+        lane.pending.append(chunk)
+        lane.runs += len(chunk.run)
+        lane.mapped += len(chunk.mapped) if chunk.mapped is not None else 0
 
-    async def _submit(self) -> None:
-        parts, self.pending = self.pending, []
-        self.pending_runs = self.pending_mapped = 0
-        run = InputRows.concat([p.run for p in parts])
-        mapped = MapRows.concat([p.mapped for p in parts]) if self.target is not None else None
-        if not len(run) and not mapped:
-            return
+    async def _submit(self, lane: _Lane) -> None:
+        parts, lane.pending = lane.pending, []
+        lane.runs = lane.mapped = 0
+        lane.last = await self._start(parts, [lane.last]) or lane.last
+
+    async def _start(self, parts: list[_Chunk], previous: list) -> asyncio.Task | None:
+        """Start a batch of these parts once fewer than IN_FLIGHT are running."""
+        run = InputRows.concat([p.run for p in parts]) if parts else None
+        mapped = MapRows.concat([p.mapped for p in parts]) if self.target is not None and parts else None
+        if not run and not mapped:
+            return None
         while len(self.tasks) >= IN_FLIGHT:
             finished, _ = await asyncio.wait([self.tasks[0]], timeout=NOTICE_EVERY_S)
             if finished:
@@ -232,10 +269,11 @@ class SitePass:
             else:  # a long batch: say how far the work is meanwhile
                 await self._report()
         await self.arm()
-        previous = self.tasks[-1] if self.tasks else None
-        self.tasks.append(asyncio.ensure_future(self._batch(run, mapped, previous)))
+        task = asyncio.ensure_future(self._batch(run, mapped, [t for t in previous if t is not None]))
+        self.tasks.append(task)
+        return task
 
-    async def _batch(self, run: InputRows, mapped: MapRows | None, previous) -> tuple[int, int, int]:
+    async def _batch(self, run: InputRows, mapped: MapRows | None, previous: list) -> tuple[int, int, int]:
         """Run a batch; enter its rows in the map: those whose outputs it computed in its own
         transaction, the others (cached before, or computed by earlier batches) after the
         batches before it are done."""
@@ -252,8 +290,8 @@ class SitePass:
         known = enter_known if mapped else None
         done = await run_batch(self.spec, run, self.writer, self.pool, known) if len(run) else None
         if rest:
-            if previous is not None:  # its outputs, which some of these rows read, come first
-                await asyncio.wait([previous])
+            if previous:  # its lane's outputs, which some of these rows read, come first
+                await asyncio.wait(previous)
             async with self.writer.acquire() as conn, conn.transaction():
                 await conn.execute(ASYNC_COMMIT)
                 self.unentered -= await map_pass.write_cached(conn, self.spec, rowmap, self.filenode, rest)
@@ -266,8 +304,9 @@ class SitePass:
         self.mapped += mapped
 
     async def finish(self) -> None:
-        if self.pending:
-            await self._submit()
+        # what the lanes still hold goes as one batch (a small pass makes one batch, not one a lane)
+        parts = [part for lane in self.lanes for part in lane.pending]
+        await self._start(parts, [lane.last for lane in self.lanes])
         while self.tasks:
             await self._collect(self.tasks.popleft())
         if self.survey is not None:  # rows the map held already: served without the model
