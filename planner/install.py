@@ -181,6 +181,19 @@ def drop_sql(spec: ModelSpec, function: bool = True) -> str:
         [
             *drop_function,
             *tables,
+            drop_maps_sql(spec.id),
             f"DELETE FROM sieve.models WHERE name = {quote_literal(spec.name)}",
         ]
+    )
+
+
+def drop_maps_sql(model_id: int) -> str:
+    """Drop every row map of a model, all versions (with its cache tables, when the model goes:
+    sieve.clear_cache empties them, migration 0008)."""
+    pattern = quote_literal(f"^m{int(model_id)}_v[0-9]+_r[0-9]+_c[0-9_]+$")
+    return (
+        "DO $sieve$ DECLARE t record; BEGIN FOR t IN SELECT c.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'sieve_cache' "
+        f"AND c.relkind = 'r' AND c.relname ~ {pattern} LOOP "
+        "EXECUTE pg_catalog.format('DROP TABLE sieve_cache.%I', t.relname); END LOOP; END $sieve$"
     )

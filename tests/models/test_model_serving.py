@@ -111,7 +111,9 @@ def test_eight_concurrent_clients_share_batches(world):
     with world.connect() as conn:
         stats = conn.execute("select stats from sieve.models where name = 'wide_label'").fetchone()[0]
     assert stats["rows"] == 480
-    assert stats["max_batch_rows"] > 60, f"no cross-query batch formed: {stats}"
+    # a pass may split its inputs into lanes (planner.site_pass): a batch serving more than one
+    # request is a batch larger than the requests that formed it
+    assert stats["batches"] < stats["requests"], f"no cross-query batch formed: {stats}"
 
 
 def deep_shared_mlp(out_dir, width: int = 1024, depth: int = 80):

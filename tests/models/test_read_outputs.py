@@ -287,7 +287,7 @@ def test_a_complete_map_vouches_for_old_rows_and_new_rows_still_run(ro):
 
 
 def test_a_models_maps_can_be_dropped_with_it(ro):
-    from planner.row_maps import drop_maps_sql
+    from planner.install import drop_maps_sql
 
     world, _ = ro
     with world.connect() as conn:
@@ -315,3 +315,20 @@ def test_reads_inside_transaction_blocks_and_over_the_extended_protocol(ro):
             assert rows == [(1, expected[1]), (7000, expected[4])]  # the block's own new row
             conn.execute("rollback")
         assert conn.execute(sql, prepare=True).fetchall() == want  # extended protocol: the function
+
+
+def test_dropping_a_model_drops_its_row_maps(ro):
+    world, _ = ro
+    with world.connect() as conn:
+        label_function(conn, "ro_doomed")
+        conn.execute("select id, ro_doomed(pixels) from ro_digits where id < 50").fetchall()
+        conn.execute("select id, ro_doomed(pixels) from ro_digits where id < 50").fetchall()
+        prefix = cache_table(conn, "ro_doomed").split(".")[1].split("_v")[0]
+        assert maps_of(conn, "ro_doomed", "ro_digits"), "the reads made no row map"
+        conn.execute("drop function ro_doomed(real[])")
+        left = conn.execute(
+            "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = 'sieve_cache' and relname like %s",
+            (f"{prefix}\\_%",),
+        ).fetchall()
+    assert left == []
