@@ -16,16 +16,17 @@ from pglast.parser import ParseError
 from planner.calls import CallSite, find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
-from planner.explain import ExplainRequest, SitePlan, json_plan, read_explain, text_plan
+from planner.explain import SitePlan
+from planner.explain_run import ExplainRun
 from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
-from planner.materialize import Databases, Materialized, materialize_site, pending_inputs_sql
+from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_spec import ModelSpec
-from planner.outcome import Failed, Forward, Outcome, PlanError, Rows, SessionPort
+from planner.outcome import Failed, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
 from planner.read_outputs import read_outputs_sql, wanted_maps
 from planner.rewrite import RewriteContext, rewrite
-from planner.rewrite.ast_util import copy_node, models_called, render, walk
+from planner.rewrite.ast_util import copy_node, render, walk
 from planner.rewrite.bind_params import bind_params
 from planner.view_access import CLIENT_VIEWS, VIEWS_READ_WHOLE, OwnerPort
 
@@ -111,10 +112,10 @@ class Planner:
         if params:
             statements = [bind_params(stmt, params) for stmt in statements]
         if changes_views:
-            outcome = await self._query(sql, statements, self._analyse(statements), port, rewritable)
+            outcome = await self._query(sql, statements, self.analyse(statements), port, rewritable)
             # learn the new view once Postgres has made it
             return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
-        analysis = self._analyse(statements, await self._uncorrelated(statements, port))
+        analysis = self.analyse(statements, await self._uncorrelated(statements, port))
         self._remember(key, statements, analysis)
         return await self._query(sql, statements, analysis, port, rewritable)
 
@@ -135,7 +136,7 @@ class Planner:
             table_models={name for name, spec in models.items() if spec.returns_table},
         )
 
-    def _analyse(
+    def analyse(
         self,
         statements: list,
         uncorrelated: frozenset[str] = frozenset(),
@@ -152,7 +153,7 @@ class Planner:
         named = frozenset(_named_views(statements, views))
         return Analysis(planned, sites, _forward_sql(statements, planned), uncorrelated, named)
 
-    async def _view_access(self, statements: list, analysis: Analysis, port: SessionPort) -> Analysis:
+    async def view_access(self, statements: list, analysis: Analysis, port: SessionPort) -> Analysis:
         """The analysis for this session. A view name its search_path resolves elsewhere (a
         table of that name in an earlier schema) is not SieveDB's view: not inlined. A view
         the client may read but whose tables it may not is read whole, as Postgres reads it
@@ -168,16 +169,16 @@ class Planner:
         opaque = dict(await self.db.fetch(VIEWS_READ_WHOLE, readable, role)) if readable else {}
         if not shadowed and not opaque:
             return analysis
-        whole = self._analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
+        whole = self.analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
         whole.opaque = {view: (owner, self._view_sites(view)) for view, owner in opaque.items()}
         return whole
 
     def _view_sites(self, view: str) -> list[CallSite]:
         """The call sites of a view's own definition (everything it can read)."""
         name = '"' + view.replace('"', '""') + '"'
-        return self._analyse([parse_sql(f"SELECT * FROM public.{name}")[0].stmt]).sites
+        return self.analyse([parse_sql(f"SELECT * FROM public.{name}")[0].stmt]).sites
 
-    async def _materialize_views(self, analysis: Analysis, port: SessionPort, done: Materialized) -> None:
+    async def materialize_views(self, analysis: Analysis, port: SessionPort, done: Materialized) -> None:
         """The models of views read whole, as their owners read them (before any other site:
         those may read the views' outputs)."""
         for owner, sites in analysis.opaque.values():
@@ -192,24 +193,24 @@ class Planner:
         started = time.monotonic()
         if not analysis.sites:
             return Forward()
-        analysis = await self._view_access(statements, analysis, port)
+        analysis = await self.view_access(statements, analysis, port)
         if not analysis.sites and not analysis.opaque:
             return Forward()
-        await self._validate(sql, statements, port)
-        await require_execute(port, self._specs(analysis.all_sites))
+        await self.validate(sql, statements, port)
+        await require_execute(port, self.specs(analysis.all_sites))
         done = Materialized()
-        await self._materialize_views(analysis, port, done)
-        limit = self._limit_plan(analysis) if rewritable and not analysis.opaque else None
+        await self.materialize_views(analysis, port, done)
+        limit = self.limit_plan(analysis) if rewritable and not analysis.opaque else None
         if limit is not None:
-            run = await self._limited(limit, port, done)
-            await self._finish(sql, done, started, port)
+            run = await self.limited(limit, port, done)
+            await self.finish(sql, done, started, port)
             if run.stopped:
                 return Forward(sql=limit.sql())
             return Forward(sql=analysis.forward_sql) if analysis.forward_sql else Forward()
         final = analysis.statements if analysis.forward_sql else statements  # what Postgres runs
         done.maps_wanted = wanted_maps(final, self.catalog.models) if rewritable else frozenset()
-        await self._materialize_all(analysis.sites, port, done)
-        await self._finish(sql, done, started, port)
+        await self.materialize_all(analysis.sites, port, done)
+        await self.finish(sql, done, started, port)
         if not rewritable or any(_has_params(s) for s in final):
             return Forward()  # a value known only to Postgres: its SQL must keep the $n
         return Forward(sql=read_outputs_sql(final, self.catalog.models, done.maps) or analysis.forward_sql)
@@ -231,7 +232,7 @@ class Planner:
             found.add(text)
         return frozenset(found)
 
-    def _limit_plan(self, analysis: Analysis) -> LimitPlan | None:
+    def limit_plan(self, analysis: Analysis) -> LimitPlan | None:
         """An early-stopping plan on a copy of the planning statement; None where it does not
         apply or where a parameter's value is unknown (its SQL must run with no parameters)."""
         if len(analysis.statements) != 1 or getattr(analysis.statements[0], "limitCount", None) is None:
@@ -243,7 +244,7 @@ class Planner:
             plan.uncorrelated = analysis.uncorrelated
         return plan
 
-    async def _validate(self, sql: str, statements: list, port: SessionPort) -> None:
+    async def validate(self, sql: str, statements: list, port: SessionPort) -> None:
         """Postgres checks the statement (parse analysis, no execution) before any model runs:
         a statement it rejects costs no model call. Bound statements were checked at their
         Parse; several statements in one string may depend on each other: left to Postgres."""
@@ -252,11 +253,11 @@ class Planner:
         if isinstance(statements[0], ast.SelectStmt | ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
             await port.column_types(sql)
 
-    async def _finish(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
+    async def finish(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
         await self._log(sql, done, started, port)
         await self._record_costs([self.catalog.get(m) for m, runs in done.model_calls.items() if runs])
 
-    async def _limited(self, limit: LimitPlan, port: SessionPort, done: Materialized) -> LimitRun:
+    async def limited(self, limit: LimitPlan, port: SessionPort, done: Materialized) -> LimitRun:
         """Materialize batch after batch of the driver's rows (doubling), until the statement
         restricted to the rows done has its LIMIT rows; see planner.limit."""
         if limit.order is not None:
@@ -267,7 +268,7 @@ class Planner:
         while True:
             hi = lo + size if lo + size < blocks else None
             limit.set_range(lo, hi)
-            await self._materialize_all(self._limit_sites(limit), port, done)
+            await self.materialize_all(self._limit_sites(limit), port, done)
             if hi is None:
                 run.done = blocks
                 return run  # the whole table is done: the statement runs as sent
@@ -286,10 +287,10 @@ class Planner:
             bound = await port.fetch(limit.bound_sql(rows))
             if not bound or bound[0][0] is None:
                 limit.set_all()  # fewer rows than that (or only NULL keys left): all of them
-                await self._materialize_all(self._limit_sites(limit), port, done)
+                await self.materialize_all(self._limit_sites(limit), port, done)
                 return run
             limit.set_bound(bound[0][0], bound[0][1])
-            await self._materialize_all(self._limit_sites(limit), port, done)
+            await self.materialize_all(self._limit_sites(limit), port, done)
             run.done = rows
             if await port.fetchval(limit.count_sql()) >= limit.limit:
                 run.stopped = True
@@ -324,71 +325,13 @@ class Planner:
                 spec.version,
             )
 
-    def _specs(self, sites: list) -> list[ModelSpec]:
+    def specs(self, sites: list) -> list[ModelSpec]:
         return [self.catalog.get(name) for name in dict.fromkeys(site.model for site in sites)]
 
     async def _explain(self, sql: str, stmt: ast.ExplainStmt, port: SessionPort, rewritable: bool) -> Outcome:
-        """EXPLAIN: the model operators above Postgres's plan. Without ANALYZE nothing runs (a
-        site whose inputs come from another model says so instead of counting them); with
-        ANALYZE the statement runs as it would (LIMIT's early stop included)."""
-        request = read_explain(stmt)
-        analysis = self._analyse([request.statement])
-        if analysis.sites:
-            analysis = await self._view_access([request.statement], analysis, port)
-        if not analysis.sites and not (analysis.opaque and request.analyze):
-            return Forward()
-        await self._validate(request.inner_sql, [request.statement], port)
-        await require_execute(port, self._specs(analysis.all_sites))
-        request.sites = [SitePlan(site, self.catalog.get(site.model)) for site in analysis.sites]
-        if request.analyze:
-            target = await self._explain_analyze(sql, stmt, request, analysis, port, rewritable)
-        else:
-            await self._count_inputs(request, port)
-            # Postgres's plan of what it would run: the planning statement
-            target = _explain_of(stmt, analysis.forward_sql) if analysis.forward_sql else sql
-        result = await port.run_sql(target)
-        if result.error is not None:
-            return result.error
-        request.total_ms = 1000 * (time.monotonic() - request.started)
-        lines = [r[0] for r in result.rows]
-        if request.json:
-            return Rows(["QUERY PLAN"], [[json_plan(request, "\n".join(lines))]], "EXPLAIN")
-        return Rows(["QUERY PLAN"], [[line] for line in text_plan(request, lines)], "EXPLAIN")
+        return await ExplainRun(self, sql, stmt, port, rewritable).run()
 
-    async def _count_inputs(self, request: ExplainRequest, port: SessionPort) -> None:
-        models = self.catalog.names
-        for plan in request.sites:
-            query = pending_inputs_sql(plan.site, plan.spec)
-            plan.depends = sorted(models_called(parse_sql(query)[0].stmt, models))
-        for plan in request.sites:
-            if not plan.depends:
-                (row,) = await port.fetch(pending_inputs_sql(plan.site, plan.spec))
-                plan.to_run, plan.cached = row[0], row[1]
-
-    async def _explain_analyze(
-        self, sql: str, stmt: ast.ExplainStmt, request: ExplainRequest, analysis, port, rewritable: bool
-    ) -> str:
-        """Materialize as the statement would; the SQL whose plan Postgres then shows."""
-        done = Materialized()
-        await self._materialize_views(analysis, port, done)
-        limit = self._limit_plan(analysis) if rewritable and not analysis.opaque else None
-        target = _explain_of(stmt, analysis.forward_sql) if analysis.forward_sql else sql
-        if limit is not None:
-            request.limit_run = await self._measured(request, done, lambda: self._limited(limit, port, done))
-            if request.limit_run.stopped:
-                target = render(ast.ExplainStmt(query=limit.statement, options=stmt.options))
-        else:
-            await self._measured(
-                request, done, lambda: self._materialize_all(analysis.sites, port, done, request.sites)
-            )
-        await self._finish(sql, done, request.started, port)
-        request.cache_hits = done.cache_hits
-        for plan in request.sites:
-            if plan.actual_calls is None:  # LIMIT: counted per model, not per site
-                plan.actual_calls = done.model_calls.get(plan.spec.name, 0)
-        return target
-
-    async def _materialize_all(
+    async def materialize_all(
         self, sites: list, port: SessionPort, done: Materialized, plans: list[SitePlan] | None = None
     ) -> None:
         """Run every site's uncached inputs; with ``plans`` (EXPLAIN ANALYZE) note each site's
@@ -400,20 +343,6 @@ class Planner:
             if plans is not None:
                 plans[i].actual_calls = done.model_calls.get(spec.name, 0) - calls
                 plans[i].actual_hits = done.cache_hits - hits
-
-    async def _measured(self, request: ExplainRequest, done: Materialized, work):
-        """Run ``work`` and note each model's inference time and devices on its site plans."""
-        pool = self.inference.pool
-        specs = {p.spec.key: p.spec for p in request.sites}
-        before = {k: pool.stats(k).inference_seconds if pool is not None else 0.0 for k in specs}
-        result = await work()
-        for plan in request.sites:
-            stats = pool.stats(plan.spec.key) if pool is not None else None
-            seconds = (stats.inference_seconds if stats else 0.0) - before[plan.spec.key]
-            plan.inference_ms = 1000 * seconds
-            if stats and stats.rows_by_device:
-                plan.device = ",".join(sorted(stats.rows_by_device))
-        return result
 
     async def _log(self, sql: str, done: Materialized, started: float, port: SessionPort) -> None:
         elapsed_ms = 1000 * (time.monotonic() - started)
@@ -454,11 +383,6 @@ def _where_subqueries(statements: list):
                     if count > MAX_SUBQUERY_CHECKS:
                         return
                     yield render(sub.subselect)
-
-
-def _explain_of(stmt: ast.ExplainStmt, query_sql: str) -> str:
-    """The client's EXPLAIN (its options) of another statement."""
-    return render(ast.ExplainStmt(query=parse_sql(query_sql)[0].stmt, options=stmt.options))
 
 
 def _has_params(stmt) -> bool:
