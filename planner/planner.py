@@ -164,14 +164,14 @@ class Planner:
         bare = {n for n, b in analysis.views_named if b}
         rows = await port.fetch(CLIENT_VIEWS, (names,))
         shadowed = {r[0] for r in rows if r[1] and r[0] in bare}
-        role = rows[0][2] if rows else port.user
-        readable = [n for n in names if n not in shadowed]
-        opaque = dict(await self.db.fetch(VIEWS_READ_WHOLE, readable, role)) if readable else {}
+        whole = [r[0] for r in rows if r[2] and r[0] not in shadowed]
+        role = rows[0][3] if rows else port.user
+        opaque = dict(await self.db.fetch(VIEWS_READ_WHOLE, whole, role)) if whole else {}
         if not shadowed and not opaque:
             return analysis
-        whole = self.analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
-        whole.opaque = {view: (owner, self._view_sites(view)) for view, owner in opaque.items()}
-        return whole
+        left_whole = self.analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
+        left_whole.opaque = {view: (owner, self._view_sites(view)) for view, owner in opaque.items()}
+        return left_whole
 
     def _view_sites(self, view: str) -> list[CallSite]:
         """The call sites of a view's own definition (everything it can read)."""

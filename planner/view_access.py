@@ -20,13 +20,18 @@ from planner.outcome import PlanError
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
-# In the client's session: (name, whether its search_path finds another relation first, the
-# role the session runs as). Nothing here can make SieveDB do more than the client may.
+# In the client's session: (name, whether its search_path finds another relation first,
+# whether the session may read the view but not what it reads, the role the session runs as).
+# Nothing here can make SieveDB do more than the client may: a view said to be read whole is
+# checked again on SieveDB's connection (VIEWS_READ_WHOLE), which also names its owner.
 CLIENT_VIEWS = """
-SELECT n, pg_catalog.to_regclass(pg_catalog.quote_ident(n))
-          IS DISTINCT FROM pg_catalog.to_regclass('public.' || pg_catalog.quote_ident(n)),
+SELECT n, pg_catalog.to_regclass(pg_catalog.quote_ident(n)) IS DISTINCT FROM c.oid,
+       pg_catalog.has_table_privilege(c.oid, 'SELECT')
+       AND EXISTS (SELECT 1 FROM sieve.view_relations(c.oid) r
+                   WHERE NOT pg_catalog.has_table_privilege(r, 'SELECT')),
        current_user::text
 FROM pg_catalog.unnest($1::text[]) AS n
+JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass('public.' || pg_catalog.quote_ident(n))
 """
 
 # On SieveDB's own connection: (name, owner) of the views role $2 may read whole but not
