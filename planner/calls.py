@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from pglast import ast, parse_sql
 
+from planner.install import quote_ident
 from planner.outcome import PlanError
 from planner.rewrite.ast_util import (
     and_of,
@@ -26,6 +27,7 @@ from planner.rewrite.ast_util import (
     walk,
 )
 from planner.rewrite.implied import narrowing_conjuncts
+from planner.rewrite.join_keys import function_calls, item_name, named_items
 from planner.rewrite.push_down import PushContext, is_volatile
 from planner.send_forms import send_sql
 from planner.sqltypes import SqlType
@@ -48,15 +50,10 @@ class CallSite:
     lateral_rank: int = field(default=0, compare=False, hash=False)  # reads model functions' rows
     with_sql: str = ""  # the WITH clauses in scope: the input query names their CTEs too
 
-    def input_query(
-        self, digest_sql: str, arg_types: list[SqlType], cache_table: str, with_row_key: bool = False
-    ) -> str:
-        """Rows (digest, cached?, send forms of the arguments when not cached[, row key])
-        reaching this call."""
+    def input_query(self, digest_sql: str, arg_types: list[SqlType], cache_table: str) -> str:
+        """Rows (digest, cached?, send forms of the arguments when not cached) reaching this call."""
         pairs = list(zip(self.args, arg_types, strict=True))
         args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(pairs))
-        if with_row_key:
-            args += f", ({self.row_key})::text AS sieve_row"
         inner = f"{self.with_sql} SELECT {digest_sql} AS sieve_digest, {args}".lstrip()
         if self.from_sql:
             inner += f" FROM {self.from_sql}"
@@ -71,8 +68,6 @@ class CallSite:
         # not a per-row subquery: Postgres hashes a big cache once or probes its index for a
         # few inputs, and never rescans a cache that grows while this query streams.
         # ordinal <= 0 is one row per digest (0, or -1 for an input with no output rows).
-        if with_row_key:
-            outer_args += ", i.sieve_row"
         return (
             f"SELECT i.sieve_digest, {cached} AS hit, {outer_args} "
             f"FROM ({inner} OFFSET 0) AS i "
@@ -199,17 +194,10 @@ class _ModelFunction:
 def _model_functions(items: list[ast.Node], models: set[str]) -> dict[str, _ModelFunction]:
     """``FROM model(x) AS s`` (LATERAL) items of a level by the name their rows are read under."""
     found: dict[str, ast.FuncCall] = {}
-    stack = list(items)
-    while stack:
-        node = stack.pop()
-        if _is_model_function(node, models):
-            for func in node.functions or ():
-                for part in func:
-                    if isinstance(part, ast.FuncCall):
-                        name = node.alias.aliasname if node.alias is not None else part.funcname[-1].sval
-                        found[name] = part
-        elif isinstance(node, ast.JoinExpr):
-            stack += [node.larg, node.rarg]
+    for name, item in named_items(items).items():
+        if _is_model_function(item, models):
+            calls = function_calls(item)  # unaliased: the call of that name; aliased: the last
+            found[name] = next((c for c in calls if c.funcname[-1].sval == name), calls[-1])
     return {a: _ModelFunction(c, frozenset(_aliases_read(c, found))) for a, c in found.items()}
 
 
@@ -244,7 +232,7 @@ def _row_key(items: list[ast.Node]) -> str | None:
         return None
     table = items[0]
     name = table.alias.aliasname if table.alias is not None else table.relname
-    return '"' + name.replace('"', '""') + '".ctid'
+    return quote_ident(name) + ".ctid"
 
 
 def _from_items(level) -> list[ast.Node]:
@@ -259,31 +247,16 @@ def _is_model_function(item: ast.Node, models: set[str]) -> bool:
     return isinstance(item, ast.RangeFunction) and mentions_model(item, models)
 
 
-def _aliases(items: list[ast.Node]) -> set[str] | None:
-    """Names the kept FROM items are read under; None when one of them cannot be named here."""
-    names: set[str] = set()
-    stack = list(items)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.JoinExpr):
-            stack += [item.larg, item.rarg]
-            if item.alias is not None:
-                names.add(item.alias.aliasname)
-        elif isinstance(item, ast.RangeVar):
-            names.add(item.alias.aliasname if item.alias is not None else item.relname)
-        elif getattr(item, "alias", None) is not None:
-            names.add(item.alias.aliasname)
-        elif isinstance(item, ast.RangeFunction):
-            for func in item.functions or ():
-                names.update(p.funcname[-1].sval for p in func if isinstance(p, ast.FuncCall))
-    return names
+def _aliases(items: list[ast.Node]) -> set[str]:
+    """Names the kept FROM items are read under."""
+    return set(named_items(items))
 
 
 def _relax_joins(item: ast.Node, models: set[str], hidden: set[str], needed: set[str]) -> ast.Node | None:
     """The FROM item with model functions the call does not read left out and join conditions
     that need models dropped: it then yields a superset of the rows that reach the call."""
     if _is_model_function(item, models):
-        return item if _function_alias(item) in needed else None
+        return item if item_name(item) in needed else None
     if not isinstance(item, ast.JoinExpr):
         return item
     larg = _relax_joins(item.larg, models, hidden, needed)
@@ -303,16 +276,6 @@ def _relax_joins(item: ast.Node, models: set[str], hidden: set[str], needed: set
         quals=quals,
         alias=item.alias,
     )
-
-
-def _function_alias(item: ast.RangeFunction) -> str | None:
-    if item.alias is not None:
-        return item.alias.aliasname
-    for func in item.functions or ():
-        for part in func:
-            if isinstance(part, ast.FuncCall):
-                return part.funcname[-1].sval
-    return None
 
 
 def _narrowing(where: ast.Node | None, ctx: PushContext, hidden: set[str], aliases: set[str]) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pglast import ast
 from pglast.enums import JoinType
 
+from planner.install import quote_ident
 from planner.rewrite.ast_util import (
     add_conjuncts,
     column_fields,
@@ -34,7 +35,7 @@ from planner.rewrite.ast_util import (
     render,
     walk,
 )
-from planner.rewrite.ordering import OrderKey, constant, order_of, quote, sort_key
+from planner.rewrite.ordering import OrderKey, bounded, column_of, constant, nth_key_sql, order_of, sort_key
 from planner.rewrite.push_down import PushContext, push_down
 
 FIRST_BLOCKS = 1
@@ -67,15 +68,11 @@ class LimitPlan:
 
     def set_bound(self, text: str, type_name: str) -> None:
         """ORDER BY: keep the driver rows ordered up to ``text`` (a value of ``type_name``)."""
-        key = f"{quote(self.alias)}.{quote(self.order.column)}"
+        key = f"{quote_ident(self.alias)}.{quote_ident(self.order.column)}"
         value = "'" + text.replace("'", "''") + "'::" + type_name
-        self.guard.args = self._bounded(key, value)
+        self.guard.args = parse_condition(bounded(key, value, self.order)).args
         if self.top_guard is not None:
-            self.top_guard.args = self._bounded(self.top_key, value)
-
-    def _bounded(self, key: str, value: str) -> tuple:
-        nulls = f"{key} IS NULL" if self.order.nulls_first else "false"
-        return parse_condition(f"{key} {'>=' if self.order.descending else '<='} {value} OR {nulls}").args
+            self.top_guard.args = parse_condition(bounded(self.top_key, value, self.order)).args
 
     def set_all(self) -> None:
         """ORDER BY: the last batch, the whole driver."""
@@ -85,16 +82,7 @@ class LimitPlan:
 
     def bound_sql(self, rows: int) -> str:
         """The ORDER BY key of the driver's ``rows``-th row in order (with its own filters)."""
-        order = self.order
-        key = f"{quote(self.alias)}.{quote(order.column)}"
-        where = f" WHERE {' AND '.join(self.filters)}" if self.filters else ""
-        direction = ("DESC" if order.descending else "ASC") + (
-            " NULLS FIRST" if order.nulls_first else " NULLS LAST"
-        )
-        return (
-            f"SELECT {key}::text, pg_catalog.pg_typeof({key})::text FROM {self.table} AS {quote(self.alias)}"
-            f"{where} ORDER BY {key} {direction} OFFSET {rows - 1} LIMIT 1"
-        )
+        return nth_key_sql(self.table, self.alias, self.order, list(self.filters), rows, typed=True)
 
     def set_range(self, lo: int, hi: int | None) -> None:
         low, high = self.guard.args
@@ -148,7 +136,7 @@ def plan_limit(statements: list) -> LimitPlan | None:
     named = ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
     order = order_of(stmt.sortClause[0], key) if key is not None else None
     if order is None:
-        ref = quote(name) + ".ctid"
+        ref = quote_ident(name) + ".ctid"
         guard = parse_condition(f"{ref} >= '(0,0)'::tid AND {ref} < '(1,0)'::tid")
     else:
         guard = parse_condition("false OR false")
@@ -190,25 +178,13 @@ def _driver(stmt: ast.SelectStmt, key) -> tuple[ast.SelectStmt, ast.RangeVar, st
             if item.inh is False:
                 return None
             name = item.alias.aliasname if item.alias is not None else item.relname
-            return level, item, _column_of(key, name, sole)
+            return level, item, column_of(key, name, sole)
         if isinstance(item, ast.RangeSubselect) and not item.lateral and _plain(item.subquery):
-            column = _column_of(key, item.alias.aliasname if item.alias else None, sole)
+            column = column_of(key, item.alias.aliasname if item.alias else None, sole)
             key = output_columns(item.subquery).get(column) if column is not None else None
             level = item.subquery
             continue
         return None
-    return None
-
-
-def _column_of(key, name: str | None, sole: bool) -> str | None:
-    """The column of the item called ``name`` that ``key`` reads, if it is one."""
-    if not isinstance(key, ast.ColumnRef):
-        return None
-    fields = column_fields(key)
-    if len(fields) == 2 and fields[0] == name:
-        return fields[1]
-    if len(fields) == 1 and sole:
-        return fields[0]
     return None
 
 

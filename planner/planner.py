@@ -18,6 +18,7 @@ from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
 from planner.explain import SitePlan
 from planner.explain_run import ExplainRun
+from planner.install import quote_ident
 from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
@@ -115,7 +116,11 @@ class Planner:
             outcome = await self._query(sql, statements, self.analyse(statements), port, rewritable)
             # learn the new view once Postgres has made it
             return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
-        analysis = self.analyse(statements, await self._uncorrelated(statements, port))
+        analysis = self.analyse(statements)
+        if analysis.sites:
+            uncorrelated = await self._uncorrelated(analysis.statements, port)
+            if uncorrelated:  # again, now that they may move: one analysis where there are none
+                analysis = self.analyse(statements, uncorrelated)
         self._remember(key, statements, analysis)
         return await self._query(sql, statements, analysis, port, rewritable)
 
@@ -175,8 +180,7 @@ class Planner:
 
     def _view_sites(self, view: str) -> list[CallSite]:
         """The call sites of a view's own definition (everything it can read)."""
-        name = '"' + view.replace('"', '""') + '"'
-        return self.analyse([parse_sql(f"SELECT * FROM public.{name}")[0].stmt]).sites
+        return self.analyse([parse_sql(f"SELECT * FROM public.{quote_ident(view)}")[0].stmt]).sites
 
     async def materialize_views(self, analysis: Analysis, port: SessionPort, done: Materialized) -> None:
         """The models of views read whole, as their owners read them (before any other site:
@@ -215,14 +219,14 @@ class Planner:
             return Forward()  # a value known only to Postgres: its SQL must keep the $n
         return Forward(sql=read_outputs_sql(final, self.catalog.models, done.maps) or analysis.forward_sql)
 
-    async def _uncorrelated(self, statements: list, port: SessionPort) -> frozenset[str]:
-        """Subqueries in WHERE clauses that read nothing of the statement around them: Postgres
-        can prepare them on their own. Those may narrow inputs anywhere (push_down). Checked
-        only outside transaction blocks, where a failed check costs nothing."""
+    async def _uncorrelated(self, planned: list, port: SessionPort) -> frozenset[str]:
+        """Subqueries in the WHERE clauses of planning statements built with none known (the
+        passes do not move them then, so they are spelled as the next analysis finds them) that
+        read nothing of the statement around them: Postgres can prepare them on their own.
+        Those may narrow inputs anywhere (push_down). Checked only outside transaction blocks,
+        where a failed check costs nothing."""
         if port.in_transaction:
             return frozenset()
-        # as the planning statement spells them (the passes do not move them: none is known yet)
-        planned = [rewrite(copy_node(s), self._context()) for s in statements]
         found = set()
         for text in dict.fromkeys(_where_subqueries(planned)):
             try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pglast import ast, parse_sql
 from pglast.enums import JoinType, ObjectType
 
+from planner.install import quote_ident
 from planner.model_spec import ModelSpec
 from planner.rewrite.ast_util import AGGREGATES, copy_node, model_name, render, walk
 from planner.row_maps import MapKey, RowMap, call_key, filenode_sql
@@ -262,7 +263,7 @@ def _join(left: ast.Node, rowmap: RowMap, alias: str, refname: str) -> ast.JoinE
         f'SELECT r.tid AS "{alias}_tid", r.xid AS "{alias}_xid", {outputs} FROM {rowmap.table} r '
         f"WHERE r.filenode = {filenode_sql(rowmap.relid)} AND r.ordinal = 0"
     )
-    ref = _quoted(refname)
+    ref = quote_ident(refname)
     on = f'"{alias}_tid" = {ref}.ctid AND {ref}.tableoid = {rowmap.relid}'
     template = parse_sql(f"SELECT 1 FROM x LEFT JOIN ({sub}) AS {alias} ON {on}")[0].stmt.fromClause[0]
     return ast.JoinExpr(jointype=JoinType.JOIN_LEFT, larg=left, rarg=template.rarg, quals=template.quals)
@@ -273,16 +274,14 @@ def _read(alias: str, rowmap: RowMap, call: ast.FuncCall, refname: str) -> ast.N
     call itself."""
     column = rowmap.columns[0]
     case = (
-        parse_sql(f'SELECT CASE WHEN "{alias}_xid" = {_quoted(refname)}.xmin THEN "{alias}_{column}" END')[0]
+        parse_sql(
+            f'SELECT CASE WHEN "{alias}_xid" = {quote_ident(refname)}.xmin THEN "{alias}_{column}" END'
+        )[0]
         .stmt.targetList[0]
         .val
     )
     case.defresult = copy_node(call)
     return case
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _star_of(target: ast.ResTarget, refname: str) -> ast.ResTarget:

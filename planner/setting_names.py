@@ -21,6 +21,7 @@ from pglast.enums import VariableSetKind
 from pglast.visitors import Visitor
 
 from planner.approx.settings import SHOWN_DEFAULTS
+from planner.install import quote_ident
 
 PREFIX = "sieve."
 UNDEFINED_OBJECT = "42704"
@@ -79,8 +80,7 @@ def show_sql(name: str) -> str:
     """``SHOW name`` of a valid setting: the session's value, or the default while it has none."""
     default = DEFAULTS[name.lower()]
     value = f"pg_catalog.current_setting({_literal(name)}, true)"
-    column = '"' + name.replace('"', '""') + '"'
-    return f"SELECT COALESCE(NULLIF({value}, ''), {_literal(default)}) AS {column}"
+    return f"SELECT COALESCE(NULLIF({value}, ''), {_literal(default)}) AS {quote_ident(name)}"
 
 
 def _shown_name(stmt: ast.Node) -> str | None:

@@ -12,18 +12,31 @@ Pair = tuple[ast.ColumnRef, ast.ColumnRef]
 
 
 def named_items(items) -> dict[str, ast.Node]:
-    """FROM items by the name they are read under (alias, else table name), through joins."""
+    """FROM items by the names they are read under, through joins: an alias, else a table's
+    name, else (an unaliased function in FROM) each function's name; a join's own alias too."""
     named = {}
     stack = list(items or ())
     while stack:
         item = stack.pop()
         if isinstance(item, ast.JoinExpr):
             stack += [item.larg, item.rarg]
-        elif getattr(item, "alias", None) is not None:
+        if getattr(item, "alias", None) is not None:
             named[item.alias.aliasname] = item
         elif isinstance(item, ast.RangeVar):
             named[item.relname] = item
+        elif isinstance(item, ast.RangeFunction):
+            named.update((call.funcname[-1].sval, item) for call in function_calls(item))
     return named
+
+
+def item_name(item: ast.Node) -> str | None:
+    """The name a FROM item is read under (an unaliased function's: its first function's)."""
+    return next(iter(named_items([item])), None) if not isinstance(item, ast.JoinExpr) else None
+
+
+def function_calls(item: ast.RangeFunction) -> list[ast.FuncCall]:
+    """The calls of ``FROM f(x)`` / ``ROWS FROM (f(x), g(y))``."""
+    return [part for func in item.functions or () for part in func if isinstance(part, ast.FuncCall)]
 
 
 def equal_pairs(conditions: list) -> list[Pair]:

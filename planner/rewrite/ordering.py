@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pglast import ast
 from pglast.enums import SortByDir, SortByNulls
 
+from planner.install import quote_ident
 from planner.rewrite.ast_util import column_fields
 
 
@@ -47,8 +48,38 @@ def order_of(sort: ast.SortBy, column: str) -> OrderKey | None:
     return OrderKey(column, descending, nulls_first)
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def column_of(key, name: str | None, sole: bool = True) -> str | None:
+    """The column of the FROM item called ``name`` that ``key`` reads (an unqualified name
+    only when the item is its level's sole one), or None."""
+    if not isinstance(key, ast.ColumnRef):
+        return None
+    fields = column_fields(key)
+    if len(fields) == 2 and fields[0] == name:
+        return fields[1]
+    if len(fields) == 1 and sole:
+        return fields[0]
+    return None
+
+
+def bounded(key: str, value: str, order: OrderKey) -> str:
+    """``key`` up to ``value`` in ``order`` (ties included), NULL keys too where they sort first."""
+    nulls = f"{key} IS NULL" if order.nulls_first else "false"
+    return f"{key} {'>=' if order.descending else '<='} {value} OR {nulls}"
+
+
+def nth_key_sql(source: str, alias: str, order: OrderKey, filters: list[str], rows: int, typed: bool) -> str:
+    """The ORDER BY key of the ``rows``-th row of table ``source`` (read as ``alias``, with its
+    ``filters``) in ``order``; ``typed``: as text, with its type's name beside it."""
+    key = f"{quote_ident(alias)}.{quote_ident(order.column)}"
+    shown = f"{key}::text, pg_catalog.pg_typeof({key})::text" if typed else key
+    where = f" WHERE {' AND '.join(filters)}" if filters else ""
+    direction = ("DESC" if order.descending else "ASC") + (
+        " NULLS FIRST" if order.nulls_first else " NULLS LAST"
+    )
+    return (
+        f"SELECT {shown} FROM {source} AS {quote_ident(alias)}{where} "
+        f"ORDER BY {key} {direction} OFFSET {rows - 1} LIMIT 1"
+    )
 
 
 def constant(node) -> int | None:

@@ -222,17 +222,11 @@ def _plain_subquery(item: ast.RangeSubselect) -> bool:
 
 def model_function_aliases(items, models: set[str]) -> set[str]:
     """Names under which ``FROM model(x) AS s`` rows are read in these FROM items."""
-    names = set()
-    for item in items:
-        for node in walk(item):
-            if isinstance(node, ast.RangeFunction) and mentions_model(node, models):
-                if node.alias is not None:
-                    names.add(node.alias.aliasname)
-                else:
-                    names.update(
-                        p.funcname[-1].sval for f in node.functions for p in f if isinstance(p, ast.FuncCall)
-                    )
-    return names
+    return {
+        name
+        for name, item in named_items(items).items()
+        if isinstance(item, ast.RangeFunction) and mentions_model(item, models)
+    }
 
 
 def equalities(level: ast.SelectStmt) -> list[tuple[ast.ColumnRef, ast.ColumnRef]]:

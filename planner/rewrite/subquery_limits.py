@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pglast import ast
 
+from planner.install import quote_ident
 from planner.rewrite.ast_util import (
     add_conjuncts,
     conjuncts,
     has_aggregates,
+    is_plain_select,
     mentions_model,
     output_columns,
     parse_condition,
@@ -24,7 +26,7 @@ from planner.rewrite.ast_util import (
     walk,
 )
 from planner.rewrite.join_keys import reads_only
-from planner.rewrite.ordering import constant, order_of, quote, sort_key
+from planner.rewrite.ordering import bounded, column_of, constant, nth_key_sql, order_of, sort_key
 from planner.rewrite.prune_columns import SCALAR_FUNCTIONS
 
 
@@ -48,24 +50,11 @@ def _bound(query: ast.SelectStmt, models: set[str], scalar: set[str]) -> None:
     if order is None:
         return
     alias = table.alias.aliasname if table.alias is not None else table.relname
-    key = f"{quote(alias)}.{quote(column)}"
+    key = f"{quote_ident(alias)}.{quote_ident(column)}"
     filters = [render(c) for c in conjuncts(level.whereClause)]
-    where = f" WHERE {' AND '.join(filters)}" if filters else ""
-    direction = ("DESC" if order.descending else "ASC") + (
-        " NULLS FIRST" if order.nulls_first else " NULLS LAST"
-    )
-    source = render(
-        ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
-    )
-    bound = (
-        f"(SELECT {key} FROM {source} AS {quote(alias)}{where} "
-        f"ORDER BY {key} {direction} OFFSET {rows - 1} LIMIT 1)"
-    )
-    nulls = f" OR {key} IS NULL" if order.nulls_first else ""
-    add_conjuncts(
-        level,
-        [parse_condition(f"({key} {'>=' if order.descending else '<='} {bound} OR {bound} IS NULL{nulls})")],
-    )
+    named = ast.RangeVar(relname=table.relname, schemaname=table.schemaname, inh=True, relpersistence="p")
+    bound = f"({nth_key_sql(render(named), alias, order, filters, rows, typed=False)})"
+    add_conjuncts(level, [parse_condition(f"({bounded(key, bound, order)} OR {bound} IS NULL)")])
 
 
 def _ordered_limit(query: ast.SelectStmt) -> bool:
@@ -89,7 +78,7 @@ def _one_to_one(query: ast.SelectStmt, key, models: set[str], scalar: set[str]):
             return None
         item = level.fromClause[0]
         name = getattr(getattr(item, "alias", None), "aliasname", None)
-        column = _column(key, name or getattr(item, "relname", None))
+        column = column_of(key, name or getattr(item, "relname", None))
         if isinstance(item, ast.RangeVar):
             ok = column is not None and item.inh is not False and _one_row_each(level, scalar)
             alias = name or item.relname
@@ -100,11 +89,10 @@ def _one_to_one(query: ast.SelectStmt, key, models: set[str], scalar: set[str]):
         if not isinstance(item, ast.RangeSubselect) or item.lateral or column is None:
             return None
         inner = item.subquery
+        # a condition between the table and the LIMIT drops rows, a set-returning call adds some
         if level.whereClause is not None or not _one_row_each(level, scalar):
-            return (
-                None  # a condition between the table and the LIMIT drops rows, a set-returning call adds some
-            )
-        if not _plain_chain_level(inner):
+            return None
+        if not is_plain_select(inner):
             return None
         key = output_columns(inner).get(column)
         level = inner
@@ -113,26 +101,7 @@ def _one_to_one(query: ast.SelectStmt, key, models: set[str], scalar: set[str]):
 def _one_row_each(level: ast.SelectStmt, scalar: set[str]) -> bool:
     """No call in the level's select list that may return other than one row (only scalar
     models and well-known scalar functions)."""
-    for node in walk(ast.SelectStmt(targetList=level.targetList)):
-        if isinstance(node, ast.FuncCall):
-            name = node.funcname[-1].sval
-            if name not in scalar and name.lower() not in SCALAR_FUNCTIONS:
-                return False
-    return True
-
-
-def _plain_chain_level(query) -> bool:
-    if not isinstance(query, ast.SelectStmt) or query.op.name != "SETOP_NONE":
-        return False
-    if query.groupClause or query.distinctClause or query.havingClause or query.windowClause:
-        return False
-    if query.limitCount is not None or query.limitOffset is not None or query.withClause is not None:
-        return False
-    return not has_aggregates(query.targetList or ())
-
-
-def _column(key: ast.ColumnRef, name: str | None) -> str | None:
-    fields = [f.sval if isinstance(f, ast.String) else None for f in key.fields]
-    if len(fields) == 2 and fields[0] == name:
-        return fields[1]
-    return fields[0] if len(fields) == 1 else None
+    calls = (n for target in level.targetList or () for n in walk(target) if isinstance(n, ast.FuncCall))
+    return all(
+        c.funcname[-1].sval in scalar or c.funcname[-1].sval.lower() in SCALAR_FUNCTIONS for c in calls
+    )
