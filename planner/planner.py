@@ -27,7 +27,7 @@ from planner.outcome import Failed, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
 from planner.read_outputs import read_outputs_sql, wanted_maps
 from planner.rewrite import RewriteContext, rewrite
-from planner.rewrite.ast_util import copy_node, render, walk
+from planner.rewrite.ast_util import column_fields, copy_node, output_columns, render, walk
 from planner.rewrite.bind_params import bind_params
 from planner.view_access import CLIENT_VIEWS, VIEWS_READ_WHOLE, OwnerPort
 
@@ -175,12 +175,18 @@ class Planner:
         if not shadowed and not opaque:
             return analysis
         left_whole = self.analyse(statements, analysis.uncorrelated, frozenset(shadowed | set(opaque)))
-        left_whole.opaque = {view: (owner, self._view_sites(view)) for view, owner in opaque.items()}
+        read = _column_names_read(statements)
+        left_whole.opaque = {view: (owner, self._view_sites(view, read)) for view, owner in opaque.items()}
         return left_whole
 
-    def _view_sites(self, view: str) -> list[CallSite]:
-        """The call sites of a view's own definition (everything it can read)."""
-        return self.analyse([parse_sql(f"SELECT * FROM public.{quote_ident(view)}")[0].stmt]).sites
+    def _view_sites(self, view: str, read: set[str] | None) -> list[CallSite]:
+        """The call sites of a view's own definition, for the columns the statement may read
+        (``read``: names it mentions; None, all of them: it says ``*`` or names a whole row):
+        an unread model column of the view never runs, as when the view is inlined."""
+        columns = output_columns(parse_sql(self.catalog.views[view])[0].stmt)
+        # none read: "1", its rows still count (a model in its WHERE or FROM still runs)
+        listed = "*" if read is None else ", ".join(quote_ident(c) for c in columns if c in read) or "1"
+        return self.analyse([parse_sql(f"SELECT {listed} FROM public.{quote_ident(view)}")[0].stmt]).sites
 
     async def materialize_views(self, analysis: Analysis, port: SessionPort, done: Materialized) -> None:
         """The models of views read whole, as their owners read them (before any other site:
@@ -408,6 +414,20 @@ class Analysis:
     @property
     def all_sites(self) -> list[CallSite]:
         return [*(s for _, sites in self.opaque.values() for s in sites), *self.sites]
+
+
+def _column_names_read(statements: list) -> set[str] | None:
+    """Every name the statements read as a column, qualified or not; None where one reads
+    whole rows (``*``, ``t.*``, or a bare name that may be a row: it is kept as a name too)."""
+    names: set[str] = set()
+    for stmt in statements:
+        for node in walk(stmt):
+            if isinstance(node, ast.ColumnRef):
+                fields = column_fields(node)
+                if fields[-1] is None:
+                    return None
+                names.add(fields[-1])
+    return names
 
 
 def _named_views(statements: list, views: dict[str, str]):

@@ -281,3 +281,33 @@ def test_a_role_granted_a_model_view_alone_reads_it_as_postgres_would(world: Wor
         _fails(conn, "select id from labelled where digit = 3 and (select s from secret) is not null")
         # security_invoker: Postgres checks the client's own privileges on the tables
         _fails(conn, "select id from labelled_invoker where digit = 3")
+
+
+def test_a_view_read_whole_runs_only_the_model_columns_the_statement_reads(world: World) -> None:
+    with world.connect() as conn:
+        for name in ("p_whole_a", "p_whole_b"):
+            conn.execute(
+                f"create function {name}(pixels real[]) returns int language onnx "
+                "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+            )
+            conn.execute(f"grant execute on function {name}(real[]) to alice")
+        conn.execute(
+            "create view two_labels as select d.id, p_whole_a(d.pixels) as a, p_whole_b(d.pixels) as b "
+            "from digits d"
+        )
+        conn.execute("grant select on two_labels to alice")
+    with world.connect("alice") as conn:
+        rows = conn.execute("select id from two_labels where a = 3 order by id").fetchall()
+        calls = conn.execute(
+            "select model_calls from sieve.query_log where query like '%two_labels%' "
+            "order by query_id desc limit 1"
+        ).fetchone()[0]
+        counted = conn.execute("select count(*) from two_labels").fetchone()[0]
+        none_read = conn.execute(
+            "select model_calls from sieve.query_log where query like '%count(*) from two_labels%' "
+            "order by query_id desc limit 1"
+        ).fetchone()
+    assert [r[0] for r in rows] == sorted(i for i, label in world.expected.items() if label == 3)
+    assert calls.get("p_whole_a") == ROWS and calls.get("p_whole_b", 0) == 0, calls
+    assert counted == ROWS
+    assert none_read is None or not any(none_read[0].values()), none_read
