@@ -30,7 +30,15 @@ from .bounds import FINITE_SAMPLE_METHODS, check_method, mean_at_most
 from .importance import RankedProxy, SuffixDesign, as_ranked, take_all_head
 from .oracle import BudgetedOracle, Oracle, as_budgeted
 from .results import SelectionResult
-from .selection_common import assemble, label_positions_in_order, labels_of, positions_at_least
+from .selection_common import (
+    BOUND_NAMES,
+    assemble,
+    first_missable_position,
+    label_positions_in_order,
+    labels_of,
+    positions_at_least,
+    verified_precision,
+)
 from .validation import check_budget, check_confidence, check_fraction, check_unit_interval
 
 # Test matrices are (segments x draws); chunk the segments to bound memory.
@@ -43,6 +51,9 @@ _CELLS = 2_000_000
 # up among them (RT 90% on Beta(0.01, 2), budget 1000: success 0.997 at 0.1, 0.989 at 0.3,
 # 0.947 at 0.5 over 1000 trials; precision on ImageNet 0.84 at 0.1).
 DEFAULT_MIX = {"betting": 0.5, "bernstein": 0.5, "hoeffding": 0.5, "empirical": 0.1, "normal": 0.1}
+
+# Recall levels tried when certifying after the fact an answer chosen by an approximate bound.
+CERTIFY_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
 def default_mix(bound: str, mix: float | None) -> float:
@@ -93,6 +104,56 @@ def recall_threshold(
             first = int(ks[int(np.argmin(ok))])
             return (None if first == 0 else float(levels[first - 1])), False
     return (float(levels[-1]) if levels.size else None), True
+
+
+def certify_recall(
+    a: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    design: SuffixDesign,
+    pos_head: int,
+    missable: int | None,
+    gamma: float,
+    delta: float,
+    bound: str,
+) -> tuple[float, str]:
+    """Finite-sample lower bound on the recall of an answer, and how it was obtained.
+
+    ``missable``: the first position (>= the head) whose row is neither returned nor labelled
+    (:func:`~sampling.selection_common.first_missable_position`); None means no positive can
+    be missed, so recall is exactly 1. Otherwise every missed positive lies at a position >=
+    ``missable``, i.e. has proxy <= d = ``desc[missable]``, and recall >= g holds as soon as the
+    threshold "proxy > d" is certified at level g.
+
+    Validity for an answer chosen from the same draws: for each level g the fixed-sequence chain
+    of :func:`recall_threshold` (run with a finite-sample bound on the importance-weighted draws,
+    whose range is fixed by the known largest weight) accepts a threshold with recall < g with
+    probability <= its δ_g. With a finite-sample ``bound`` the only level is γ itself at the
+    full δ: that is the operator's own test, so the certificate is its own claim. Otherwise
+    (``"empirical"``/``"normal"`` chose the answer) the levels are γ and :data:`CERTIFY_LEVELS`
+    with δ_g = δ / (number of levels) and betting (Bonferroni): with probability >= 1 - δ every
+    chain accepts only thresholds meeting its level, simultaneously, so the largest level whose
+    chain accepts "proxy > d" is a valid bound whatever rule picked the answer.
+    """
+    if missable is None:
+        return 1.0, "exact: every row left out of the answer was labelled"
+    if bound in FINITE_SAMPLE_METHODS:
+        levels, method = (gamma,), bound
+    else:
+        levels, method = tuple(sorted({gamma, *CERTIFY_LEVELS})), "betting"
+    d_level = delta / len(levels)
+    d = float(design.rp.desc[missable])
+    best = 0.0
+    for g in levels:
+        tau, all_passed = recall_threshold(
+            a, y, w, design.max_weight, design.size, pos_head, g, d_level, method
+        )
+        if all_passed or (tau is not None and d < tau):
+            best = max(best, g)
+    how = f"{BOUND_NAMES[method]} fixed-sequence test over thresholds"
+    if len(levels) > 1:
+        how += f", Bonferroni over levels {', '.join(f'{g:g}' for g in levels)}"
+    return best, how
 
 
 def select_recall_target(
@@ -170,6 +231,10 @@ def select_recall_target(
                 else "; only a budget close to a full scan would help"
             )
         )
+    missable = first_missable_position(bo, rp, indices, head)
+    cert_recall, how = certify_recall(a, y, w, design, pos_head, missable, gamma, delta, bound)
+    certified = {"recall": cert_recall, "precision": verified_precision(bo, indices)}
+    exact = stop >= rp.n
     return SelectionResult(
         kind="recall",
         indices=indices,
@@ -180,17 +245,25 @@ def select_recall_target(
         thresholds={"tau": -np.inf if tau is None else float(tau)},
         delta_split={"recall (fixed-sequence test over thresholds)": delta},
         bound=bound,
-        finite_sample=bound in FINITE_SAMPLE_METHODS,
+        finite_sample=bound in FINITE_SAMPLE_METHODS or exact,
         target_met=True,
         # returning every row (minus verified negatives) has recall exactly 1
-        achieved_bound={"recall_lower_bound": 1.0 if stop >= rp.n else gamma},
+        achieved_bound={"recall_lower_bound": 1.0 if exact else gamma},
         estimates=est,
+        certified=certified,
+        certified_target_met=cert_recall >= gamma,
         budget_hint=hint,
         details={
             "head": head,
             "draws": int(pos.size),
             "tail_accepted": int(max(tail_keep, 0)),
             "mix": mix,
+            "claims": {
+                "recall": "exact (every row returned)"
+                if exact
+                else f"{BOUND_NAMES[bound]} fixed-sequence test over thresholds"
+            },
+            "certification": {"recall": how, "precision": "oracle-verified positives only (exact)"},
         },
     )
 

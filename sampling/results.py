@@ -16,15 +16,31 @@ class SelectionResult:
     names (``"tau"``, or ``"reject_below"``/``"accept_at_or_above"`` for a cascade) to proxy
     thresholds; rows with proxy >= threshold were returned without an oracle call.
     ``delta_split`` maps each statistical claim to the failure probability spent on it (they
-    sum to at most 1 - confidence). ``achieved_bound`` holds the levels the answer is certified
-    to meet at that confidence (e.g. ``{"recall_lower_bound": 0.9}``; 1.0 where the answer is
-    exact, e.g. every returned row was verified). ``estimates`` holds point estimates (not
-    guarantees) of the achieved recall/precision. ``target_met`` is True when every requested
-    guarantee holds at the stated confidence; ``budget_hint`` explains, in words, when the
-    budget was too small to give a useful or a guaranteed answer. ``bound`` is the bound method
-    requested; ``finite_sample`` is True when the guarantee holds at every sample size whatever
-    the data: False with ``"empirical"`` or ``"normal"``, except where the design lets the
-    operator use an exact test instead (the precision target's stage 2, or a census).
+    sum to at most 1 - confidence).
+
+    Three levels of claim, always all reported, whatever bound was requested:
+
+    * ``certified``: finite-sample lower bounds (keys ``"recall"`` and ``"precision"``) on the
+      recall and precision of the rows actually returned, computed from the labels this run
+      drew and valid at ``confidence`` on any data and any proxy (blind spots included). An
+      exact answer (census, verified rows only, every row returned) counts as certified. When
+      nothing can be certified the recall entry is 0.0 (never NaN); the precision entry is at
+      least the share of returned rows the oracle verified as positive (a bound that always
+      holds). ``certified_target_met`` is True when every requested target is certified this
+      way; for a cascade, its two targets hold jointly at ``confidence`` (δ is split between
+      them, see ``delta_split``).
+    * ``achieved_bound``: what the *requested* bound claims (e.g. ``{"recall_lower_bound": 0.9}``;
+      1.0 where the answer is exact). With ``"empirical"`` or ``"normal"`` this is an
+      approximate claim; ``finite_sample`` is True when the requested bound (or the exact test
+      the operator used in its place) is finite-sample.
+    * ``estimates``: point estimates of the achieved recall/precision, not guarantees.
+
+    ``target_met`` is True when every requested target holds at the stated confidence under the
+    requested bound, or is certified (``certified_target_met`` implies ``target_met``).
+    ``details["claims"]`` names, per claim, the bound the operator actually used for it (e.g.
+    ``{"precision": "exact hypergeometric"}``) and ``details["certification"]`` how the
+    ``certified`` levels were computed. ``budget_hint`` explains, in words, when the budget was
+    too small to give a useful or a guaranteed answer. ``bound`` is the bound method requested.
     """
 
     kind: str
@@ -40,6 +56,8 @@ class SelectionResult:
     target_met: bool
     achieved_bound: dict[str, float] = field(default_factory=dict)
     estimates: dict[str, float] = field(default_factory=dict)
+    certified: dict[str, float] = field(default_factory=dict)
+    certified_target_met: bool = False
     budget_hint: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 

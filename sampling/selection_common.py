@@ -55,3 +55,38 @@ def assemble(bo: BudgetedOracle, rp: RankedProxy, accept_from: int, accept_to: i
 def positions_at_least(rp: RankedProxy, tau: float | None) -> int:
     """Length of the prefix of positions whose proxy is >= tau (None = every row)."""
     return rp.n if tau is None else int(rp.count_at_least(tau))
+
+
+def verified_precision(bo: BudgetedOracle, indices: np.ndarray) -> float:
+    """Share of ``indices`` the oracle verified as positive: a precision lower bound that holds
+    with probability 1 (an empty answer makes no false claim and counts as 1)."""
+    if indices.size == 0:
+        return 1.0
+    pos, _ = labelled_sets(bo)
+    return float(np.count_nonzero(np.isin(indices, pos)) / indices.size)
+
+
+def first_missable_position(
+    bo: BudgetedOracle, rp: RankedProxy, indices: np.ndarray, start: int
+) -> int | None:
+    """Smallest position >= ``start`` holding a row that is neither returned nor labelled.
+
+    Positives can be missed only at such rows (verified positives are always returned), so the
+    answer misses no more than a threshold just above that row's proxy would. None: no row can
+    be missed (recall is exactly 1).
+    """
+    candidate = np.ones(rp.n, dtype=bool)
+    candidate[indices] = False
+    candidate[bo.labelled_indices()] = False
+    pos = np.flatnonzero(candidate[rp.order[start:]])
+    return None if pos.size == 0 else int(start + pos[0])
+
+
+# How each requested bound is named in ``details["claims"]`` (what a claim actually rests on).
+BOUND_NAMES = {
+    "betting": "betting (finite-sample)",
+    "bernstein": "empirical Bernstein with the known range (finite-sample)",
+    "hoeffding": "Hoeffding (finite-sample)",
+    "empirical": "empirical Bernstein with the observed range (approximate)",
+    "normal": "normal / CLT (approximate)",
+}
