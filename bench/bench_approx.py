@@ -67,8 +67,10 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
+from BARGAIN import BARGAIN_P, BARGAIN_R, Oracle, Proxy  # noqa: E402
 from bench_planner import OutOfTime, blob_pixels, load_blobs, log, shutdown  # noqa: E402
 
+from sampling import rank_proxy, select_precision_target, select_recall_target  # noqa: E402
 from tests.support.servers import SieveProcess  # noqa: E402
 
 CONF = 0.95
@@ -132,6 +134,9 @@ class Trial:
     ok: bool | None = None
     # aggregate (per group: key -> (estimate, low, high))
     groups: dict = field(default_factory=dict)
+    # sieve.query_log columns that newer servers have (None: absent or not logged)
+    certified: bool | None = None
+    labelled: int | None = None
 
 
 @dataclass
@@ -163,13 +168,23 @@ class Bench:
     def last_id(self) -> int:
         return self.conn.execute("SELECT coalesce(max(query_id), 0) FROM sieve.query_log").fetchone()[0]
 
-    def logged(self, since: int, sql: str) -> tuple[dict, int | None] | None:
-        row = self.conn.execute(
-            "SELECT model_calls, cache_hits FROM sieve.query_log WHERE query_id > %s AND query = %s "
-            "ORDER BY query_id DESC LIMIT 1",
+    def logged(self, since: int, sql: str) -> dict | None:
+        """The query's sieve.query_log row, every column by name."""
+        cur = self.conn.execute(
+            "SELECT * FROM sieve.query_log WHERE query_id > %s AND query = %s ORDER BY query_id DESC LIMIT 1",
             (since, sql),
-        ).fetchone()
-        return (row[0] or {}, row[1]) if row else None
+        )
+        row = cur.fetchone()
+        return dict(zip([c.name for c in cur.description], row, strict=True)) if row else None
+
+    def log_columns(self) -> set[str]:
+        return {
+            r[0]
+            for r in self.sql(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'sieve' AND table_name = 'query_log'"
+            )
+        }
 
     def run(
         self, data: Data, sql: str, seed: int | None = None, clear: bool = True, settings: dict | None = None
@@ -197,9 +212,11 @@ class Bench:
             self.sql(f"RESET sieve.{name}")
         got = self.logged(since, sql)
         if got is not None:
-            calls, _ = got
+            calls = got["model_calls"] or {}
             t.calls = int(calls.get(data.oracle, 0))
             t.proxy_calls = int(calls.get(data.proxy_model, 0))
+            t.certified = got.get("certified")
+            t.labelled = got.get("rows_labelled")
         t.warned = any(w in n for n in self.notices for w in WARN_WORDS)
         return t
 
@@ -700,6 +717,8 @@ def trial_json(t: Trial) -> dict:
         "recall": t.recall,
         "rows": t.size,
         "groups": {str(k): v for k, v in t.groups.items()} or None,
+        "certified": t.certified,
+        "rows_labelled": t.labelled,
     }
 
 
@@ -751,8 +770,10 @@ def report_reviews(methods: list[Method], args, report: dict, out: list[str]) ->
     out.append(selection_table(methods, ex_calls))
 
 
-def summary(digits: list[Method] | None, reviews: list[Method] | None, args, out: list[str]) -> dict:
-    checks = []
+def summary(
+    digits: list[Method] | None, reviews: list[Method] | None, args, out: list[str], checks: list
+) -> dict:
+    checks = list(checks)
     if digits:
         ex = next(m for m in digits if m.query == "RT" and m.name.startswith("(c)")).trials[0].calls
         rt = next(m for m in digits if m.query == "RT" and m.name == "sieve, proxy model")
@@ -794,21 +815,377 @@ def summary(digits: list[Method] | None, reviews: list[Method] | None, args, out
     return {c[0]: c[2] for c in checks}
 
 
+# -- side by side: SieveDB through SQL (default and finite bounds), BARGAIN and the SUPG reference ---
+#
+# The same rows, proxy scores, oracle labels, BUDGET and δ for every method. The table and its proxy
+# are read through SieveDB once (an exact statement: the oracle's own outputs); BARGAIN and the SUPG
+# reference run in this process on those arrays, SieveDB through SQL with the oracle cache cleared.
+
+PEER_DATASETS = ("imagenet", "digits", "beta", "beta25")
+IMAGENET = REPO.parent / "shared" / "data" / "supg" / "imagenet.csv"
+PEER_QUERIES = (("RT 90%", "RT", 0.90), ("PT 90%", "PT", 0.90), ("PT 95%", "PT", 0.95))
+FINITE = {"bound": "finite"}
+LOG_EXTRAS = ("certified", "rows_labelled")  # query_log columns printed when the server has them
+BETA_ROWS = 100_000
+# SUPG's generator proxy ~ Beta(a, 2), label ~ Bernoulli(proxy); positives ~ a / (a + 2) of the rows
+BETA_SHAPES = {"beta": (0.01, 2.0, 20240601), "beta25": (0.0513, 2.0, 20240602)}
+
+
+def reveal_data(name: str) -> Data:
+    """A table ``name (id, x, proxy_score)`` whose oracle ``reveal(x)`` reads the stored label."""
+    return Data(name, name, "id", "reveal", "reveal(x) > 0.5", "", "proxy_score")
+
+
+@dataclass
+class Labelled:
+    """One dataset of the side by side: ids ascending, their proxy scores and oracle labels."""
+
+    data: Data
+    ids: np.ndarray
+    proxy: np.ndarray
+    labels: np.ndarray  # int64 0/1, the oracle's outputs
+    about: str
+
+
+def imagenet_arrays() -> tuple[np.ndarray, np.ndarray] | None:
+    if not IMAGENET.is_file():
+        return None
+    raw = np.genfromtxt(IMAGENET, delimiter=",", names=True, dtype=None, encoding=None)
+    order = np.argsort(raw["id"])
+    return raw["proxy_score"][order].astype(np.float64), raw["label"][order].astype(np.int64)
+
+
+def beta_arrays(a: float, b: float, seed: int, n: int = BETA_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    proxy = rng.beta(a, b, n)
+    return proxy, (rng.random(n) < proxy).astype(np.int64)
+
+
+def load_reveal_table(bench: Bench, table: str, proxy: np.ndarray, labels: np.ndarray) -> None:
+    """COPY ``table (id, x = [label, id], proxy_score)``: the id in x makes every oracle input
+    distinct, so each labelled row is one model call, as with real images."""
+    bench.sql(f"DROP TABLE IF EXISTS {table}")
+    bench.sql(f"CREATE TABLE {table} (id int PRIMARY KEY, x real[], proxy_score float8)")
+    with bench.conn.cursor().copy(f"COPY {table} (id, x, proxy_score) FROM STDIN") as copy:
+        for i, (score, label) in enumerate(zip(proxy.tolist(), labels.tolist(), strict=True)):
+            copy.write(f"{i}\t{{{label},{i}}}\t{score!r}\n")
+    bench.sql(f"ANALYZE {table}")
+
+
+def read_labelled(bench: Bench, data: Data, about: str) -> Labelled:
+    """The proxy and the oracle's outputs over every row, read once through SieveDB."""
+    sql = f"SELECT {data.key}, {data.proxy}, {data.predicate} FROM {data.table} ORDER BY {data.key}"
+    t = bench.run(data, sql)
+    if t.error:
+        raise RuntimeError(f"reading {data.name} failed: {t.error}")
+    ids = np.array([r[0] for r in t.rows], dtype=np.int64)
+    proxy = np.array([float(r[1]) for r in t.rows], dtype=np.float64)
+    labels = np.array([bool(r[2]) for r in t.rows], dtype=np.int64)
+    log(f"  {data.name}: {ids.size:,} rows, {labels.sum():,} positives, read in {t.wall_s:.1f}s")
+    return Labelled(data, ids, proxy, labels, about)
+
+
+class ArrayProxy(Proxy):
+    """BARGAIN's proxy over the score array: a record is a row position, its prediction 1 with the
+    score as confidence, so BARGAIN orders rows by the same score SieveDB uses."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        super().__init__(verbose=False)
+        self.scores = scores
+
+    def proxy_func(self, input):  # BARGAIN's parameter names
+        return 1, float(self.scores[int(input)])
+
+    def get_preds_and_scores(self, indxs, data_records):
+        # the values proxy_func gives, without the base class's thread per record
+        scores = self.scores[np.asarray(data_records, dtype=np.int64)]
+        return np.ones(scores.size, dtype=np.int64), scores
+
+
+class ArrayOracle(Oracle):
+    """BARGAIN's oracle over the label array; what it labels is counted as the base class does
+    (``get_number_preds``: distinct records)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        super().__init__(verbose=False)
+        self.labels = labels
+
+    def oracle_func(self, input, proxy_output):
+        label = int(self.labels[int(input)])
+        return label == proxy_output, label
+
+    def get_pred(self, data_records, indxs=None):
+        labels = self.labels[np.asarray(data_records, dtype=np.int64)]
+        if indxs is not None:
+            keys = np.asarray(indxs, dtype=np.int64).tolist()
+            self.preds_dict.update(zip(keys, labels.tolist(), strict=True))
+        return labels
+
+
+def in_process_trial(lab: Labelled, run) -> Trial:
+    """A method on the arrays: ``run()`` -> (row positions, oracle calls)."""
+    began = time.perf_counter()
+    positions, calls = run()
+    t = Trial(rows=[(i,) for i in lab.ids[np.asarray(positions, dtype=np.int64)].tolist()], calls=calls)
+    t.wall_s = time.perf_counter() - began
+    return t
+
+
+def bargain_trial(lab: Labelled, kind: str, target: float, budget: int, seed: int) -> Trial:
+    cls = BARGAIN_R if kind == "RT" else BARGAIN_P
+    oracle = ArrayOracle(lab.labels)
+    peer = cls(ArrayProxy(lab.proxy), oracle, delta=1 - CONF, target=target, budget=budget, seed=seed)
+
+    def run():
+        return peer.process(np.arange(lab.ids.size)), oracle.get_number_preds()
+
+    return in_process_trial(lab, run)
+
+
+def supg_reference(kind: str, target: float, budget: int):
+    """SUPG's configuration as bench_sampling.py runs it ("sieve CLT": the CLT bound, SUPG's 90/10
+    mix for RT), imported where bench_sampling has the query; its PT 90% (or another budget) is the
+    same call with this target."""
+    import bench_sampling
+
+    name = {("RT", 0.90): "RT 90%", ("PT", 0.95): "PT 95%"}.get((kind, target))
+    if name and budget == bench_sampling.BUDGET:
+        return bench_sampling.selection_methods(name)["sieve CLT"]
+    if kind == "RT":
+        return lambda d, o, r: select_recall_target(
+            d, o, target=target, budget=budget, rng=r, bound="normal", mix=0.1
+        )
+    return lambda d, o, r: select_precision_target(d, o, target=target, budget=budget, rng=r, bound="normal")
+
+
+def supg_trial(lab: Labelled, ranked, kind: str, target: float, budget: int, seed: int) -> Trial:
+    method = supg_reference(kind, target, budget)
+
+    def run():
+        res = method(ranked, lab.labels.__getitem__, np.random.default_rng(seed))
+        return res.indices, res.oracle_calls
+
+    return in_process_trial(lab, run)
+
+
+def score_peer(t: Trial, positives: set[int], kind: str, target: float) -> None:
+    if t.error:
+        return
+    answer = {r[0] for r in t.rows}
+    hits = len(answer & positives)
+    t.size = len(answer)
+    t.precision = hits / len(answer) if answer else 1.0
+    t.recall = hits / len(positives) if positives else 1.0
+    t.ok = (t.recall if kind == "RT" else t.precision) >= target
+
+
+def peer_methods(lab: Labelled, budget: int) -> list[Method]:
+    d = lab.data
+    methods = []
+    for query, kind, target in PEER_QUERIES:
+        clause = f"{'RECALL' if kind == 'RT' else 'PRECISION'} TARGET {target:.0%}"
+        sql = selection_sql(d, clause, d.proxy, budget)
+        methods += [
+            Method(query, "sieve default", sql),
+            Method(query, "sieve finite", sql, settings=FINITE),
+            Method(query, "BARGAIN"),
+            Method(query, "SUPG reference"),
+        ]
+    return methods
+
+
+def run_peers(bench: Bench, lab: Labelled, args, deadline: float) -> list[Method]:
+    """Seeds outer, queries and methods inner, until ``deadline`` (a run cut short stays balanced)."""
+    methods = peer_methods(lab, args.budget)
+    targets = {q: (kind, target) for q, kind, target in PEER_QUERIES}
+    positives = set(lab.ids[lab.labels == 1].tolist())
+    ranked = rank_proxy(lab.proxy)
+    began = time.monotonic()
+    for seed in range(args.seeds):
+        per_seed = (time.monotonic() - began) / seed if seed else 0.0
+        if seed and time.monotonic() + per_seed > deadline:
+            log(f"{lab.data.name}: time limit: stopping after {seed} seeds")
+            break
+        for m in methods:
+            kind, target = targets[m.query]
+            if m.name == "BARGAIN":
+                t = bargain_trial(lab, kind, target, args.budget, seed)
+            elif m.name == "SUPG reference":
+                t = supg_trial(lab, ranked, kind, target, args.budget, seed)
+            else:
+                t = bench.run(lab.data, m.sql, seed=seed, settings=m.settings)
+                if t.error:
+                    log(f"  {lab.data.name} {m.query} {m.name}: {t.error}")
+            score_peer(t, positives, kind, target)
+            m.trials.append(t)
+    return methods
+
+
+def peers_table(methods: list[Method], extras: list[str]) -> str:
+    rows = []
+    for m in methods:
+        ok = [t for t in m.trials if not t.error]
+        errors = [t.error for t in m.trials if t.error]
+        calls = [t.calls for t in ok if t.calls is not None]
+        cells = [
+            m.query,
+            m.name,
+            f"{len(m.trials)}",
+            _f(_mean([float(bool(t.ok)) for t in ok]), ".2f"),
+            _f(_mean([t.precision for t in ok]), ".3f"),
+            _f(_mean([t.recall for t in ok]), ".3f"),
+            _f(_mean([t.size for t in ok]), ",.0f"),
+            _f(_mean(calls), ",.0f"),
+            _f(max(calls, default=None), ","),
+        ]
+        if "certified" in extras:
+            cells.append(_f(_mean([None if t.certified is None else float(t.certified) for t in ok]), ".2f"))
+        if "rows_labelled" in extras:
+            cells.append(_f(_mean([t.labelled for t in ok]), ",.0f"))
+        cells += [
+            _f(_mean([t.wall_s for t in ok]), ".2f"),
+            f"ERROR x{len(errors)}: {errors[0][:70]}" if errors else "",
+        ]
+        rows.append(cells)
+    head = ["query", "method", "n", "success", "precision", "recall", "rows", "calls", "max"]
+    head += [{"certified": "certified", "rows_labelled": "labelled"}[e] for e in extras]
+    return table([*head, "wall s", ""], rows)
+
+
+def _metric(methods: list[Method], query: str, name: str, attr: str) -> float | None:
+    m = next(m for m in methods if m.query == query and m.name == name)
+    return _mean([getattr(t, attr) for t in m.trials if not t.error])
+
+
+def peer_checks(label: str, methods: list[Method], budget: int) -> list[tuple[str, str, bool]]:
+    """finite >= BARGAIN and default >= SUPG reference, on RT precision and PT recall (means)."""
+    checks = []
+    for lead, peer, what in (
+        ("sieve finite", "BARGAIN", "finite mode >= BARGAIN"),
+        ("sieve default", "SUPG reference", "default mode >= SUPG reference"),
+    ):
+        got, ok = [], True
+        for query, kind, _ in PEER_QUERIES:
+            attr = "precision" if kind == "RT" else "recall"
+            ours, theirs = _metric(methods, query, lead, attr), _metric(methods, query, peer, attr)
+            ok = ok and ours is not None and theirs is not None and ours >= theirs
+            got.append(f"{query} {attr[0]} {_f(ours, '.3f')} vs {_f(theirs, '.3f')}")
+        checks.append((f"{label}: {what} precision (RT) / recall (PT)", "; ".join(got), ok))
+    over = [(m.name, t.calls) for m in methods for t in m.trials if t.calls is not None and t.calls > budget]
+    checks.append(
+        (
+            f"{label}: no method exceeds BUDGET {budget}",
+            ", ".join(f"{n}: {c}" for n, c in over[:3]) or "none over",
+            not over,
+        )
+    )
+    return checks
+
+
+def prepare_peer(bench: Bench, name: str) -> Labelled | str:
+    """The dataset's table through SieveDB and its arrays, or why it is skipped."""
+    if name == "digits":
+        about = "the demo: digit_oracle (MLP) = 7, proxy digit_proxy_p7 (logistic regression)"
+        return read_labelled(bench, DIGITS, about)
+    if name == "imagenet":
+        arrays = imagenet_arrays()
+        if arrays is None:
+            return f"{IMAGENET} not found"
+        about = "SUPG's ImageNet file: real proxy scores, human labels"
+    else:
+        a, b, seed = BETA_SHAPES[name]
+        arrays = beta_arrays(a, b, seed)
+        about = f"SUPG's generator: proxy ~ Beta({a:g}, {b:g}), label ~ Bernoulli(proxy)"
+    load_reveal_table(bench, name, *arrays)
+    lab = read_labelled(bench, reveal_data(name), about)
+    if not np.array_equal(lab.labels, arrays[1]):
+        log(f"WARNING: {name}: the oracle's outputs differ from the stored labels")
+    return lab
+
+
+def run_side_by_side(
+    bench: Bench, names: list[str], args, models_dir: Path, deadline: float, report: dict
+) -> dict[str, tuple[Labelled, list[Method]]]:
+    """Each dataset in turn, each with an equal share of the time left."""
+    from tests.approx.test_guarantee_imagenet import reveal_model  # the ONNX oracle the tests use
+
+    if any(n != "digits" for n in names):
+        models_dir.mkdir(parents=True, exist_ok=True)
+        reveal_model(models_dir)
+        bench.sql("CREATE OR REPLACE FUNCTION reveal(x real[]) RETURNS real LANGUAGE onnx AS 'reveal.onnx'")
+    side, skipped = {}, report.setdefault("side_by_side_skipped", {})
+    for i, name in enumerate(names):
+        log(f"side by side: {name}")
+        lab = prepare_peer(bench, name)
+        if isinstance(lab, str):
+            skipped[name] = lab
+            log(f"  {name} skipped: {lab}")
+            continue
+        share = (deadline - time.monotonic()) / (len(names) - i)
+        side[name] = (lab, run_peers(bench, lab, args, time.monotonic() + share))
+    return side
+
+
+def report_side_by_side(side: dict, args, report: dict, out: list[str]) -> list[tuple[str, str, bool]]:
+    extras = report["log_extras"]
+    checks = []
+    for name, (lab, methods) in side.items():
+        n, pos = lab.ids.size, int(lab.labels.sum())
+        out.append("")
+        out.append(
+            f"## side by side, {name}: {n:,} rows, {pos:,} positives ({pos / n:.2%}); {lab.about}; "
+            f"budget {args.budget}, confidence 95% (δ 0.05)"
+        )
+        out.append(peers_table(methods, extras))
+        checks += peer_checks(name, methods, args.budget)
+    for name, why in report.get("side_by_side_skipped", {}).items():
+        out.append("")
+        out.append(f"## side by side, {name}: skipped ({why})")
+    if side:
+        missing = [c for c in LOG_EXTRAS if c not in extras]
+        out.append("")
+        out += [
+            "  sieve default / finite: through SQL, sieve.bound unset ('empirical') / set to 'finite';",
+            "    calls: sieve.query_log.model_calls of the oracle (its cache cleared before every trial).",
+            "  BARGAIN: BARGAIN_R (RT) / BARGAIN_P (PT) of PyPI bargain, delta 0.05 and the budget, the",
+            "    rest at its defaults, in this process on the arrays read above; calls: rows labelled.",
+            "  SUPG reference: bench_sampling.py's 'sieve CLT' (CLT bound, SUPG's 90/10 mixing),",
+            "    imported for RT 90% and PT 95% at budget 1000; PT 90% is the same call, target 0.9.",
+        ]
+        if missing:
+            out.append(f"  sieve.query_log has no {' / '.join(missing)} column on this server: not shown")
+    return checks
+
+
 # -- main --------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=100_000, help="digit rows in blobs (default 100000)")
-    p.add_argument("--seeds", type=int, default=10, help="seeded trials per approximate query (10)")
+    p.add_argument("--seeds", type=int, help="seeded trials per approximate query (20; --quick: 5)")
     p.add_argument("--budget", type=int, default=1000, help="BUDGET of every approximate query (1000)")
     p.add_argument("--noise", type=float, default=0.03, help="gaussian noise sigma per pixel (0.03)")
-    p.add_argument("--datasets", default="digits,reviews", help="comma-separated: digits, reviews")
+    p.add_argument(
+        "--datasets",
+        default="imagenet,digits,beta,beta25,reviews",
+        help="comma-separated: imagenet, digits, beta, beta25 (side by side), reviews (--operators only)",
+    )
+    p.add_argument(
+        "--operators",
+        action="store_true",
+        help="also the operator tables of digits and reviews (auto proxy, uniform, LIMIT, COUNT, cascade)",
+    )
+    p.add_argument("--quick", action="store_true", help="5 seeds (unless --seeds), 20,000 digit rows")
     p.add_argument("--inference-workers", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=10.0, help="cap on the run time (10)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (server log)")
     args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 5 if args.quick else 20
+    if args.quick and args.rows == p.get_default("rows"):
+        args.rows = 20_000
     if args.rows < args.budget:
         p.error("--rows must be at least --budget")
     return args
@@ -856,32 +1233,41 @@ def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:
     from server.demo import REVIEWS_CSV, SHARED_DATA, install_demo
 
     wanted = {s.strip() for s in args.datasets.split(",") if s.strip()}
+    peers = [d for d in PEER_DATASETS if d in wanted]
+    operators = [d for d in ("digits", "reviews") if d in wanted] if args.operators else []
     reviews_csv = SHARED_DATA / REVIEWS_CSV
     skip_reviews = None
-    if "reviews" in wanted and not reviews_csv.is_file():
+    if "reviews" in operators and not reviews_csv.is_file():
         skip_reviews = f"{reviews_csv} not found"
     deadline = started + args.max_minutes * 60
 
     log("starting SieveDB")
     server.start()
-    log("installing the demo (trains the digits and reviews models in a child process)")
-    summary_demo = asyncio.run(install_demo(server.dsn(), models_dir))
-    log(f"demo: tables {summary_demo.tables}, functions {sorted(summary_demo.functions)}")
+    if "digits" in peers or operators:
+        log("installing the demo (trains its models in a child process)")
+        shared = SHARED_DATA if "reviews" in operators else None  # the reviews models only when asked
+        summary_demo = asyncio.run(install_demo(server.dsn(), models_dir, shared))
+        log(f"demo: tables {summary_demo.tables}, functions {sorted(summary_demo.functions)}")
 
     with psycopg.connect(server.dsn(), autocommit=True, prepare_threshold=None) as conn:
         bench = Bench(conn, deadline)
         pg_version = conn.execute("SHOW server_version").fetchone()[0]
-        report: dict = {"rows": args.rows, "seeds": args.seeds, "budget": args.budget}
-        digits = reviews = None
-        if "digits" in wanted:
+        extras = [c for c in LOG_EXTRAS if c in bench.log_columns()]
+        report: dict = {"rows": args.rows, "seeds": args.seeds, "budget": args.budget, "log_extras": extras}
+        if "digits" in peers or "digits" in operators:
             log(f"loading {args.rows:,} digit rows into blobs (COPY through SieveDB)")
             load_s = load_blobs(conn, blob_pixels(args.rows, args.noise, 0))
             log(f"  loaded in {load_s:.1f}s")
             bench.sql("SELECT digit_oracle(pixels) FROM blobs WHERE id = 0")  # start the inference worker
-            report["reserve_s"] = 60 if "reviews" in wanted and not skip_reviews else 0
+        # the side by side gets the time the operator tables leave (half of it when both run)
+        side_deadline = deadline - (args.max_minutes * 30 if operators else 0)
+        side = run_side_by_side(bench, peers, args, models_dir, side_deadline, report)
+        digits = reviews = None
+        if "digits" in operators:
+            report["reserve_s"] = 60 if "reviews" in operators and not skip_reviews else 0
             digits = run_digits(bench, args, report)
             report["reserve_s"] = 0
-        if "reviews" in wanted and not skip_reviews:
+        if "reviews" in operators and not skip_reviews:
             reviews = run_reviews(bench, args, report)
 
     out = [
@@ -890,6 +1276,7 @@ def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"{args.seeds} seeds, budget {args.budget}, simple query protocol, oracle cache cleared per trial",
     ]
+    checks = report_side_by_side(side, args, report, out)
     if digits:
         report_digits(digits, args, report, out)
     if skip_reviews:
@@ -899,7 +1286,7 @@ def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:
         report_reviews(reviews, args, report, out)
     for note in report.get("cut_short", []):
         out.append(f"  NOTE: cut short by --max-minutes: {note}")
-    met = summary(digits, reviews, args, out)
+    met = summary(digits, reviews, args, out, checks)
     out.append(f"  total run time {time.monotonic() - started:.0f}s")
     print("\n".join(out), flush=True)
 
@@ -918,6 +1305,18 @@ def run(args, started: float, server: SieveProcess, models_dir: Path) -> int:
             ]
             for label, methods in (("digits", digits), ("reviews", reviews))
             if methods
+        }
+        report["side_by_side"] = {
+            name: [
+                {
+                    "query": m.query,
+                    "method": m.name,
+                    "sql": m.sql,
+                    "trials": [trial_json(t) for t in m.trials],
+                }
+                for m in methods
+            ]
+            for name, (_, methods) in side.items()
         }
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
