@@ -17,6 +17,7 @@ from .bounds import (
     weighted_mean_interval,
 )
 from .cascade import select_cascade
+from .cluster import AggSpec, UnitAnswer, estimate_unit_aggregates
 from .importance import RankedProxy, rank_proxy
 from .limit_search import limit_search
 from .oracle import BudgetedOracle, BudgetExceededError
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_MIX",
     "FINITE_SAMPLE_METHODS",
     "METHODS",
+    "AggSpec",
     "AggregateResult",
     "AutoProxy",
     "BudgetExceededError",
@@ -36,7 +38,9 @@ __all__ = [
     "LimitResult",
     "RankedProxy",
     "SelectionResult",
+    "UnitAnswer",
     "estimate_aggregate",
+    "estimate_unit_aggregates",
     "fit_logistic",
     "interval",
     "limit_search",

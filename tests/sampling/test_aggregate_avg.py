@@ -1,5 +1,5 @@
 """Stratified AVG with the betting interval: coverage over many seeded runs, and the allocation's
-weight bound (the design that labels dense strata in full, see sampling.aggregate)."""
+weight bound (the design that labels dense strata in full, see sampling.cluster)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from scipy import stats
 
 from sampling import estimate_aggregate
-from sampling.aggregate import _betting_allocation, _Strata
-from sampling.results import GroupEstimate
+from sampling.cluster import _allocation_target, _betting_allocation, _Strata
 
 TRIALS = 200
 CONF = 0.95
@@ -76,11 +75,10 @@ def test_betting_allocation_keeps_the_weight_bound(skewed, agg: str) -> None:
     m, v = d["match"][rows], np.where(d["match"][rows], d["values"][rows], 0.0)
     w = np.ones(rows.size)
     est = {"count": m.mean() * n, "sum": v.mean() * n, "avg": v[m].mean()}[agg]
-    groups = {None: GroupEstimate(None, float(est), 0.0, 0.0, False, 0.05, int(m.sum()))}
+    # one row per unit: count = match, sum = match * value
+    target = _allocation_target(agg, m.astype(float), v, w, float(est), (1.0, 0.0, 100.0), EPS, n)
     for share in (0.05, 0.2, 0.5):
-        pi = _betting_allocation(
-            agg, st, prop, s_cat, m, v, None, w, groups, share, EPS, (0.0, 100.0), 20_000
-        )
+        pi = _betting_allocation(st, prop, s_cat, [target], share, 20_000)
         assert pi.sum() == pytest.approx(1.0)
         assert np.all(pi >= share * prop * (1 - 1e-9))
         assert np.argmax(pi) == st.k - 1
