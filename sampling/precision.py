@@ -129,13 +129,16 @@ def precision_region(curve: TopCurve, target: float, slack: float) -> int:
 
 
 def top_is_thinning(y_top: np.ndarray, target: float) -> bool:
-    """Has the positive rate fallen below ``target`` by the end of the labelled top run?
+    """Is the top run too sparse for a sampled threshold to beat labelling on in order?
 
-    Then a certifiable prefix would end near the rows already labelled, and labelling on in
-    order finds at least as many positives as any threshold could return.
+    A certified prefix ends where its precision falls to the target. Unless the last half of
+    the labelled top is still clearly denser than the target (its positive rate at least
+    halfway from the target to 1), that prefix ends near the rows already labelled, and the
+    census finds at least as many positives as any threshold could return (on Beta(0.01, 2)
+    at PT 90% the rate is about 0.93 there while the 90% prefix holds only 34 rows).
     """
     tail = y_top[y_top.size // 2 :]
-    return tail.size == 0 or float(tail.mean()) < target
+    return tail.size == 0 or float(tail.mean()) < (1.0 + target) / 2.0
 
 
 @dataclass
