@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from planner.approx.clause import split_clause
+from planner.approx.clause import clause_param_types, split_clause
 from planner.classify import APPROXIMATE, SIEVE_SETTING, Route
 from planner.outcome import Failed, PlanError
 from planner.setting_names import review as review_settings
@@ -465,16 +465,21 @@ class ClientSession(asyncio.Protocol):
         if decision.executes_itself:
             # Postgres cannot parse it (LANGUAGE onnx): hold it whole.
             return PlannedJob.extended(decision, sql, held=True)
-        if self.server.classifier.has_clause(sql):
+        # split_clause has a fast path of its own: it scans only text that may carry a clause (a
+        # misspelt one too, which the classifier's pattern may not see).
+        try:
+            body, clause = split_clause(sql)
+        except Exception as exc:  # an invalid clause: the Parse fails, as a syntax error would
+            # (PlanError, or the scanner's own complaint about a token, e.g. "80O")
+            failure = exc.outcome() if isinstance(exc, PlanError) else Failed(SYNTAX_ERROR, str(exc))
+            self.planned_statements.pop(name, None)
+            return PlannedJob.extended(decision, sql, held=True, failure=failure)
+        if clause is not None:
             # Postgres cannot parse the approximate clause: it prepares the statement without it
             # (so it describes parameters and columns itself); each Bind goes to the planner.
-            try:
-                body = split_clause(sql)[0]
-            except Exception as exc:  # an invalid clause: the Parse fails, as a syntax error would
-                # (PlanError, or the scanner's own complaint about a token, e.g. "80O")
-                failure = exc.outcome() if isinstance(exc, PlanError) else Failed(SYNTAX_ERROR, str(exc))
-                self.planned_statements.pop(name, None)
-                return PlannedJob.extended(decision, sql, held=True, failure=failure)
+            # Parameters only the clause uses (BUDGET $1) are declared, or Postgres could not
+            # type them; their values are read by the planner (clause.bind_clause).
+            oids = clause_param_types(clause, oids)
             self.planned_statements[name] = PreparedPlan(decision, sql, oids)
             return messages.parse(name, body, oids)
         # Postgres can parse it (the model's SQL function exists); inputs are made at Bind.

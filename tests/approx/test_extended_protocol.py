@@ -203,3 +203,158 @@ def test_raw_batch_split_across_writes_gets_exactly_postgres_replies(approx_worl
         assert [kind for kind, _ in raw.read_until(b"Z")] == [b"T", b"D", b"C", b"Z"]
     finally:
         raw.close()
+
+
+# --- the clause's own values as bound parameters ----------------------------------------------
+
+BOUND = f"SELECT id {WHERE} AND id < $3 RECALL TARGET $2 CONFIDENCE $4 BUDGET $1 {PROXY}"
+BOUND_LITERAL = f"SELECT id {WHERE} AND id < 1000 RECALL TARGET 90% CONFIDENCE 99% BUDGET 300 {PROXY}"
+
+
+def _logged(conn) -> tuple:
+    return conn.execute(
+        "select mode, target, confidence, model_calls from sieve.query_log order by query_id desc limit 1"
+    ).fetchone()
+
+
+def test_asyncpg_binds_targets_confidence_and_budget_as_typed_parameters(approx_world):
+    expected = _simple(approx_world, BOUND_LITERAL, seed=21)
+
+    async def scenario():
+        conn = await asyncpg.connect(approx_world.server.dsn())
+        try:
+            await conn.execute("set sieve.seed = 21")
+            stmt = await conn.prepare(BOUND)
+            # what the server describes: BUDGET int8, fractions float8, the body's own as inferred
+            assert [t.name for t in stmt.get_parameters()] == ["int8", "float8", "int4", "float8"]
+            assert _ids(await stmt.fetch(300, 0.9, 1000, 0.99)) == expected
+            percent = BOUND.replace("RECALL TARGET $2", "RECALL TARGET $2%")
+            assert _ids(await conn.fetch(percent, 300, 90, 1000, 0.99)) == expected
+            return [
+                tuple(r) for r in await conn.fetch("select mode, target, confidence from sieve.query_log")
+            ]
+        finally:
+            await conn.close()
+
+    logged = _run(scenario())
+    assert logged[-1] == ("recall", 0.9, 0.99)
+
+
+def test_psycopg_binds_clause_parameters_and_keeps_the_budget(approx_world):
+    expected = _simple(approx_world, BOUND_LITERAL, seed=22)
+    # psycopg numbers placeholders in order: id < $1 ... RECALL TARGET $2 CONFIDENCE $3 BUDGET $4
+    sql = f"SELECT id {WHERE} AND id < %s RECALL TARGET %s CONFIDENCE %s BUDGET %s {PROXY}"
+    with approx_world.connect() as conn:
+        conn.execute("set sieve.seed = 22")
+        for prepare in (False, True):
+            conn.execute("select sieve.clear_cache('digit_oracle')")
+            rows = conn.execute(sql, (1000, 0.9, 0.99, 300), prepare=prepare).fetchall()
+            assert _ids(rows) == expected
+            mode, target, confidence, calls = _logged(conn)
+            assert (mode, target, confidence) == ("recall", 0.9, 0.99)
+            assert 0 < calls["digit_oracle"] <= 300
+        conn.execute("select sieve.clear_cache('digit_oracle')")
+        conn.execute(sql, (1000, "0.9", "99%", 40))  # text values: a fraction, a percentage
+        assert _logged(conn)[1:3] == (0.9, 0.99) and _logged(conn)[3]["digit_oracle"] <= 40
+
+
+@pytest.mark.parametrize(
+    ("values", "words", "hint"),
+    [
+        (
+            (1000, 90, 0.95, 300),
+            "RECALL TARGET $2 must be between 0% and 100% (exclusive), got 90",
+            "0.9 for 90%",
+        ),
+        ((1000, 0.9, 0.3, 300), "CONFIDENCE $3 must be above 50% and below 100%, got 0.3", None),
+        ((1000, 0.9, 0.95, 0), "BUDGET $4 must be at least 1 oracle call, got 0", None),
+        ((1000, 0.9, 0.95, 2.5), "BUDGET $4 must be a whole number of oracle calls, got 2.5", None),
+        ((1000, None, 0.95, 300), "RECALL TARGET $2 cannot be NULL", None),
+    ],
+)
+def test_bad_bound_clause_values_are_22023_naming_the_parameter(approx_world, values, words, hint):
+    sql = f"SELECT id {WHERE} AND id < %s RECALL TARGET %s CONFIDENCE %s BUDGET %s {PROXY}"
+    with approx_world.connect() as conn:
+        for prepare in (False, True):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(sql, values, prepare=prepare)
+            assert caught.value.sqlstate == "22023"
+            assert caught.value.diag.message_primary == words
+            if hint is not None:
+                assert hint in caught.value.diag.message_hint
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_asyncpg_bad_budget_parameter_fails_and_the_session_goes_on(approx_world):
+    async def scenario():
+        conn = await asyncpg.connect(approx_world.server.dsn())
+        try:
+            with pytest.raises(asyncpg.PostgresError) as caught:
+                await conn.fetch(BOUND, -5, 0.9, 1000, 0.95)
+            assert caught.value.sqlstate == "22023"
+            assert "BUDGET $1 must be at least 1 oracle call" in caught.value.message
+            assert await conn.fetchval("select 5") == 5
+        finally:
+            await conn.close()
+
+    _run(scenario())
+
+
+# --- clause words misspelt, or in the wrong place -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "sqlstate", "words"),
+    [
+        (
+            f"SELECT id {WHERE} RECAL TARGET 90% {PROXY}",
+            "42601",
+            '"RECAL TARGET" (did you mean RECALL TARGET?)',
+        ),
+        (f"SELECT count(*) {WHERE} ERORR TARGET 5%", "42601", "(did you mean ERROR TARGET?)"),
+        (f"SELECT id {WHERE} PRECISSION TARGET 90%", "42601", "(did you mean PRECISION TARGET?)"),
+        (
+            f"SELECT id {WHERE} RECALL TARGET 90% CONFIDENSE 95%",
+            "42601",
+            '"CONFIDENSE" (did you mean CONFIDENCE?)',
+        ),
+        (f"SELECT id {WHERE} RECALL TARGET 90% BUGDET 100", "42601", '"BUGDET" (did you mean BUDGET?)'),
+        (
+            f"SELECT id {WHERE} LIMIT 5 USING PROXI digit_proxy_p7(pixels)",
+            "42601",
+            "(did you mean USING PROXY?)",
+        ),
+        (
+            f"WITH t AS (SELECT id, score {WHERE} ERROR TARGET 5%) SELECT count(*) FROM t",
+            "0A000",
+            '"ERROR TARGET 5%" is inside the WITH query t',
+        ),
+        (
+            f"SELECT * FROM (SELECT id {WHERE} RECALL TARGET 90% {PROXY}) s",
+            "0A000",
+            "applies to the outermost SELECT only",
+        ),
+    ],
+)
+def test_misspelt_or_misplaced_clauses_are_errors_on_both_protocols(approx_world, sql, sqlstate, words):
+    with approx_world.connect() as conn:
+        for prepare in (False, True):  # no parameters: the simple protocol, or Parse/Bind/Execute
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(sql, prepare=prepare)
+            assert caught.value.sqlstate == sqlstate, caught.value
+            assert words in caught.value.diag.message_primary
+            if sqlstate == "0A000":
+                assert "move it to the end" in caught.value.diag.message_hint
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_valid_sql_with_clause_like_words_runs_exactly(approx_world):
+    sql = (
+        "SELECT error.id AS target, error.label AS budget FROM digits error "
+        "WHERE error.id < 40 AND digit_oracle(error.pixels) = error.label ORDER BY target LIMIT 5"
+    )
+    with approx_world.connect() as conn:
+        exact = conn.execute(sql.replace("digit_oracle(error.pixels)", "error.label")).fetchall()
+        assert conn.execute(sql).fetchall() == exact
+        assert conn.execute(sql.replace("< 40", "< %s"), (40,)).fetchall() == exact
+        assert len(exact) == 5
