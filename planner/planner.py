@@ -88,10 +88,12 @@ class Planner:
         execution (text with a type name, None where unknown)."""
         # --- approximate queries (planner/approx): a trailing clause Postgres cannot parse
         if not decision.executes_itself:
-            from planner.approx.run import run_approximate
+            from planner.approx.run import ExactInstead, run_approximate
 
             approximate = await run_approximate(self, sql, port, rewritable, params)
-            if approximate is not None:
+            if isinstance(approximate, ExactInstead):
+                sql = approximate.sql  # the clause cannot apply: the exact path answers (a NOTICE said why)
+            elif approximate is not None:
                 return approximate
         # --- end approximate queries
         key = (sql, _params_key(params), rewritable)

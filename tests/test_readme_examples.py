@@ -10,7 +10,7 @@ must succeed; what the README states about it is then asserted:
   ``ML operators first``, ``model calls per query``, ``automatic proxy``); a comment in no known
   form fails, so a README claim is never left unchecked;
 - the approximate clauses promise their own results: ``BUDGET n`` is never exceeded (oracle calls in
-  ``sieve.query_log`` and oracle rows labelled in the NOTICE), ``RECALL``/``PRECISION TARGET`` and
+  ``sieve.query_log`` and rows labelled in the NOTICE), ``RECALL``/``PRECISION TARGET`` and
   ``ERROR TARGET`` are met against the exact answer (the session's ``sieve.seed`` makes the run
   reproducible), a proxy-ordered ``LIMIT n`` returns n qualifying rows;
 - an exact ``LIMIT n`` query returns min(n, all) rows, each one the unlimited query returns too.
@@ -298,7 +298,7 @@ def _check_approximate(demo: Demo, run: Run) -> None:
         oracle_calls = {m: n for m, n in run.model_calls.items() if not (proxy and m == proxy.group(1))}
         assert sum(oracle_calls.values()) <= budget, f"BUDGET {budget:.0f} exceeded: {run.model_calls}"
         for n in run.notices:
-            labelled = re.search(r"(\d+) oracle rows labelled", n)
+            labelled = re.search(r"(\d+) rows labelled", n)
             if labelled:
                 assert int(labelled.group(1)) <= budget, n
     if explain:

@@ -58,12 +58,12 @@ class AutoProxyInfo:
         )
 
 
-async def feature_columns(query) -> Features:
-    """The usable columns of the query's FROM tables (one prepared statement per table)."""
+async def feature_columns(port, relations: list[str], from_sql: str) -> Features:
+    """The usable columns of the FROM tables ``relations`` (one prepared statement per table)."""
     names, kinds, sql = [], [], []
-    for rel in query.relations:
+    for rel in relations:
         try:
-            columns = await query.port.column_types(f"SELECT {rel}.* FROM {query.from_sql} LIMIT 0")
+            columns = await port.column_types(f"SELECT {rel}.* FROM {from_sql} LIMIT 0")
         except PlanError as exc:
             message = f"reading the columns of {rel} for an automatic proxy: {exc}"
             raise PlanError(exc.sqlstate, message) from None
@@ -71,7 +71,7 @@ async def feature_columns(query) -> Features:
             kind = _kind(column.name)
             if kind is None or len(names) >= MAX_COLUMNS:
                 continue
-            names.append(column.column if len(query.relations) == 1 else f"{rel}.{column.column}")
+            names.append(column.column if len(relations) == 1 else f"{rel}.{column.column}")
             kinds.append(kind)
             sql.append(_fetch_sql(f"{rel}.{quote_ident(column.column)}", kind, column.name))
     if not names:

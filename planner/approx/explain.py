@@ -18,7 +18,10 @@ _OPERATORS = {
     "precision": "SUPG importance-sampling precision target (two-stage search)",
     "cascade": "cascade: proxy accepts above tau+, rejects below tau-, oracle decides the band",
     "limit": "proxy-ordered LIMIT search (returns oracle-verified rows only)",
-    "aggregate": "sampled aggregation: proxy-stratified with ABAE allocation, uniform without a proxy",
+    "aggregate": (
+        "sampled aggregation over units (cluster sampling for table-returning models): "
+        "proxy-stratified with a betting allocation, uniform without a proxy"
+    ),
 }
 
 
@@ -27,20 +30,24 @@ def bound_words(bound: str, finite: bool) -> str:
     return f"bound: {bound}" + ("" if finite else " (asymptotic)") if words == bound else f"bound: {words}"
 
 
-def plan_tree(query, mode: str, analyzed: dict | None) -> dict:
+def plan_tree(plan, bound: str, mode: str, analyzed: dict | None) -> dict:
     """The plan as nested data (the JSON format); :func:`plan_lines` prints it."""
-    clause = query.clause
-    budget = query._budget() if mode != "limit" else clause.budget
+    clause = plan.clause
+    budget = plan.budget if mode != "limit" else (clause.budget or _default_limit_budget())
+    oracle = plan.predicate if mode != "aggregate" else ", ".join(a.name for a in plan.aggregates)
     node: dict = {
         "Node Type": "SieveDB Approximate " + ("Aggregate" if mode == "aggregate" else "Selection"),
         "Operator": _OPERATORS[mode],
-        "Oracle": f"{query.predicate}  (model {query.spec.name} v{query.spec.version})",
-        "Candidates": f"FROM {query.from_sql} WHERE {query._where()}",
+        "Oracle": f"{oracle}  (models {', '.join(plan.models) or 'none'})",
+        "Sampling Unit": "a row of " + ", ".join(plan.unit_names),
+        "Candidates": f"FROM {plan.unit_from} WHERE {plan.where()}",
         "Targets": _targets(clause),
         "Confidence": clause.confidence,
         "Budget": budget,
-        "Bound": _BOUNDS.get(query.settings.bound, query.settings.bound),
+        "Bound": _BOUNDS.get(bound, bound),
     }
+    if mode == "aggregate":
+        node["Rows Per Unit"] = plan.max_rows if plan.max_rows is not None else "not bounded in advance"
     if clause.proxy is not None:
         node["Proxy"] = clause.proxy
     elif mode in ("recall", "precision", "cascade"):
@@ -79,7 +86,8 @@ def selection_actuals(result, report: dict, auto) -> dict:
             "Rows Returned": result.size,
             "Thresholds": {k: _clean(v) for k, v in result.thresholds.items()},
             "Delta Split": result.delta_split,
-            "Certified": result.achieved_bound,
+            "Bound Claims": result.achieved_bound,
+            "Certified": _certified(result),
             "Estimates": {k: _clean(v) for k, v in result.estimates.items()},
             "Target Met": result.target_met,
         }
@@ -89,6 +97,10 @@ def selection_actuals(result, report: dict, auto) -> dict:
     if result.budget_hint:
         out["Budget Hint"] = result.budget_hint
     return out
+
+
+def _certified(result) -> dict:
+    return {**result.certified, "targets certified": bool(result.certified_target_met)}
 
 
 def aggregate_actuals(names: list[str], results: list, report: dict) -> dict:
@@ -105,6 +117,7 @@ def aggregate_actuals(names: list[str], results: list, report: dict) -> dict:
             "Interval": [_clean(result.ci_low), _clean(result.ci_high)],
             "Groups": len(result.groups),
             "Target Met": result.target_met,
+            "Certified": bool(result.target_met and result.finite_sample),
         }
     return out
 
@@ -153,3 +166,9 @@ def limit_actuals(report: dict) -> dict:
         if result.budget_hint:
             out["Budget Hint"] = result.budget_hint
     return out
+
+
+def _default_limit_budget() -> int:
+    from planner.approx.limit_op import DEFAULT_LIMIT_BUDGET
+
+    return DEFAULT_LIMIT_BUDGET

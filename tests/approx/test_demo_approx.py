@@ -39,7 +39,7 @@ LOG = (
     "select mode, target, confidence, estimate, ci_low, ci_high, model_calls from sieve.query_log "
     "order by query_id desc limit 1"
 )
-LABELLED = re.compile(r"(\d+) oracle rows labelled \((\d+) model calls(?: in all)?\) of budget (\d+)")
+LABELLED = re.compile(r"(\d+) rows labelled \((\d+) model calls\) of budget (\d+)")
 
 
 @dataclass

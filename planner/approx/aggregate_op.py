@@ -1,0 +1,227 @@
+"""ERROR TARGET: COUNT / SUM / AVG (several at once, GROUP BY any expression) over any virtual
+table, estimated from a sample of units.
+
+The unit is a row of the statement's base tables (a video frame). For each sampled unit every
+model the statement reads runs over that unit's inputs only, and Postgres computes what the
+statement computes for it: per (unit, group), each aggregate's row count and sum. A
+table-returning model (a detector) gives a unit any number of rows, so this is cluster sampling;
+with a proxy over the base rows it is stratified by the proxy. The estimates return as a result
+set typed as the exact query's would be.
+
+An interval is *certified* (finite-sample, any data) only when every range it needs is known
+before sampling: rows per unit (1 without a table-returning model) and the aggregated values'
+range (read off the candidates for a model-free argument; unknown for a model output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.approx.bridge import LoopBridge
+from planner.approx.context import ApproxRun
+from planner.approx.report import aggregate_notice, budget_words, pct
+from planner.install import quote_ident
+from planner.outcome import Forward, Outcome
+from planner.rewrite.ast_util import render
+
+_INTEGRAL = {("pg_catalog", "int2"), ("pg_catalog", "int4"), ("pg_catalog", "int8")}
+
+
+async def run_aggregate(run: ApproxRun) -> Outcome:
+    from sampling import AggSpec, estimate_unit_aggregates
+
+    plan, clause, io = run.plan, run.plan.clause, run.io
+    known_groups = bool(plan.groups) and not plan.groups_read_models
+    extra = [f"({g})::text" for g in plan.groups] if known_groups else []
+    found = await io.candidates(clause.proxy, extra)
+    keys = found.keys
+    ranges = await io.value_ranges()
+    run.report.actuals["candidates"] = len(keys)
+    results: list = [None] * len(plan.aggregates)
+    if keys:
+        group_keys = sorted(set(zip(*found.extra, strict=True)), key=repr) if known_groups else None
+        specs = [AggSpec(a.kind, r) for a, r in zip(plan.aggregates, ranges, strict=True)]
+        bridge = LoopBridge()
+        oracle = bridge.oracle(_labeller(run, keys))
+        results = await bridge.run(
+            estimate_unit_aggregates,
+            len(keys),
+            oracle,
+            aggs=specs,
+            error_target=clause.error_target,
+            budget=plan.budget,
+            rng=run.rng(),
+            confidence=clause.confidence,
+            proxy=found.scores,
+            max_rows=plan.max_rows,
+            group_keys=[_group_key(g) for g in group_keys] if group_keys is not None else None,
+            bound=run.settings.bound if run.settings.bound in ("empirical", "normal") else "betting",
+        )
+    return await _answer(run, results, len(keys))
+
+
+def _labeller(run: ApproxRun, keys: list[str]):
+    """The oracle: unit positions -> a UnitAnswer read off the statement over those units."""
+    from sampling import UnitAnswer
+
+    width = len(run.plan.groups)
+    n_aggs = len(run.plan.aggregates)
+
+    async def label(idx: np.ndarray):
+        asked = [keys[int(i)] for i in idx]
+        where = {}
+        for pos, key in enumerate(asked):
+            where.setdefault(key, pos)
+        lines = await run.io.unit_lines(list(where))
+        unit = np.array([where[line[0]] for line in lines], dtype=np.int64)
+        group = None
+        if width:
+            group = np.empty(len(lines), dtype=object)
+            group[:] = [_group_key(tuple(line[1 : 1 + width])) for line in lines]
+        measures = np.array([line[1 + width :] for line in lines], dtype=np.float64).reshape(
+            len(lines), 2 * n_aggs
+        )
+        return UnitAnswer(
+            unit=unit,
+            group=group,
+            counts=measures[:, 0::2].reshape(len(lines), n_aggs),
+            sums=measures[:, 1::2].reshape(len(lines), n_aggs),
+        )
+
+    return label
+
+
+def _group_key(values: tuple):
+    return values[0] if len(values) == 1 else values
+
+
+async def _answer(run: ApproxRun, results: list, candidates: int) -> Forward:
+    plan, clause = run.plan, run.plan.clause
+    reasons = _uncertified_reasons(run)
+    for agg, result in zip(plan.aggregates, results, strict=True):
+        if result is not None and not result.finite_sample and agg.name in reasons:
+            result.details["uncertified"] = reasons[agg.name]
+        calls = run.report.model_calls
+        run.port.notice(aggregate_notice(agg.name, agg.kind, result, clause, plan.budget, candidates, calls))
+    sql = await _estimates_sql(run, results)
+    done = [r for r in results if r is not None]
+    certified = all(r.target_met and r.finite_sample for r in done)
+    first = done[0] if done else None
+    await run.report.log(
+        f"approx_{plan.aggregates[0].kind}",
+        target=clause.error_target,
+        estimate=first.estimate if first is not None else None,
+        ci_low=first.ci_low if first is not None else None,
+        ci_high=first.ci_high if first is not None else None,
+        certified=certified,
+        rows_labelled=max((r.oracle_calls for r in done), default=0),
+        groups=_groups_json(plan, results) if plan.groups else None,
+    )
+    run.report.actuals.update(
+        names=[a.name for a in plan.aggregates], results=results, calls=run.report.model_calls
+    )
+    missed = [r for r in done if not r.target_met]
+    if missed:
+        needed = max((r.budget_needed or 0) for r in missed)
+        spent = max(r.oracle_calls for r in missed)
+        run.report.strict(
+            f"BUDGET {plan.budget} is too small for ERROR TARGET {pct(clause.error_target)}",
+            budget_words(needed, candidates, spent),
+        )
+    return Forward(sql=sql)
+
+
+def _uncertified_reasons(run: ApproxRun) -> dict[str, str]:
+    plan = run.plan
+    out = {}
+    for agg in plan.aggregates:
+        if plan.max_rows is None:
+            out[agg.name] = "the rows each input gives a table-returning model are not bounded in advance"
+        elif agg.reads_model:
+            out[agg.name] = f"the range of {agg.value} is not known before the model runs"
+    return out
+
+
+def _groups_json(plan, results: list) -> list:
+    out = []
+    for agg, result in zip(plan.aggregates, results, strict=True):
+        if result is None:
+            continue
+        for key, est in result.groups.items():
+            out.append(
+                {
+                    "aggregate": agg.name,
+                    "group": key if not isinstance(key, tuple) else list(key),
+                    "estimate": _json_number(est.estimate),
+                    "ci_low": _json_number(est.ci_low),
+                    "ci_high": _json_number(est.ci_high),
+                    "target_met": bool(est.target_met),
+                }
+            )
+    return out
+
+
+def _json_number(value):
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+async def _estimates_sql(run: ApproxRun, results: list) -> str:
+    """The estimates as SQL for Postgres to return, typed as the query without its clause would
+    be (so binary results and client type mapping match an exact answer)."""
+    plan = run.plan
+    described = await run.io.result_types(render(plan.stmt), "typing the estimates")
+    types = [_type_sql(t) for t in described]
+    integral = [(t.schema, t.name) in _INTEGRAL for t in described]
+    bounds = run.settings.bounds
+    columns: list[tuple[str, str]] = []
+    for out, type_name in zip(plan.outputs, types, strict=True):
+        columns.append((out.name, type_name))
+        if bounds and out.aggregate is not None:
+            columns += [(f"{out.name}_ci_low", "float8"), (f"{out.name}_ci_high", "float8")]
+    keys: list = [None]
+    if plan.groups:
+        keys = sorted({k for r in results if r is not None for k in r.groups}, key=repr)
+    table = []
+    for key in keys:
+        line: list[str | None] = []
+        for out, whole in zip(plan.outputs, integral, strict=True):
+            if out.group is not None:
+                value = key[out.group] if isinstance(key, tuple) else key
+                line.append(None if value is None else str(value))
+                continue
+            agg, result = plan.aggregates[out.aggregate], results[out.aggregate]
+            est = result.groups.get(key) if result is not None else None
+            if est is None:
+                cells = [0.0, 0.0, 0.0] if agg.kind == "count" else [None, None, None]
+            else:
+                cells = [est.estimate, est.ci_low, est.ci_high]
+            line.append(_num(cells[0], integral=whole))
+            if bounds:
+                line += [_num(c) for c in cells[1:]]
+        table.append(line)
+    return _values_sql(columns, table)
+
+
+def _num(value, integral: bool = False) -> str | None:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    return str(round(float(value))) if integral else repr(float(value))
+
+
+def _type_sql(pg_type) -> str:
+    return f"{quote_ident(pg_type.schema)}.{quote_ident(pg_type.name)}"
+
+
+def _values_sql(columns: list[tuple[str, str]], table: list[list[str | None]]) -> str:
+    """``SELECT`` of literal rows with the given column names and types (no rows: WHERE false)."""
+
+    def select(line: list[str | None]) -> str:
+        cells = []
+        for (name, type_name), value in zip(columns, line, strict=True):
+            literal = "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+            cells.append(f"CAST({literal} AS {type_name}) AS {quote_ident(name)}")
+        return "SELECT " + ", ".join(cells)
+
+    if not table:
+        return select([None] * len(columns)) + " WHERE false"
+    return " UNION ALL ".join(select(line) for line in table)
