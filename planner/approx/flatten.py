@@ -642,8 +642,9 @@ def _rename_clashes(stmt: ast.SelectStmt, sub: ast.RangeSubselect) -> None:
     """Give the view's FROM items fresh aliases where the statement uses their names elsewhere
     (at any depth: a view column's expression may move into a subquery)."""
     body = sub.subquery
-    taken = _names(stmt, skip=sub) - {sub.alias.aliasname} | _item_names(stmt, skip=sub)
-    every = taken | _names(sub, skip=None)
+    items, qualifiers = _name_sets(stmt, skip=sub)
+    taken = items | (qualifiers - {sub.alias.aliasname})
+    every = taken.union(*_name_sets(sub, skip=None))
     renames = {}
     for name, item in named_items(body.fromClause).items():
         if name in taken:
@@ -684,23 +685,19 @@ def _fresh(name: str, used: set[str]) -> str:
     return f"{name}_{n}"
 
 
-def _item_names(node: ast.Node, skip: ast.Node | None) -> set[str]:
-    names: set[str] = set()
-    for item in _nodes(node, skip):
-        if isinstance(item, ast.RangeVar | ast.RangeSubselect | ast.RangeFunction | ast.JoinExpr):
-            names.update(named_items([item]) if not isinstance(item, ast.JoinExpr) else ())
-            if isinstance(item, ast.JoinExpr) and item.alias is not None:
-                names.add(item.alias.aliasname)
-    return names
-
-
-def _names(node: ast.Node, skip: ast.Node | None) -> set[str]:
-    """Every FROM item name and reference qualifier in ``node``."""
-    names = _item_names(node, skip)
-    for ref in _nodes(node, skip):
-        if isinstance(ref, ast.ColumnRef):
-            names.update(f for f in column_fields(ref)[:-1] if f is not None)
-    return names
+def _name_sets(node: ast.Node, skip: ast.Node | None) -> tuple[set[str], set[str]]:
+    """(FROM item names, reference qualifiers) in ``node``, leaving ``skip`` out: one pass."""
+    items: set[str] = set()
+    qualifiers: set[str] = set()
+    for found in _nodes(node, skip):
+        if isinstance(found, ast.ColumnRef):
+            qualifiers.update(f for f in column_fields(found)[:-1] if f is not None)
+        elif isinstance(found, ast.JoinExpr):
+            if found.alias is not None:
+                items.add(found.alias.aliasname)
+        elif isinstance(found, ast.RangeVar | ast.RangeSubselect | ast.RangeFunction):
+            items.update(named_items([found]))
+    return items, qualifiers
 
 
 def _nodes(node: ast.Node, skip: ast.Node | None) -> Iterator[ast.Node]:
