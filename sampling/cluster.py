@@ -36,7 +36,7 @@ and s - A·c in [R·min(0, lo - A), R·max(0, hi - A)] (s is c values, each in [
 known ranges are what make the betting interval a certificate on any data. Where one is not
 given (``max_rows=None``, or an AggSpec without ``value_bounds`` for SUM/AVG) the range seen in
 the labelled units is used instead (R the largest count seen, [lo, hi] the hull of 0 and the
-per-line means seen), and that aggregate's result says ``finite_sample=False``: its interval is
+(unit, group) means seen), and that aggregate's result says ``finite_sample=False``: its interval is
 an estimate, because a unit more extreme than any seen would break it. The oracle's answers are
 checked against the ranges given, so a declared range that the data breaks is an error, not a
 silently false certificate.
@@ -236,7 +236,7 @@ class _Store:
         self.counted: set[Any] = set()  # groups with at least one counted row
         j = len(specs)
         self.max_count = 0.0  # the largest count of a (unit, group) seen
-        self.mean_lo, self.mean_hi = np.full(j, np.inf), np.full(j, -np.inf)  # per-line means seen
+        self.mean_lo, self.mean_hi = np.full(j, np.inf), np.full(j, -np.inf)  # (unit, group) means seen
 
     def recorder(self, oracle: UnitOracle) -> Callable[[np.ndarray], np.ndarray]:
         def ask(idx: np.ndarray) -> np.ndarray:
