@@ -136,3 +136,32 @@ class AutoProxy:
     coef: np.ndarray
     intercept: float
     train_fraction: float
+
+
+@dataclass(frozen=True)
+class ProxyCheck:
+    """How well a proxy ranks the rows already labelled (see :mod:`sampling.proxy_check`).
+
+    ``auc`` is the (weighted) probability that a positive outscores a negative, ties counting
+    half; [``ci_low``, ``ci_high``] its bootstrap interval at ``confidence``. ``verdict`` is
+    ``"informative"`` (interval above 0.5), ``"reversed"`` (below 0.5) or ``"uninformative"``
+    (contains 0.5, or too few labels of one class to measure: ``reason`` says which).
+    """
+
+    verdict: str
+    auc: float
+    ci_low: float
+    ci_high: float
+    positives: int
+    negatives: int
+    confidence: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class FlipAdvice:
+    """Whether to use 1 - score instead of the proxy, and whether that keeps the guarantee."""
+
+    flip: bool
+    keeps_guarantee: bool
+    reason: str
