@@ -136,7 +136,10 @@ def _uncertified_reasons(run: ApproxRun) -> dict[str, str]:
     out = {}
     for agg in plan.aggregates:
         if plan.max_rows is None:
-            out[agg.name] = "the rows each input gives a table-returning model are not bounded in advance"
+            out[agg.name] = (
+                "the rows one input gives a table-returning model are not bounded in advance: "
+                "declare '{\"max_rows\": n}' in its definition to certify"
+            )
         elif agg.reads_model:
             out[agg.name] = f"the range of {agg.value} is not known before the model runs"
     return out

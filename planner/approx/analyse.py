@@ -45,7 +45,7 @@ def analyse(sql: str, stmt: ast.SelectStmt, clause: ApproxClause, models: dict) 
         free=free,
         modelled=modelled,
         models=called,
-        max_rows=None if lateral else 1,
+        max_rows=_rows_per_unit(lateral, models),
     )
     if plan.kind == "aggregate":
         _aggregate_shape(plan, names, hidden)
@@ -110,6 +110,18 @@ def _from_items(items, models: set[str]) -> tuple[list, dict[str, str]]:
     if not base:
         raise PlanError(FEATURE_NOT_SUPPORTED, "an approximate query needs a base table in FROM")
     return base, lateral
+
+
+def _rows_per_unit(lateral: dict[str, str], models: dict) -> int | None:
+    """Result rows one unit can give: the product of the LATERAL models' declared row bounds
+    (``max_rows``), None when one has none."""
+    rows = 1
+    for model in lateral.values():
+        bound = getattr(models[model], "max_rows", None)
+        if bound is None:
+            return None
+        rows *= int(bound)
+    return rows
 
 
 def _tables_only(item) -> bool:

@@ -193,7 +193,9 @@ def _flatten(planner, stmt: ast.SelectStmt, clause: ApproxClause) -> ApproxClaus
             proxy = None  # reported, with a hint, where the proxy is used
     if proxy is not None:
         stmt.targetList = (*(stmt.targetList or ()), proxy)
-    if not flatten_views(stmt, views):
+    flattened = flatten_views(stmt, views)
+    _refuse_unmerged(flattened)
+    if not flattened:
         if proxy is not None:
             stmt.targetList = stmt.targetList[:-1]
         return clause
@@ -202,3 +204,17 @@ def _flatten(planner, stmt: ast.SelectStmt, clause: ApproxClause) -> ApproxClaus
     rewritten = stmt.targetList[-1]
     stmt.targetList = stmt.targetList[:-1]
     return dataclasses.replace(clause, proxy=render(rewritten.val))
+
+
+def _refuse_unmerged(flattened) -> None:
+    """A model view left as a subquery hides its model from the operators (they would read its
+    outputs from a cache that may not hold them): refuse, naming the view and why."""
+    flattened.refuse()
+    if flattened.nested:
+        view, reason = flattened.nested[0].view, flattened.nested[0].reason
+        raise PlanError(
+            FEATURE_NOT_SUPPORTED,
+            f"the model view {view} is read inside a subquery of an approximate query ({reason})",
+            hint="approximate queries sample the model views of their own FROM; run this query exactly, "
+            "or compute the subquery's value first",
+        )
