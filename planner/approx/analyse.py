@@ -14,7 +14,7 @@ from planner.approx.clause import ApproxClause
 from planner.approx.plan import Aggregate, ApproxPlan, Output
 from planner.calls import find_call_sites
 from planner.outcome import PlanError
-from planner.rewrite.ast_util import conjuncts, has_aggregates, mentions_model, models_called, render
+from planner.rewrite.ast_util import conjuncts, has_aggregates, mentions_model, models_called, render, walk
 from planner.rewrite.join_keys import function_calls
 from planner.sqlstate import FEATURE_NOT_SUPPORTED
 
@@ -47,6 +47,7 @@ def analyse(sql: str, stmt: ast.SelectStmt, clause: ApproxClause, models: dict) 
         models=called,
         max_rows=_rows_per_unit(lateral, models),
     )
+    _check_proxy_scope(clause, lateral)
     if plan.kind == "aggregate":
         _aggregate_shape(plan, names, hidden)
         if not called:
@@ -54,6 +55,29 @@ def analyse(sql: str, stmt: ast.SelectStmt, clause: ApproxClause, models: dict) 
         return plan
     _oracle_shape(plan, names, lateral)
     return plan
+
+
+def _check_proxy_scope(clause: ApproxClause, lateral: dict[str, str]) -> None:
+    """The proxy scores a unit before any model runs, so it may read the base tables only."""
+    if clause.proxy is None or not lateral:
+        return
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        expr = parse_sql(f"SELECT ({clause.proxy})")[0].stmt
+    except ParseError:
+        return  # reported with a hint where the proxy is read
+    for node in walk(expr):
+        if isinstance(node, ast.ColumnRef) and len(node.fields) > 1:
+            first = node.fields[0]
+            if isinstance(first, ast.String) and first.sval in lateral:
+                raise PlanError(
+                    FEATURE_NOT_SUPPORTED,
+                    f"USING PROXY {clause.proxy} reads the rows of the model {lateral[first.sval]}, which "
+                    "exist only once it has run",
+                    hint="a proxy scores the base table's rows (e.g. a cheap model over the frame)",
+                )
 
 
 def _kind(stmt: ast.SelectStmt, clause: ApproxClause) -> str:

@@ -39,7 +39,7 @@ def plan_tree(plan, bound: str, mode: str, analyzed: dict | None) -> dict:
         "Node Type": "SieveDB Approximate " + ("Aggregate" if mode == "aggregate" else "Selection"),
         "Operator": _OPERATORS[mode],
         "Oracle": f"{oracle}  (models {', '.join(plan.models) or 'none'})",
-        "Sampling Unit": "a row of " + ", ".join(plan.unit_names),
+        "Sampling Unit": f"a row of {plan.unit_from}",
         "Candidates": f"FROM {plan.unit_from} WHERE {plan.where()}",
         "Targets": _targets(clause),
         "Confidence": clause.confidence,

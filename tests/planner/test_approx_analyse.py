@@ -114,6 +114,17 @@ def test_an_uncorrelated_subquery_stays_a_free_condition():
     assert plan.free == ["f.frame IN (SELECT frame + 15 FROM frames WHERE frame < 3000)"]
 
 
+def test_a_proxy_over_the_model_rows_is_refused():
+    words = refused(
+        "SELECT count(*) FROM frames f, LATERAL detect(f.pixels) d ERROR TARGET 10% USING PROXY d.score"
+    )
+    assert "reads the rows of the model detect" in words
+    plan = plan_of(
+        "SELECT count(*) FROM frames f, LATERAL detect(f.pixels) d ERROR TARGET 10% USING PROXY f.busy"
+    )
+    assert plan.clause.proxy == "f.busy"
+
+
 def test_a_query_without_models_is_answered_exactly():
     assert plan_of("SELECT count(*) FROM frames WHERE camera = 1 ERROR TARGET 10%").kind == "exact"
 
