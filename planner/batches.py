@@ -24,6 +24,9 @@ from planner.model_spec import ModelSpec
 from planner.outcome import PlanError
 
 INVALID_PARAMETER = "22023"
+# Postgres's code for "more rows than the statement allows" (a scalar subquery's second row):
+# the closest to a model giving one input more rows than its declared bound.
+CARDINALITY_VIOLATION = "21000"
 INVALID_BINARY_REPRESENTATION = "22P03"
 _DTYPES = {
     "float32": np.float32,
@@ -149,6 +152,7 @@ async def run_batch(
         except InferenceError:
             await _explain_bad_images(spec, rows)  # a data error, when an image is the cause
             raise
+        _check_row_bound(spec, rows, outputs)  # before any write: the batch caches all or nothing
         cache_rows = _cache_rows(spec, rows.digests, outputs)
         await _write_cache(spec, cache_rows, writer)
         values = {r[0]: r[2] for r in cache_rows} if one_value(spec) else {}
@@ -235,14 +239,46 @@ def _tensor(values, spec: ModelSpec, index: int, info: dict) -> np.ndarray:
     return arr
 
 
+def _owners(spec: ModelSpec, outputs: dict) -> np.ndarray:
+    """The input each row of a row-index model belongs to (column 0 of its first output)."""
+    index = np.asarray(outputs[spec.signature["outputs"][0]["name"]])
+    return (index[:, 0] if index.ndim == 2 else index).astype(int)
+
+
+def _check_row_bound(spec: ModelSpec, rows: InputRows, outputs: dict) -> None:
+    """Refuse a batch in which one input got more rows than ``spec.max_rows``: an aggregate
+    certified over the model's rows relies on the bound, so it must hold of every cached input."""
+    if not spec.row_index or spec.max_rows is None:
+        return  # one row per input, or no bound to keep
+    owners = _owners(spec, outputs)
+    counts = np.bincount(owners[owners >= 0], minlength=len(rows))[: len(rows)]
+    over = np.flatnonzero(counts > spec.max_rows)
+    if not len(over):
+        return
+    first = int(over[0])
+    label = input_label(rows.digests[first], rows.labels[first] if rows.labels else None)
+    raise PlanError(
+        CARDINALITY_VIOLATION,
+        f"model {spec.name} gave {int(counts[first])} rows for {label}, over its bound of "
+        f"{spec.max_rows} rows per input (max_rows)",
+        detail=f"{len(over)} of the batch's {len(rows)} inputs are over the bound; "
+        "no output of the batch was cached",
+        hint=_bound_hint(spec),
+    )
+
+
+def _bound_hint(spec: ModelSpec) -> str:
+    if spec.options.get("max_rows") == spec.max_rows:
+        return 'raise "max_rows" in the function\'s options (CREATE OR REPLACE FUNCTION), or fix the model'
+    return f"the model file says its first output has {spec.max_rows} rows: the file is wrong about its shape"
+
+
 def _cache_rows(spec: ModelSpec, digests: list[bytes], outputs: dict) -> list[tuple]:
     columns = [_column_values(b, outputs) for b in spec.bindings]
     if not spec.row_index:
         return list(zip(digests, [0] * len(digests), *columns, strict=True))
-    index = np.asarray(outputs[spec.signature["outputs"][0]["name"]])
-    owners = index[:, 0] if index.ndim == 2 else index
     rows, ordinals = [], {}
-    for m, owner in enumerate(owners.astype(int)):
+    for m, owner in enumerate(_owners(spec, outputs)):
         ordinal = ordinals.get(owner, 0)
         ordinals[owner] = ordinal + 1
         rows.append((digests[owner], ordinal, *(col[m] for col in columns)))

@@ -18,9 +18,10 @@ INVALID_DEFINITION = "42P13"
 INVALID_PARAMETER = "22023"  # Postgres's code for an unrecognized option, e.g. a reloption
 
 SCALAR_KEYS = ("output", "outputs", "rows")
-TABLE_KEYS = ("outputs", "rows")
+TABLE_KEYS = ("outputs", "rows", "max_rows")
 BINDING_KEYS = ("output", "post")
 ROWS_VALUES = ("row_index",)
+MAX_ROWS_LIMIT = 2**31 - 1  # the cache's ordinal is an int4
 _OUTPUTS_NOTE = "its keys are the result columns, or the function's name when it returns one value"
 
 
@@ -43,15 +44,34 @@ def check_option_keys(
                 'model option "post" belongs inside an output binding',
                 hint=_post_hint(columns, options),
             )
+        elif key == "max_rows" and columns is None:
+            raise PlanError(
+                INVALID_PARAMETER,
+                'model option "max_rows" is for TABLE functions: '
+                "a function that returns one value gives one row per input",
+            )
         elif key not in top:
             raise _unknown(f'unknown model option "{key}"', key, [*top, *args], _top_note(key, columns))
     rows = options.get("rows")
     if rows is not None and rows not in ROWS_VALUES:
         raise PlanError(INVALID_PARAMETER, f'model option "rows" must be "row_index", not {json.dumps(rows)}')
+    if "max_rows" in options:
+        _check_max_rows(options["max_rows"])
     if "output" in options:
         _check_binding('"output"', options["output"], named=True)
     # model_ddl reads "outputs" by result column, or by the function's own name for one value
     _check_outputs([name] if columns is None else list(columns), options.get("outputs"))
+
+
+def _check_max_rows(value: Any) -> None:
+    """A bound on the rows one input may give: a whole number a cache ordinal can hold."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_LIMIT:
+        raise PlanError(
+            INVALID_PARAMETER,
+            f'model option "max_rows" must be a whole number from 1 to {MAX_ROWS_LIMIT}, '
+            f"not {json.dumps(value)}",
+            hint="it bounds the rows the model may give one input, e.g. its number of detection slots",
+        )
 
 
 def _check_outputs(keys: list[str], mapping: Any) -> None:

@@ -45,6 +45,13 @@ class ModelSpec:
     signature: dict[str, Any] = field(default_factory=dict)
     row_index: bool = False  # several result rows per input, keyed by the first output
     id: int | None = None  # sieve.models.id: names the model's storage (any name fits in 63 bytes)
+    # The most rows the model may give one input (enforced where its outputs become rows,
+    # planner.batches): what lets an aggregate over its rows be certified. None: no bound known.
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.row_index:  # one row per input by construction
+            self.max_rows = 1
 
     @property
     def cache_table(self) -> str:
@@ -77,6 +84,7 @@ class ModelSpec:
             "returns_table": self.returns_table,
             "bindings": [[b.column, b.sql_type.to_dict(), b.output, list(b.post)] for b in self.bindings],
             "row_index": self.row_index,
+            "max_rows": self.max_rows,
             "model": self.signature,
         }
         return {
@@ -92,19 +100,36 @@ class ModelSpec:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ModelSpec:
         definition = _json(row["signature"])
+        options = _json(row["options"])
+        row_index = definition["row_index"]
+        # rows written before the bound existed lack it: derive it as CREATE FUNCTION would now
+        max_rows = definition.get("max_rows", row_bound(row_index, options, definition["model"]))
         return cls(
             name=row["name"],
             args=[(n, SqlType.from_dict(t)) for n, t in definition["args"]],
             returns_table=definition["returns_table"],
             bindings=[Binding(c, SqlType.from_dict(t), o, tuple(p)) for c, t, o, p in definition["bindings"]],
             path=row["path"],
-            options=_json(row["options"]),
+            options=options,
             content_hash=row["content_hash"],
             version=row["version"],
             signature=definition["model"],
-            row_index=definition["row_index"],
+            row_index=row_index,
             id=row.get("id"),
+            max_rows=max_rows,
         )
+
+
+def row_bound(row_index: bool, options: dict[str, Any], signature: dict[str, Any]) -> int | None:
+    """The most rows a model may give one input: 1 unless its first output is a row index; else
+    the declared ``"max_rows"`` and the row-index output's fixed first dimension (a batch's rows
+    all come from one run, so no input gets more), the smaller of the two when both exist."""
+    if not row_index:
+        return 1
+    outputs = signature.get("outputs") or [{}]
+    shape = outputs[0].get("shape") or [None]
+    bounds = [b for b in (options.get("max_rows"), shape[0]) if isinstance(b, int) and b >= 1]
+    return min(bounds) if bounds else None
 
 
 def cache_table_name(model_id: int | None, version: int) -> str:
@@ -172,6 +197,7 @@ def bind_signature(spec: ModelSpec, signature) -> None:
         "inputs": [_tensor_dict(t) for t in inputs],
         "outputs": [_tensor_dict(t) for t in signature.outputs],
     }
+    spec.max_rows = row_bound(spec.row_index, spec.options, spec.signature)
 
 
 def _check_argument(arg: str, sql_type: SqlType, tensor, opts: dict | None) -> None:
