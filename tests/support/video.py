@@ -52,7 +52,7 @@ LIGHT_FILE = "video_traffic_light.onnx"
 
 FUNCTIONS = (
     "CREATE FUNCTION detect(pixels real[]) RETURNS TABLE (box int, label text, x_min real, y_min real, "
-    f"x_max real, y_max real, score real) LANGUAGE onnx AS '{DETECTOR_FILE}', '{{\"rows\": \"row_index\"}}'",
+    f'x_max real, y_max real, score real) LANGUAGE onnx AS \'{DETECTOR_FILE}\', \'{{"rows": "row_index", "max_rows": 3}}\'',  # noqa: E501
     f"CREATE FUNCTION color(box real[]) RETURNS text LANGUAGE onnx AS '{COLOR_FILE}'",
     f"CREATE FUNCTION vehicle_count(pixels real[]) RETURNS int LANGUAGE onnx AS '{COUNT_FILE}'",
     f"CREATE FUNCTION traffic_light(pixels real[]) RETURNS text LANGUAGE onnx AS '{LIGHT_FILE}'",
