@@ -19,6 +19,7 @@ import numpy as np
 
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
+from planner.approx.proxy_sanity import verdict_words
 from planner.approx.report import aggregate_notice, budget_words, pct
 from planner.install import quote_ident
 from planner.outcome import Forward, Outcome
@@ -42,7 +43,8 @@ async def run_aggregate(run: ApproxRun) -> Outcome:
         group_keys = sorted(set(zip(*found.extra, strict=True)), key=repr) if known_groups else None
         specs = [AggSpec(a.kind, r) for a, r in zip(plan.aggregates, ranges, strict=True)]
         bridge = LoopBridge()
-        oracle = bridge.oracle(_labeller(run, keys))
+        seen: dict[int, bool] = {}  # candidate position -> the unit gave rows (proxy check)
+        oracle = bridge.oracle(_labeller(run, keys, seen))
         results = await bridge.run(
             estimate_unit_aggregates,
             len(keys),
@@ -57,11 +59,14 @@ async def run_aggregate(run: ApproxRun) -> Outcome:
             group_keys=[_group_key(g) for g in group_keys] if group_keys is not None else None,
             bound=run.settings.bound if run.settings.bound in ("empirical", "normal") else "betting",
         )
+        if clause.proxy is not None and (words := await verdict_words(clause.proxy, found.scores, seen)):
+            run.port.notice(words)
     return await _answer(run, results, len(keys))
 
 
-def _labeller(run: ApproxRun, keys: list[str]):
-    """The oracle: unit positions -> a UnitAnswer read off the statement over those units."""
+def _labeller(run: ApproxRun, keys: list[str], seen: dict[int, bool]):
+    """The oracle: unit positions -> a UnitAnswer read off the statement over those units
+    (``seen`` collects whether each labelled unit gave any rows)."""
     from sampling import UnitAnswer
 
     width = len(run.plan.groups)
@@ -73,6 +78,9 @@ def _labeller(run: ApproxRun, keys: list[str]):
         for pos, key in enumerate(asked):
             where.setdefault(key, pos)
         lines = await run.io.unit_lines(list(where))
+        rows = {line[0] for line in lines if any(line[1 + width :: 2])}
+        for i, key in zip(idx, asked, strict=True):
+            seen[int(i)] = key in rows
         unit = np.array([where[line[0]] for line in lines], dtype=np.int64)
         group = None
         if width:

@@ -14,6 +14,7 @@ import numpy as np
 
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
+from planner.approx.proxy_sanity import verdict_words
 from planner.approx.report import limit_notice
 from planner.approx.selection import forward_rows
 from planner.outcome import Outcome
@@ -53,6 +54,8 @@ async def run_limit(run: ApproxRun) -> Outcome:
             limit_search, order, bridge.oracle(label), k=k, rng=run.rng(), budget=budget, batch_size=batch
         )
         selected = [keys[int(i)] for i in result.indices]
+        if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, cache)):
+            run.port.notice(words)
     calls = run.report.model_calls
     capped = result is not None and result.found < k and clause.budget is None and len(cache) < len(keys)
     notice = limit_notice(clause, result, k, len(keys), calls, budget)

@@ -15,6 +15,7 @@ from pglast import parse_sql
 from planner.approx import auto_proxy
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
+from planner.approx.proxy_sanity import flip_on_cached, verdict_words
 from planner.approx.report import (
     certified_levels,
     is_certified,
@@ -89,6 +90,13 @@ async def _select(run: ApproxRun):
     found = await io.candidates(clause.proxy, features.sql if features else [])
     keys, scores = found.keys, found.scores
     known = await io.cached_labels() if run.settings.seed in (None, "") else {}
+    if known and scores is not None:
+        position = {k: i for i, k in enumerate(keys)}
+        scores, flipped = await flip_on_cached(
+            scores, {position[k]: v for k, v in known.items() if k in position}
+        )
+        if flipped:
+            run.port.notice(flipped)
     rest = [i for i, k in enumerate(keys) if k not in known] if known else list(range(len(keys)))
     selected = [k for k, positive in known.items() if positive]
     summary = (len(known), sum(known.values())) if known else None
@@ -124,5 +132,7 @@ async def _select(run: ApproxRun):
     else:
         fn, kw = select_precision_target, {"target": clause.precision_target}
     result = await bridge.run(fn, scores, oracle, **kw, **common)
+    if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, cache)):
+        run.port.notice(words)
     selected += [sample_keys[int(i)] for i in result.indices]
     return keys, selected, result, auto, summary
