@@ -58,6 +58,10 @@ MAY_HAVE_CLAUSE = re.compile(
     r"|\bbudget\s+[+-]?[\d$]|(?:\d|\$\d+)\s*%\s*(?:[a-z_;]|--|/\*|$)",
     re.IGNORECASE,
 )
+# Substrings one of which every match of MAY_HAVE_CLAUSE contains: looked for first, in the
+# lower-cased text, a few times faster than the pattern (which tries each alternative at each
+# character), so a statement with none of them costs about a microsecond.
+_CLAUSE_HINTS = ("target", "oracle", "using", "with", "budget", "%")
 _COMMENTS = {"C_COMMENT", "SQL_COMMENT"}
 _NUMBERS = {"ICONST", "FCONST"}
 _CLOSE = 0.75  # difflib ratio above which a word is taken for a misspelt clause word
@@ -285,9 +289,16 @@ def _clause_starts(sql: str, toks: list[_Tok], top: list[_Start]) -> list[_Start
     return top[first_strong:]
 
 
+def may_have_clause(sql: str) -> bool:
+    """The cheap test before any scan: False means the text carries no clause, not even a
+    misspelt one."""
+    lowered = sql.lower()
+    return any(hint in lowered for hint in _CLAUSE_HINTS) and MAY_HAVE_CLAUSE.search(sql) is not None
+
+
 def split_clause(sql: str) -> tuple[str, ApproxClause | None]:
     """(statement without the clause, the clause), or (sql, None) when there is none."""
-    if not MAY_HAVE_CLAUSE.search(sql):
+    if not may_have_clause(sql):
         return sql, None
     toks = _tokens(sql)
     end = len(toks)
