@@ -5,6 +5,7 @@ describes parameters and columns itself; each execution goes to the planner with
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import asyncpg
 import psycopg
@@ -254,7 +255,8 @@ def test_psycopg_binds_clause_parameters_and_keeps_the_budget(approx_world):
             assert (mode, target, confidence) == ("recall", 0.9, 0.99)
             assert 0 < calls["digit_oracle"] <= 300
         conn.execute("select sieve.clear_cache('digit_oracle')")
-        conn.execute(sql, (1000, "0.9", "99%", 40))  # text values: a fraction, a percentage
+        # numeric and text values (psycopg sends both as text): a fraction, a percentage
+        conn.execute(sql, (1000, Decimal("0.9"), "99%", 40))
         assert _logged(conn)[1:3] == (0.9, 0.99) and _logged(conn)[3]["digit_oracle"] <= 40
 
 
