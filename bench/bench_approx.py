@@ -1173,6 +1173,9 @@ def report_side_by_side(side: dict, args, report: dict, out: list[str]) -> list[
             f"budget {args.budget}, confidence 95% (δ 0.05)"
         )
         out.append(peers_table(methods, extras))
+        done = min(len(m.trials) for m in methods)
+        if done < args.seeds:
+            out.append(f"  NOTE: cut short by --max-minutes: {done} of {args.seeds} seeds")
         checks += peer_checks(name, methods, args.budget)
     for name, why in report.get("side_by_side_skipped", {}).items():
         out.append("")
