@@ -515,6 +515,11 @@ class _Run:
             for key in list(self.keys) + extra:
                 c, s = self.store.column(key, j, smp.rows)
                 lo, hi, est = _interval(spec.kind, c, s, smp, ranges[j], self.n, d_i, method)
+                if not c.any() and not self.store.finite_sample(j):
+                    # nothing seen and no known range: the observed range is empty, so the
+                    # interval would be [0, 0]; the data allow any value
+                    lo, hi = (0.0 if spec.kind == "count" else -np.inf), np.inf
+                    est = 0.0 if spec.kind != "avg" else float("nan")
                 met, est = _relative_check(lo, hi, est, self.eps)
                 inside = key not in extra
                 groups[key] = GroupEstimate(

@@ -99,8 +99,19 @@ def _labeller(run: ApproxRun, keys: list[str], seen: dict[int, bool]):
     return label
 
 
+# A NULL group's key: Postgres text never holds a NUL byte, so no group value can collide with it,
+# and None stays free for the estimator's "no group seen" placeholder (never an answer row).
+NULL_GROUP = "\x00"
+
+
 def _group_key(values: tuple):
+    values = tuple(NULL_GROUP if v is None else v for v in values)
     return values[0] if len(values) == 1 else values
+
+
+def _group_value(key, position: int) -> str | None:
+    value = key[position] if isinstance(key, tuple) else key
+    return None if value == NULL_GROUP else value
 
 
 async def _answer(run: ApproxRun, results: list, candidates: int) -> Forward:
@@ -159,10 +170,12 @@ def _groups_json(plan, results: list) -> list:
         if result is None:
             continue
         for key, est in result.groups.items():
+            if key is None:
+                continue  # no group was seen: nothing to report
             out.append(
                 {
                     "aggregate": agg.name,
-                    "group": key if not isinstance(key, tuple) else list(key),
+                    "group": [_group_value(key, i) for i in range(len(plan.groups))],
                     "estimate": _json_number(est.estimate),
                     "ci_low": _json_number(est.ci_low),
                     "ci_high": _json_number(est.ci_high),
@@ -191,14 +204,13 @@ async def _estimates_sql(run: ApproxRun, results: list) -> str:
             columns += [(f"{out.name}_ci_low", "float8"), (f"{out.name}_ci_high", "float8")]
     keys: list = [None]
     if plan.groups:
-        keys = sorted({k for r in results if r is not None for k in r.groups}, key=repr)
+        keys = sorted({k for r in results if r is not None for k in r.groups if k is not None}, key=repr)
     table = []
     for key in keys:
         line: list[str | None] = []
         for out, whole in zip(plan.outputs, integral, strict=True):
             if out.group is not None:
-                value = key[out.group] if isinstance(key, tuple) else key
-                line.append(None if value is None else str(value))
+                line.append(_group_value(key, out.group))
                 continue
             agg, result = plan.aggregates[out.aggregate], results[out.aggregate]
             est = result.groups.get(key) if result is not None else None
