@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from planner.model_spec import ModelSpec
 from tests.inference.models import OPSET, save
 from tests.support.model_files import cache_table
 
@@ -244,3 +245,23 @@ def test_the_bound_survives_a_restart_and_is_still_enforced(world, slots):
             _rows(conn, "mr_restart", "slots_bad")
         assert caught.value.sqlstate == "21000" and "bound of 2" in caught.value.diag.message_primary
         assert len(_rows(conn, "mr_restart", "slots_ok")) == len(_expected(slots["slots_ok"]))
+
+
+def test_catalog_rows_written_before_the_bound_existed_derive_it_again(world, slots):
+    """A sieve.models row whose definition lacks "max_rows" reads back as CREATE FUNCTION now
+    derives it (ModelSpec.from_row, as the planner reads the catalog)."""
+    with world.connect() as conn:
+        _detector(conn, "mr_old", {"max_rows": 2})
+        _detector(conn, "mr_old_fixed", {}, "slot_detector_fixed3.onnx")
+        _detector(conn, "mr_old_free", {})
+        rows = conn.execute(
+            "select id, name, path, content_hash, version, signature - 'max_rows' as signature, options "
+            "from sieve.models where name like 'mr_old%' order by name"
+        ).fetchall()
+    names = ["id", "name", "path", "content_hash", "version", "signature", "options"]
+    specs = [ModelSpec.from_row(dict(zip(names, row, strict=True))) for row in rows]
+    assert [(s.name, s.max_rows) for s in specs] == [
+        ("mr_old", 2),
+        ("mr_old_fixed", 3),
+        ("mr_old_free", None),
+    ]
