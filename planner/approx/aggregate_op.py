@@ -132,7 +132,9 @@ async def _answer(run: ApproxRun, results: list, candidates: int) -> Forward:
         estimate=first.estimate if first is not None else None,
         ci_low=first.ci_low if first is not None else None,
         ci_high=first.ci_high if first is not None else None,
+        target_met=all(r.target_met for r in done),
         certified=certified,
+        certified_level=_certified_error(first) if first is not None and certified else None,
         rows_labelled=max((r.oracle_calls for r in done), default=0),
         groups=_groups_json(plan, results) if plan.groups else None,
     )
@@ -148,6 +150,21 @@ async def _answer(run: ApproxRun, results: list, candidates: int) -> Forward:
             budget_words(needed, candidates, spent),
         )
     return Forward(sql=sql)
+
+
+def _certified_error(result) -> float | None:
+    """The relative error the first aggregate's interval guarantees: the least e with
+    |estimate - t| <= e·|t| for every t in [ci_low, ci_high] (None when the interval spans 0)."""
+    lo, hi, est = result.ci_low, result.ci_high, result.estimate
+    if not all(np.isfinite(v) for v in (lo, hi, est)):
+        return None
+    if lo == hi == est:
+        return 0.0
+    if lo > 0:
+        return max(est / lo - 1.0, 1.0 - est / hi)
+    if hi < 0:
+        return max(est / hi - 1.0, 1.0 - est / lo)
+    return None
 
 
 def _uncertified_reasons(run: ApproxRun) -> dict[str, str]:

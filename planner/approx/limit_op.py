@@ -67,7 +67,12 @@ async def run_limit(run: ApproxRun) -> Outcome:
     run.port.notice(notice)
     run.report.actuals = {"candidates": len(keys), "calls": calls, "limit": result, "capped": capped}
     await run.report.log(
-        "limit", estimate=float(len(selected)), confidence=None, rows_labelled=len(cache), certified=None
+        "limit",
+        estimate=float(len(selected)),
+        confidence=None,
+        rows_labelled=len(cache),
+        target_met=len(selected) >= k,
+        certified=None,
     )
     if capped:
         raise ScanOrderInstead()

@@ -49,6 +49,7 @@ async def run_selection(run: ApproxRun) -> Outcome:
         target=target,
         estimate=result.estimates.get(metric) if result is not None else None,
         ci_low=level if result is not None else (1.0 if keys else None),
+        target_met=result.target_met if result is not None else True,
         certified=certified,
         certified_level=certified_level,
         rows_labelled=result.oracle_calls if result is not None else 0,

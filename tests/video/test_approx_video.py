@@ -361,11 +361,6 @@ def test_unsupported_approximate_queries_are_refused_before_any_model_runs(video
 # -- rare rows: what a sample that saw (almost) none of them may say ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a GROUP BY answer over a sample that saw almost no matching rows adds a NULL group "
-    "(count 0, AVG the midpoint of [0, max]) that the exact answer does not have",
-)
 def test_a_group_by_answer_has_no_group_the_data_lacks(video):
     sql = "SELECT label, COUNT(*), AVG(x_min) FROM objects WHERE x_min > 0.7995 GROUP BY label"
     with _connect(video) as conn:
@@ -376,11 +371,6 @@ def test_a_group_by_answer_has_no_group_the_data_lacks(video):
     assert [e for e in extra if e[1]] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when no sampled frame has a matching row, SUM and AVG answer 0 with the zero-width "
-    "interval [0, 0] although COUNT's interval admits dozens of rows (truth: SUM 39, AVG 3)",
-)
 def test_sum_and_avg_over_a_sample_without_matching_rows_claim_no_zero_width_interval(video):
     select = "SELECT COUNT(*), SUM(vehicles), AVG(vehicles) FROM {} WHERE vehicles > 2 AND light = 'yellow'"
     with _connect(video) as conn:
