@@ -144,7 +144,7 @@ async def _answer(run: ApproxRun, results: list, candidates: int) -> Forward:
     missed = [r for r in done if not r.target_met]
     if missed:
         needed = max((r.budget_needed or 0) for r in missed)
-        spent = max(r.oracle_calls for r in missed)
+        spent = max(plan.budget, *(r.oracle_calls for r in missed))
         run.report.strict(
             f"BUDGET {plan.budget} is too small for ERROR TARGET {pct(clause.error_target)}",
             budget_words(needed, candidates, spent),

@@ -153,15 +153,15 @@ def aggregate_notice(
         )
     else:
         text += "; TARGET NOT MET"
-        words = budget_words(result.budget_needed, candidates, result.oracle_calls)
+        words = budget_words(result.budget_needed, candidates, max(result.oracle_calls, budget))
         if words:
             text += f" ({words})"
     return text
 
 
 def budget_words(needed: int | None, candidates: int, spent: int) -> str | None:
-    """What budget would meet a missed target (never less than what was spent); labelling every
-    candidate is exact."""
+    """What budget would meet a missed target (always more than ``spent``: the budget given or
+    the labels spent, whichever is larger); labelling every candidate is exact."""
     if not needed:
         return None
     needed = max(int(needed), spent + 1)

@@ -31,6 +31,8 @@ from tests.support.approx_trials import (
     binomial_floor,
     covers,
     exact_equals,
+    last_log_id,
+    log_row,
     read_answer,
     read_truth,
     run_trials,
@@ -385,3 +387,20 @@ def test_sum_and_avg_over_a_sample_without_matching_rows_claim_no_zero_width_int
         total, avg = answer.cells[((), 1)], answer.cells[((), 2)]
         assert total.high is None or total.high >= truth[((), 1)], (answer.seed, total)
         assert avg.estimate is None or avg.contains(truth[((), 2)]), (answer.seed, avg)
+
+
+def test_session_error_target_samples_a_detector_view(video):
+    """``SET sieve.error_target`` (for clients that cannot append a clause) applies to an aggregate
+    over a detector view: it samples within sieve.budget instead of running exactly."""
+    with _connect(video) as conn:
+        conn.execute("SET sieve.error_target = 0.2")
+        conn.execute("SET sieve.budget = 300")
+        conn.execute("SET sieve.seed = 11")
+        before = last_log_id(conn)
+        (count,) = conn.execute("SELECT count(*) FROM objects WHERE label = 'car'").fetchone()
+        row = log_row(conn)
+        (truth,) = conn.execute("SELECT count(*) FROM plain_objects WHERE label = 'car'").fetchone()
+    assert row["query_id"] > before
+    assert row["mode"] == "approx_count" and row["target"] == pytest.approx(0.2)
+    assert 0 < row["rows_labelled"] <= 300
+    assert count > 0 and abs(count - truth) <= truth  # an estimate, not a wrong-shaped answer
