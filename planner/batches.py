@@ -22,12 +22,10 @@ from inference.model import ModelRef
 from inference.preprocess import apply_post_ops, find_undecodable
 from planner.model_spec import ModelSpec
 from planner.outcome import PlanError
+from planner.sqlstate import CARDINALITY_VIOLATION, INVALID_BINARY_REPRESENTATION, INVALID_PARAMETER
 
-INVALID_PARAMETER = "22023"
 # Postgres's code for "more rows than the statement allows" (a scalar subquery's second row):
 # the closest to a model giving one input more rows than its declared bound.
-CARDINALITY_VIOLATION = "21000"
-INVALID_BINARY_REPRESENTATION = "22P03"
 _DTYPES = {
     "float32": np.float32,
     "float64": np.float64,

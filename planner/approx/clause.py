@@ -41,11 +41,8 @@ from pglast import parse_sql
 from pglast.parser import scan
 
 from planner.outcome import PlanError
+from planner.sqlstate import FEATURE_NOT_SUPPORTED, INVALID_PARAMETER, PROTOCOL_VIOLATION, SYNTAX_ERROR
 
-INVALID_PARAMETER = "22023"
-SYNTAX_ERROR = "42601"
-FEATURE_NOT_SUPPORTED = "0A000"
-PROTOCOL_VIOLATION = "08P01"
 DEFAULT_CONFIDENCE = 0.95
 INT8_OID = 20
 FLOAT8_OID = 701

@@ -35,12 +35,10 @@ from planner.outcome import PlanError
 from planner.rewrite.ast_util import and_of, column_fields, conjuncts, copy_node, has_aggregates, walk
 from planner.rewrite.inline_views import inline_views, view_name
 from planner.rewrite.join_keys import item_name, named_items
-from planner.sqlstate import FEATURE_NOT_SUPPORTED
+from planner.sqlstate import AMBIGUOUS_COLUMN, FEATURE_NOT_SUPPORTED, UNDEFINED_COLUMN
 
 log = logging.getLogger(__name__)
 
-UNDEFINED_COLUMN = "42703"
-AMBIGUOUS_COLUMN = "42702"
 UNNAMED = "?column?"  # Postgres's name for an output column it cannot name
 
 # A resolver sees each column reference with its scopes, innermost first (the last one is the

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from planner.approx.clause import DEFAULT_CONFIDENCE, ApproxClause
 from planner.outcome import PlanError
+from planner.sqlstate import INVALID_PARAMETER
 
-INVALID_PARAMETER = "22023"
 BUDGET_TOO_SMALL = INVALID_PARAMETER  # under sieve.strict: the BUDGET value cannot meet the target
 # What SHOW answers for a setting the session has no value of: how SieveDB behaves without one
 # (no target, no budget, no proxy: exact queries).
