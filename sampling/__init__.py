@@ -22,8 +22,17 @@ from .importance import RankedProxy, rank_proxy
 from .limit_search import limit_search
 from .oracle import BudgetedOracle, BudgetExceededError
 from .precision import select_precision_target
+from .proxy_check import advise_flip, check_proxy_ranking
 from .recall import DEFAULT_MIX, select_recall_target
-from .results import AggregateResult, AutoProxy, GroupEstimate, LimitResult, SelectionResult
+from .results import (
+    AggregateResult,
+    AutoProxy,
+    FlipAdvice,
+    GroupEstimate,
+    LimitResult,
+    ProxyCheck,
+    SelectionResult,
+)
 
 __all__ = [
     "DEFAULT_MIX",
@@ -34,11 +43,15 @@ __all__ = [
     "AutoProxy",
     "BudgetExceededError",
     "BudgetedOracle",
+    "FlipAdvice",
     "GroupEstimate",
     "LimitResult",
+    "ProxyCheck",
     "RankedProxy",
     "SelectionResult",
     "UnitAnswer",
+    "advise_flip",
+    "check_proxy_ranking",
     "estimate_aggregate",
     "estimate_unit_aggregates",
     "fit_logistic",

@@ -20,7 +20,7 @@ MIN_PER_CLASS = 10
 
 async def flip_on_cached(scores: np.ndarray, known: dict[int, bool]) -> tuple[np.ndarray, str | None]:
     """(scores to use, a NOTICE or None) from the cached labels of candidate positions."""
-    from sampling.proxy_check import advise_flip, check_proxy_ranking
+    from sampling import advise_flip, check_proxy_ranking
 
     if not _enough(known):
         return scores, None
@@ -40,7 +40,7 @@ async def flip_on_cached(scores: np.ndarray, known: dict[int, bool]) -> tuple[np
 
 async def verdict_words(proxy: str, scores: np.ndarray, labelled: dict[int, bool]) -> str | None:
     """A NOTICE when the labels drawn show the proxy reversed or uninformative, else None."""
-    from sampling.proxy_check import check_proxy_ranking
+    from sampling import check_proxy_ranking
 
     if not _enough(labelled):
         return None
