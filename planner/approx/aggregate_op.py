@@ -29,7 +29,10 @@ _INTEGRAL = {("pg_catalog", "int2"), ("pg_catalog", "int4"), ("pg_catalog", "int
 
 
 async def run_aggregate(run: ApproxRun) -> Outcome:
-    from sampling import AggSpec, estimate_unit_aggregates
+    from sampling import (
+        AggSpec,
+        estimate_unit_aggregates,
+    )  # deferred: scipy costs about 1 s of server start-up
 
     plan, clause, io = run.plan, run.plan.clause, run.io
     known_groups = bool(plan.groups) and not plan.groups_read_models
@@ -67,7 +70,7 @@ async def run_aggregate(run: ApproxRun) -> Outcome:
 def _labeller(run: ApproxRun, keys: list[str], seen: dict[int, bool]):
     """The oracle: unit positions -> a UnitAnswer read off the statement over those units
     (``seen`` collects whether each labelled unit gave any rows)."""
-    from sampling import UnitAnswer
+    from sampling import UnitAnswer  # deferred: scipy costs about 1 s of server start-up
 
     width = len(run.plan.groups)
     n_aggs = len(run.plan.aggregates)

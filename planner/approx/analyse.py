@@ -7,12 +7,14 @@ answered another way than the one the clause asks for.
 
 from __future__ import annotations
 
-from pglast import ast
+from pglast import ast, parse_sql
 from pglast.enums import JoinType
+from pglast.parser import ParseError
 
 from planner.approx.clause import ApproxClause
 from planner.approx.plan import Aggregate, ApproxPlan, Output
 from planner.calls import find_call_sites
+from planner.install import quote_ident
 from planner.outcome import PlanError
 from planner.rewrite.ast_util import conjuncts, has_aggregates, mentions_model, models_called, render, walk
 from planner.rewrite.join_keys import function_calls
@@ -61,9 +63,6 @@ def _check_proxy_scope(clause: ApproxClause, lateral: dict[str, str]) -> None:
     """The proxy scores a unit before any model runs, so it may read the base tables only."""
     if clause.proxy is None or not lateral:
         return
-    from pglast import parse_sql
-    from pglast.parser import ParseError
-
     try:
         expr = parse_sql(f"SELECT ({clause.proxy})")[0].stmt
     except ParseError:
@@ -189,8 +188,6 @@ def _name(item: ast.RangeVar) -> str:
 
 
 def _ident(name: str) -> str:
-    from planner.install import quote_ident
-
     plain = name.islower() and name.replace("_", "").isalnum() and not name[0].isdigit()
     return name if plain else quote_ident(name)
 
@@ -215,8 +212,6 @@ def _oracle_shape(plan: ApproxPlan, models: set[str], lateral: dict[str, str]) -
             hint="filter on a model function call, or on a model output column of a view",
         )
     probe = f"SELECT 1 FROM {plan.from_sql} WHERE {plan.where(plan.predicate)}"
-    from pglast import parse_sql
-
     sites = find_call_sites([parse_sql(probe)[0].stmt], models)
     if len({(s.model, s.args) for s in sites}) != 1 or sites[0].depth != 0:
         raise PlanError(

@@ -169,6 +169,6 @@ def limit_actuals(report: dict) -> dict:
 
 
 def _default_limit_budget() -> int:
-    from planner.approx.limit_op import DEFAULT_LIMIT_BUDGET
+    from planner.approx.limit_op import DEFAULT_LIMIT_BUDGET  # limit_op imports this module
 
     return DEFAULT_LIMIT_BUDGET

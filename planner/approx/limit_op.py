@@ -27,7 +27,7 @@ class ScanOrderInstead(Exception):
 
 
 async def run_limit(run: ApproxRun) -> Outcome:
-    from sampling import limit_search
+    from sampling import limit_search  # deferred: scipy costs about 1 s of server start-up
 
     plan, clause = run.plan, run.plan.clause
     k = plan.limit

@@ -36,7 +36,7 @@ async def run_selection(run: ApproxRun) -> Outcome:
     if known:
         notice += f"; {known_words(known, result is None)}"
     run.port.notice(notice)
-    certified = result is None or is_certified(result, clause)
+    certified = result is None or is_certified(result)
     metric = "recall" if mode != "precision" else "precision"
     level = None
     if result is not None:
@@ -82,7 +82,11 @@ def forward_rows(run: ApproxRun, keys: list[str]) -> Forward:
 async def _select(run: ApproxRun):
     """(candidate keys, selected keys, SelectionResult or None when no row needed sampling,
     the automatic proxy or None, (cached rows, positives) or None)."""
-    from sampling import select_cascade, select_precision_target, select_recall_target
+    from sampling import (
+        select_cascade,
+        select_precision_target,
+        select_recall_target,
+    )  # deferred: scipy costs about 1 s of server start-up
 
     plan, clause, io = run.plan, run.plan.clause, run.io
     features = None
