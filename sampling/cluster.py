@@ -13,7 +13,7 @@ proxy, i.e. uniform sampling). Each round draws units i.i.d. from q(unit) = π_k
 importance allocation π_k ∝ N_k · sqrt(E_k[ξ²]) estimated from the draws so far (ξ: a unit's
 contribution, e.g. its count for COUNT), mixed with a ``uniform_share`` of proportional
 allocation. For the betting interval they use an allocation that minimises distinct oracle
-calls instead (``_betting_allocation``): the strata dense enough to be worth labelling completely
+calls instead (``betting_allocation``): the strata dense enough to be worth labelling completely
 take the bulk of the draws (their repeats cost nothing), the others get Neyman's rule scaled to
 the least-sampled strata, which the interval needs at an even rate to rule out extreme values it
 has not seen. Either way every unit keeps probability >= uniform_share / N and every importance
@@ -26,7 +26,7 @@ into an interval valid simultaneously at every round (anytime-valid), so samplin
 soon as every target is met, and tolerates the allocation changing between rounds. AVG is a
 ratio of two totals: for a candidate average A, the draws (s - A·c)/(N q) have mean zero exactly
 when A is the true average, so the interval is the set of A that the betting test keeps. Bets
-are the predictable plug-in ones of ``bounds``, truncated at _BET_CAP (0.95) of the largest bet
+are the predictable plug-in ones of ``bounds``, truncated at 0.95 (``unit_intervals``) of the largest bet
 that stays safe against the worst draw the range allows. After a betting check that missed the
 target, the next round is sized to what the interval still lacks (see _draws_to_target).
 
@@ -66,11 +66,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from .bounds import Side, betting_log_wealth, find_boundary, plugin_bets
 from .oracle import BudgetedOracle
 from .results import AggregateResult, GroupEstimate
+from .unit_design import Strata, allocation, allocation_target, betting_allocation
+from .unit_intervals import Sample, relative_check, unit_interval
 from .validation import (
     check_budget,
     check_confidence,
@@ -87,19 +87,6 @@ _AGG_BOUNDS = ("betting", "empirical", "normal")
 # interval used for each bound: "empirical" gets the (tighter, finite-sample) betting interval
 _INTERVAL = {"betting": "betting", "empirical": "betting", "normal": "normal"}
 _GROWTH = 1.25
-# Fraction of the largest bet that keeps the wealth positive whatever the next draw (WSR's
-# truncation c). Any c < 1 keeps the interval valid; c only sets what one worst-case draw can
-# cost (the wealth times 1 - c). With a proxy the side that limits these intervals is bound by
-# the range: an extreme value could still sit in the lightly sampled strata, and only their
-# sampling rate rules it out, with evidence per draw linear in c. 0.95 instead of the 0.75 of
-# the selection operators cut the calls of the benchmark's stratified AVG by 15% and SUM by 13%,
-# at the price of 3 instead of 1.4 nats should such a draw arrive (the plug-in bets then shrink).
-_BET_CAP = 0.95
-# Past d * exp(-d / 2)'s maximum 2 / e (d draws per unit) a stratum costs fewer calls labelled
-# in full than sampled: see _betting_allocation.
-_SATURATE = 2.0 / np.e
-# Share of the error budget ε|T| that _betting_allocation leaves to the variance.
-_VAR_SHARE = 0.25
 # After a betting check that missed the target, the next round is at least this share of the
 # draws so far (smaller rounds mostly cost interval computations).
 _MIN_STEP = 0.03
@@ -368,18 +355,6 @@ def _by_group(group: np.ndarray | None, lines: int) -> list[tuple[Any, np.ndarra
     return [(key, np.flatnonzero(inv == code)) for key, code in codes.items()]
 
 
-@dataclass(frozen=True)
-class _Sample:
-    """The draws so far: the unit's store row, its stratum, its weight 1/(N q), the largest
-    weight of its round (known before the draw) and the bets' planned horizon then."""
-
-    rows: np.ndarray
-    strata: np.ndarray
-    w: np.ndarray
-    wmax: np.ndarray
-    horizon: np.ndarray
-
-
 class _Draws:
     def __init__(self) -> None:
         self._parts: list[tuple[np.ndarray, ...]] = []
@@ -388,11 +363,11 @@ class _Draws:
         n = rows.size
         self._parts.append((rows, s_idx, w, np.full(n, wmax), np.full(n, horizon)))
 
-    def sample(self) -> _Sample:
+    def sample(self) -> Sample:
         if not self._parts:
             e = np.empty(0)
-            return _Sample(np.empty(0, np.int64), np.empty(0, np.int64), e, e, e)
-        return _Sample(*(np.concatenate(p) for p in zip(*self._parts, strict=True)))
+            return Sample(np.empty(0, np.int64), np.empty(0, np.int64), e, e, e)
+        return Sample(*(np.concatenate(p) for p in zip(*self._parts, strict=True)))
 
 
 # ------------------------------------------------------------------ the sampling loop
@@ -431,7 +406,7 @@ class _Run:
         if strata is None:
             auto = int(np.clip(self.n // _UNITS_PER_STRATUM, _STRATA_MIN, _STRATA_MAX))
             strata = auto if method == "betting" else _STRATA_CLT
-        st = _Strata(self.n, proxy, strata if proxy is not None else 1)
+        st = Strata(self.n, proxy, strata if proxy is not None else 1)
         prop = st.sizes / self.n
         pi = prop.copy()
         draws = _Draws()
@@ -471,9 +446,9 @@ class _Run:
                 n_round = min(n_round, _draws_to_target(last, smp.w.size, self.eps))
             targets = self._targets(smp, ranges, last)
             if method == "betting":
-                pi = _betting_allocation(st, prop, smp.strata, targets, share, n_round)
+                pi = betting_allocation(st, prop, smp.strata, targets, share, n_round)
             else:
-                pi = _allocation(st, prop, smp.strata, targets, share)
+                pi = allocation(st, prop, smp.strata, targets, share)
             horizon = _expected_draws(clt, smp.w.size, self.eps, n_round, bo.budget)
         design = "stratified" if st.k > 1 else "uniform"
         return self._results(last, int(smp.w.size), rounds, design, st.k)
@@ -503,7 +478,7 @@ class _Run:
         return max(len(self.keys or ()), 1)
 
     def _intervals(
-        self, smp: _Sample, ranges: list[tuple[float, float, float]], method: str
+        self, smp: Sample, ranges: list[tuple[float, float, float]], method: str
     ) -> list[dict[Any, GroupEstimate]]:
         """Per aggregate, per group key: the interval at δ / (J·G); groups first seen after the
         split was fixed are reported with δ = NaN and never meet the target."""
@@ -514,13 +489,13 @@ class _Run:
             groups = {}
             for key in list(self.keys) + extra:
                 c, s = self.store.column(key, j, smp.rows)
-                lo, hi, est = _interval(spec.kind, c, s, smp, ranges[j], self.n, d_i, method)
+                lo, hi, est = unit_interval(spec.kind, c, s, smp, ranges[j], self.n, d_i, method)
                 if not c.any() and not self.store.finite_sample(j):
                     # nothing seen and no known range: the observed range is empty, so the
                     # interval would be [0, 0]; the data allow any value
                     lo, hi = (0.0 if spec.kind == "count" else -np.inf), np.inf
                     est = 0.0 if spec.kind != "avg" else float("nan")
-                met, est = _relative_check(lo, hi, est, self.eps)
+                met, est = relative_check(lo, hi, est, self.eps)
                 inside = key not in extra
                 groups[key] = GroupEstimate(
                     group=key,
@@ -535,7 +510,7 @@ class _Run:
         return out
 
     def _targets(
-        self, smp: _Sample, ranges: list[tuple[float, float, float]], last: list[dict[Any, GroupEstimate]]
+        self, smp: Sample, ranges: list[tuple[float, float, float]], last: list[dict[Any, GroupEstimate]]
     ) -> list[tuple[np.ndarray, float, float]]:
         """(ξ per draw, E* for the betting allocation, scale for the CLT one) per (aggregate, group)."""
         out = []
@@ -543,7 +518,7 @@ class _Run:
             for key, ge in last[j].items():
                 c, s = self.store.column(key, j, smp.rows)
                 out.append(
-                    _allocation_target(spec.kind, c, s, smp.w, ge.estimate, ranges[j], self.eps, self.n)
+                    allocation_target(spec.kind, c, s, smp.w, ge.estimate, ranges[j], self.eps, self.n)
                 )
         return out
 
@@ -567,28 +542,6 @@ class _Run:
 
 def _all_met(per_agg: list[dict[Any, GroupEstimate]]) -> bool:
     return all(ge.target_met for groups in per_agg for ge in groups.values())
-
-
-class _Strata:
-    """Equal-size strata by proxy rank, and draws from an allocation over them."""
-
-    def __init__(self, n_units: int, proxy: np.ndarray | None, k: int) -> None:
-        self.n = n_units
-        if proxy is None or k == 1:
-            self.order = np.arange(n_units)
-            k = 1
-        else:
-            self.order = np.argsort(proxy, kind="stable")
-        k = max(1, min(k, n_units))
-        self.bounds = np.linspace(0, n_units, k + 1).astype(np.int64)
-        self.sizes = np.diff(self.bounds)
-        self.k = k
-
-    def draw(self, rng: np.random.Generator, pi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        strata = rng.choice(self.k, size=n, p=pi)
-        offs = (rng.random(n) * self.sizes[strata]).astype(np.int64)
-        offs = np.minimum(offs, self.sizes[strata] - 1)
-        return self.order[self.bounds[strata] + offs], strata
 
 
 def _expected_draws(
@@ -627,275 +580,7 @@ def _draws_to_target(per_agg: list[dict[Any, GroupEstimate]], n: int, eps: float
 # ------------------------------------------------------------------ intervals
 
 
-def _interval(
-    kind: str,
-    c: np.ndarray,
-    s: np.ndarray,
-    smp: _Sample,
-    rng_j: tuple[float, float, float],
-    n_units: int,
-    delta: float,
-    method: str,
-) -> tuple[float, float, float]:
-    """(low, high, estimate) of one aggregate of one group from its per-draw counts and sums."""
-    r, lo, hi = rng_j
-    if kind == "avg":
-        return _avg_interval(c, s, smp.w, smp.wmax, r, (lo, hi), delta, method, smp.horizon)
-    x = s if kind == "sum" else c
-    a = r * min(0.0, lo) if kind == "sum" else 0.0
-    b = r * max(0.0, hi) if kind == "sum" else r
-    low, high, est = _mean_interval(x, a, b, smp.w, smp.wmax, delta, method, smp.horizon)
-    return low * n_units, high * n_units, est * n_units
-
-
-def _relative_check(lo: float, hi: float, est: float, eps: float) -> tuple[bool, float]:
-    """Is there an estimate within ε·|truth| of every value in [lo, hi]? Returns (met, estimate)."""
-    est = float(min(max(est, lo), hi))
-    if lo > 0:
-        a, b = hi * (1 - eps), lo * (1 + eps)
-    elif hi < 0:
-        a, b = lo * (1 + eps), hi * (1 - eps)
-    else:
-        return False, est
-    if a <= b:
-        return True, float(min(max(est, a), b))
-    return False, est
-
-
-def _log_wealth(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, lam: np.ndarray, side: Side) -> float:
-    """Largest log-wealth of the bettor against "mean of x >= 0" (upper) or "<= 0" (lower), each
-    x[i] known beforehand to lie in [lo[i], hi[i]], with predictable bet sizes ``lam`` truncated at
-    _BET_CAP of the largest safe bet (see ``bounds.betting_log_wealth``)."""
-    # delta only sizes default bets; these are given
-    return float(betting_log_wealth(x, lo, hi, 0.0, 0.5, side, lam_tilde=lam, cap=_BET_CAP))
-
-
-def _mean_interval(
-    x: np.ndarray,
-    a: float,
-    b: float,
-    w: np.ndarray,
-    wmax: np.ndarray,
-    delta: float,
-    bound: str,
-    horizon: np.ndarray,
-) -> tuple[float, float, float]:
-    """Interval for the population mean of x (x in [a, b] for every unit) from weighted draws."""
-    n = x.size
-    if n == 0:
-        return a, b, (a + b) / 2
-    z = (x - a) * w  # unbiased for mean(x) - a; each draw in [0, (b - a) * wmax]
-    est = float(z.mean()) + a
-    if bound == "normal":
-        se = float(z.std(ddof=1)) / np.sqrt(n) if n > 1 else np.inf
-        h = stats.norm.ppf(1 - delta / 2) * se
-        return max(est - h, a), min(est + h, b), est
-    hi_t = (b - a) * wmax
-    lam = plugin_bets(z, 0.0, hi_t[0], delta / 2, horizon, recent=True)
-    thr = np.log(2.0 / delta)
-
-    def score(side: Side) -> Callable[[float], float]:
-        return lambda mu: _log_wealth(z - mu, np.full(n, -mu), hi_t - mu, lam, side) - thr
-
-    top = float(b - a)  # the mean of x - a cannot exceed b - a
-    centre = float(np.clip(est - a, 0.0, top))
-    xtol = 1e-5 * max(centre, 1e-9 * top)
-    lower = find_boundary(score("lower"), 0.0, top, rejected_high=False, start=centre, xtol=xtol)
-    upper = find_boundary(score("upper"), 0.0, top, rejected_high=True, start=centre, xtol=xtol)
-    return lower + a, upper + a, est
-
-
-def _avg_interval(
-    c: np.ndarray,
-    s: np.ndarray,
-    w: np.ndarray,
-    wmax: np.ndarray,
-    r: float,
-    vb: tuple[float, float],
-    delta: float,
-    bound: str,
-    horizon: np.ndarray,
-) -> tuple[float, float, float]:
-    """Interval for the average value over the counted rows of a group (mean-zero betting test
-    on s - A·c, each draw in [r·min(0, lo - A), r·max(0, hi - A)] times its largest weight)."""
-    vlo, vhi = vb
-    zc = c * w
-    zs = s * w
-    n = zc.size
-    if n == 0 or zc.sum() == 0:
-        return vlo, vhi, (vlo + vhi) / 2
-    est = float(zs.sum() / zc.sum())
-    if bound == "normal":
-        resid = zs - est * zc
-        se = float(resid.std(ddof=1)) / (np.sqrt(n) * float(zc.mean())) if n > 1 else np.inf
-        h = stats.norm.ppf(1 - delta / 2) * se
-        return max(est - h, vlo), min(est + h, vhi), est
-    # Bet sizes from a reference variable using the running estimate (predictable and
-    # independent of the candidate A, which keeps the test monotone in A).
-    cs, cc = np.cumsum(zs), np.cumsum(zc)
-    prev_s = np.concatenate([[0.0], cs[:-1]])
-    prev_c = np.concatenate([[0.0], cc[:-1]])
-    a_prev = np.where(prev_c > 0, prev_s / np.where(prev_c > 0, prev_c, 1.0), (vlo + vhi) / 2)
-    ref = zs - a_prev * zc
-    width = (vhi - vlo) * wmax * r
-    lam = plugin_bets(ref, -width[0] / 2, width[0] / 2, delta / 2, horizon, recent=True)
-    thr = np.log(2.0 / delta)
-    wr = wmax * r
-
-    def score(side: Side) -> Callable[[float], float]:
-        def f(cand: float) -> float:
-            x = zs - cand * zc
-            lo = min(0.0, vlo - cand) * wr
-            hi = max(0.0, vhi - cand) * wr
-            return _log_wealth(x, lo, hi, lam, side) - thr
-
-        return f
-
-    # "lower" rejects A below the truth (mean of x > 0), "upper" rejects A above it
-    centre = float(np.clip(est, vlo, vhi))
-    xtol = 1e-5 * max(abs(centre), 1e-9 * (vhi - vlo))
-    lower = find_boundary(score("lower"), vlo, vhi, rejected_high=False, start=centre, xtol=xtol)
-    upper = find_boundary(score("upper"), vlo, vhi, rejected_high=True, start=centre, xtol=xtol)
-    return lower, upper, est
-
-
 # ------------------------------------------------------------------ allocations
-
-
-def _allocation_target(
-    kind: str,
-    c: np.ndarray,
-    s: np.ndarray,
-    w: np.ndarray,
-    est: float,
-    rng_j: tuple[float, float, float],
-    eps: float,
-    n_units: int,
-) -> tuple[np.ndarray, float, float]:
-    """What the allocations need of one (aggregate, group): its contribution ξ per draw, E* (the
-    mean ξ² a stratum may have before the betting allocation samples it above the floor) and the
-    CLT allocation's scale (the group's target, so relative errors are balanced across groups)."""
-    r, lo, hi = rng_j
-    if kind == "count":
-        xi, span, total = c, r, abs(est)
-    elif kind == "sum":
-        xi, span, total = s, r * max(abs(lo), abs(hi)), abs(est)
-    else:
-        xi = s - est * c
-        span = r * max(hi - est, est - lo)
-        total = abs(est) * n_units * float(np.mean(c * w))  # |AVG| x COUNT
-    e_star = span * eps * total * _VAR_SHARE / n_units
-    scale = abs(est) * max(float(np.mean(c)), 1e-12) if kind == "avg" else abs(est) / n_units
-    return xi, e_star, scale
-
-
-def _allocation(
-    st: _Strata,
-    prop: np.ndarray,
-    s_cat: np.ndarray,
-    targets: list[tuple[np.ndarray, float, float]],
-    uniform_share: float,
-) -> np.ndarray:
-    """π_k ∝ N_k sqrt(Σ_i E_k[ξ_i²] / T_i²) over (aggregate, group) targets i, mixed with
-    proportional allocation."""
-    if st.k == 1:
-        return prop
-    score = np.zeros(st.k)
-    cnt = np.bincount(s_cat, minlength=st.k)
-    for xi, _, scale in targets:
-        scale = scale if scale > 0 else 1.0
-        sq = np.bincount(s_cat, weights=xi**2, minlength=st.k)
-        pooled = float(np.mean(xi**2)) if xi.size else 0.0
-        # one pseudo-draw at the pooled value keeps unseen strata from being starved
-        m2 = (sq + pooled) / (cnt + 1.0)
-        score += m2 / max(scale, 1e-300) ** 2
-    opt = prop * np.sqrt(score)
-    if opt.sum() <= 0:
-        return prop
-    pi = (1 - uniform_share) * opt / opt.sum() + uniform_share * prop
-    return pi / pi.sum()
-
-
-def _betting_allocation(
-    st: _Strata,
-    prop: np.ndarray,
-    s_cat: np.ndarray,
-    targets: list[tuple[np.ndarray, float, float]],
-    uniform_share: float,
-    n_next: int,
-) -> np.ndarray:
-    """Allocation for the betting interval: the fewest distinct oracle calls, not draws.
-
-    With d_k draws per unit of stratum k (with replacement, and a repeat costs no call), the
-    stratum has cost about N_k (1 - exp(-d_k)) calls. A side of the betting interval can be bound
-    by the range: a draw as extreme as the ranges allow could still come from the least sampled
-    strata, the bets must stay safe against it, and only the sampling rate there, f = min_k d_k,
-    rules it out (each draw per unit buys evidence in proportion to c / R, R the range on that
-    side). Otherwise a side is bound by the variance, sum_k Y_k / d_k with Y_k = N_k E_k[ξ²]
-    (ξ the unit's contribution). Minimising calls subject to both (Lagrange:
-    N_k exp(-d_k) = ν Y_k / d_k²) gives d_k = f sqrt(E_k[ξ²] / E*) for the strata above the
-    floor: Neyman's rule, but scaled to the least-sampled strata instead of the densest one,
-    with E* = R ε |T| _VAR_SHARE / N (T the total bounded, _VAR_SHARE of its error budget taken
-    as the variance's). A stratum where f sqrt(E_k / E*) passes _SATURATE, the largest value of
-    d exp(-d / 2), has no such optimum: labelling it completely is cheaper, so it is
-    "saturated" and takes all the draws the others leave (it is labelled after a few rounds and
-    its further repeats are free). The others keep uniform_share * prop * r_k, which holds the
-    least-sampled strata at weight 1 / uniform_share. With several (aggregate, group) targets
-    each stratum takes the largest E_k / E* among them.
-
-    The plain Neyman rule (``_allocation``) ties the middle strata to the densest one and,
-    since that one is labelled in full early, keeps spending calls on them; and its additive
-    mixing leaves the sparse strata at uneven, larger weights. On the benchmark (Beta(0.01, 2)
-    proxy, N = 10^6, 5%, values in [0, 100], everything else equal) this allocation needs 10%
-    (AVG), 12% (SUM) and 16% (COUNT) fewer calls.
-    """
-    if st.k == 1:
-        return prop
-    cnt = np.bincount(s_cat, minlength=st.k)
-    ratio = np.zeros(st.k)
-    for xi, e_star, _ in targets:
-        if not (np.isfinite(e_star) and e_star > 0):
-            continue  # nothing seen to size strata by: proportional
-        sq = np.bincount(s_cat, weights=xi**2, minlength=st.k)
-        # one pseudo-draw at the pooled value keeps unseen strata from being written off
-        m2 = (sq + float(np.mean(xi**2))) / (cnt + 1.0)
-        ratio = np.maximum(ratio, m2 / e_star)
-    r = np.sqrt(np.maximum(ratio, 1.0))
-    sat = np.zeros(st.k, dtype=bool)
-    while True:
-        pi = _floor_mix(prop * r, uniform_share, prop, sat)
-        d = (cnt + pi * n_next) / st.sizes  # draws per unit after the next round
-        f = float(d[~sat].min()) if (~sat).any() else 0.0
-        new = ~sat & (r > 1.0) & (r * f >= _SATURATE)
-        if not new.any():
-            return pi
-        sat |= new
-
-
-def _floor_mix(score: np.ndarray, share: float, prop: np.ndarray, sat: np.ndarray) -> np.ndarray:
-    """Shares in proportion to ``score`` (= prop * r), none below the floor share * prop.
-
-    With saturated strata (``sat``) the others get share * score, which puts an r = 1 stratum at
-    the floor, and the saturated ones their floor plus what is left, in proportion to score
-    (their repeats are free); without any (or with nothing left) the shares are
-    max(a * score, floor) with a such that they sum to 1.
-    """
-    floor = share * prop
-    if sat.any():
-        pi = np.where(sat, floor, share * score)
-        rest = 1.0 - float(pi.sum())
-        if rest > 0:
-            pi[sat] += rest * score[sat] / score[sat].sum()
-            return pi
-    lo_a, hi_a = 0.0, 1.0 / float(score.sum())
-    for _ in range(60):
-        a = (lo_a + hi_a) / 2.0
-        if np.maximum(a * score, floor).sum() > 1.0:
-            hi_a = a
-        else:
-            lo_a = a
-    pi = np.maximum(lo_a * score, floor)
-    return pi / pi.sum()
 
 
 # ------------------------------------------------------------------ results

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from sampling import estimate_aggregate
-from sampling.cluster import _allocation_target, _betting_allocation, _Strata
+from sampling.unit_design import Strata, allocation_target, betting_allocation
 
 TRIALS = 200
 CONF = 0.95
@@ -68,7 +68,7 @@ def test_betting_allocation_keeps_the_weight_bound(skewed, agg: str) -> None:
     shares sum to 1, and the densest stratum, labelled best by sampling it in full, gets most."""
     d = skewed
     n = d["match"].size
-    st = _Strata(n, d["proxy"], 16)
+    st = Strata(n, d["proxy"], 16)
     prop = st.sizes / n
     rng = np.random.default_rng(3)
     rows, s_cat = st.draw(rng, prop, 4000)
@@ -76,9 +76,9 @@ def test_betting_allocation_keeps_the_weight_bound(skewed, agg: str) -> None:
     w = np.ones(rows.size)
     est = {"count": m.mean() * n, "sum": v.mean() * n, "avg": v[m].mean()}[agg]
     # one row per unit: count = match, sum = match * value
-    target = _allocation_target(agg, m.astype(float), v, w, float(est), (1.0, 0.0, 100.0), EPS, n)
+    target = allocation_target(agg, m.astype(float), v, w, float(est), (1.0, 0.0, 100.0), EPS, n)
     for share in (0.05, 0.2, 0.5):
-        pi = _betting_allocation(st, prop, s_cat, [target], share, 20_000)
+        pi = betting_allocation(st, prop, s_cat, [target], share, 20_000)
         assert pi.sum() == pytest.approx(1.0)
         assert np.all(pi >= share * prop * (1 - 1e-9))
         assert np.argmax(pi) == st.k - 1
