@@ -1,7 +1,7 @@
 """SieveDB's finite-sample selection against BARGAIN (SIGMOD 2026, PyPI ``bargain``), side by side.
 
     .venv/bin/python bench/bench_bargain.py [--seeds 20] [--budget 1000] [--delta 0.05]
-                                            [--datasets imagenet,beta,beta05] [--bound betting]
+                                            [--datasets imagenet,beta,beta05,sep] [--bound betting]
 
 Both methods run in-process on the same proxy array and the same oracle labels, at the same
 budget and δ, for each seed: RT 90% (recall target) and PT 90% (precision target). BARGAIN gets
@@ -13,6 +13,8 @@ Datasets:
             50,000 rows, 50 positives (0.1%)
   beta      SUPG's generator: proxy ~ Beta(0.01, 2), label ~ Bernoulli(proxy), N = 10^6 (0.5%)
   beta05    proxy ~ Beta(0.05, 2), label ~ Bernoulli(proxy), N = 100,000 (about 2.4% positives)
+  sep       a dense, well-separated top: 10% positives, proxy ~ Beta(20, 1.5) for positives and
+            Beta(1, 30) for negatives, N = 20,000 (the in-process analogue of the digits MLP)
 
 Columns: success = share of seeds meeting the target; precision / recall = means over seeds;
 calls = mean distinct oracle calls. A MET/MISSED line per dataset and query compares SieveDB to
@@ -57,10 +59,20 @@ def load(name: str) -> Dataset | None:
         return Dataset(
             name, raw["proxy_score"].astype(np.float64), raw["label"].astype(bool).astype(np.int64)
         )
+    if name == "sep":
+        return separated()
     shape, n, seed = {"beta": (0.01, 1_000_000, 20240601), "beta05": (0.05, 100_000, 5)}[name]
     rng = np.random.default_rng(seed)
     proxy = rng.beta(shape, 2.0, n)
     return Dataset(name, proxy, (rng.random(n) < proxy).astype(np.int64))
+
+
+def separated(n: int = 20_000, seed: int = 1) -> Dataset:
+    """Dense top, nearly no overlap: every positive outranks every negative on most draws."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.1).astype(np.int64)
+    proxy = np.where(labels == 1, rng.beta(20, 1.5, n), rng.beta(1, 30, n))
+    return Dataset("sep", proxy, labels)
 
 
 def bargain_models(data: Dataset) -> tuple[object, object]:
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget", type=int, default=1000)
     ap.add_argument("--delta", type=float, default=0.05)
-    ap.add_argument("--datasets", default="imagenet,beta,beta05")
+    ap.add_argument("--datasets", default="imagenet,beta,beta05,sep")
     ap.add_argument("--bound", default="betting", help="SieveDB's bound (betting = SET sieve.bound='finite')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
