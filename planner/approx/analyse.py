@@ -7,7 +7,7 @@ answered another way than the one the clause asks for.
 
 from __future__ import annotations
 
-from pglast import ast, parse_sql
+from pglast import ast, keywords, parse_sql
 from pglast.enums import JoinType
 from pglast.parser import ParseError
 
@@ -21,6 +21,7 @@ from planner.rewrite.join_keys import function_calls
 from planner.sqlstate import FEATURE_NOT_SUPPORTED
 
 _AGGREGATES = ("count", "sum", "avg")
+_KEYWORDS = keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS | keywords.COL_NAME_KEYWORDS
 
 
 def analyse(sql: str, stmt: ast.SelectStmt, clause: ApproxClause, models: dict) -> ApproxPlan:
@@ -188,8 +189,10 @@ def _name(item: ast.RangeVar) -> str:
 
 
 def _ident(name: str) -> str:
+    """``name`` as SQL: bare when that reads back the same (reserved words such as ``user``
+    name a table only when quoted; quoting every keyword is always safe)."""
     plain = name.islower() and name.replace("_", "").isalnum() and not name[0].isdigit()
-    return name if plain else quote_ident(name)
+    return name if plain and name not in _KEYWORDS else quote_ident(name)
 
 
 # -- selections and LIMIT ------------------------------------------------------------------------

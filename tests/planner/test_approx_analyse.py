@@ -101,6 +101,11 @@ def test_joined_tables_are_one_unit_per_row_pair():
     assert plan.guard(["(0,1),(0,2)"]).endswith("::text[])")
 
 
+def test_a_table_named_by_a_reserved_word_is_quoted():
+    plan = plan_of('SELECT count(*) FROM "user" WHERE vehicle_count(pixels) > 0 ERROR TARGET 10%')
+    assert plan.unit_names == ['"user"'] and plan.key_sql == '"user".ctid::text'
+
+
 def test_the_unit_guard_of_one_table_is_a_tid_scan():
     plan = plan_of("SELECT count(*) FROM frames WHERE vehicle_count(pixels) > 0 ERROR TARGET 10%")
     assert plan.guard(["(0,1)", "(3,4)"]) == 'frames.ctid = ANY(\'{"(0,1)","(3,4)"}\'::tid[])'
