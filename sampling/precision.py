@@ -312,18 +312,35 @@ def precision_test(
     """Reject "Neg > allowed" from ``negatives`` seen in a without-replacement sample of ``n``
     out of ``population`` rows (Neg counts the marked rows in the population; ``at_most`` is a
     known cap on Neg, e.g. the sampled population's rows inside the prefix)."""
-    if allowed < 0:
-        return False
-    d0 = int(np.floor(allowed)) + 1  # smallest count that violates the target
-    if d0 > population or (at_most is not None and d0 > at_most):
-        return True
+    return bool(precision_tests(negatives, n, population, allowed, level, bound, at_most))
+
+
+def precision_tests(
+    negatives: np.ndarray | int,
+    n: int,
+    population: int,
+    allowed: np.ndarray | float,
+    level: float,
+    bound: str,
+    at_most: np.ndarray | int | None = None,
+) -> np.ndarray:
+    """``precision_test`` over arrays of (negatives, allowed, at_most) at once (the fine
+    candidate grid has hundreds of prefixes; one scipy call per prefix dominated the run)."""
+    negatives, allowed = np.broadcast_arrays(np.asarray(negatives), np.asarray(allowed, dtype=float))
+    d0 = np.floor(allowed).astype(np.int64) + 1  # smallest count that violates the target
+    trivial = d0 > population
+    if at_most is not None:
+        trivial |= d0 > np.asarray(at_most)
     if n == 0:
-        return False
-    if not exact_stage_two(bound):
+        rejected = trivial
+    elif not exact_stage_two(bound):
         f = negatives / n
-        se = np.sqrt(max(f * (1 - f), 0.0) / n * (population - n) / max(population - 1, 1))
-        return bool(population * (f + stats.norm.ppf(1 - level) * se) < d0)
-    return bool(stats.hypergeom.cdf(negatives, population, d0, n) <= level)
+        se = np.sqrt(np.maximum(f * (1 - f), 0.0) / n * (population - n) / max(population - 1, 1))
+        rejected = trivial | (population * (f + stats.norm.ppf(1 - level) * se) < d0)
+    else:
+        marked = np.clip(d0, 0, population)  # outside [0, population] the answer is already known
+        rejected = trivial | (stats.hypergeom.cdf(negatives, population, marked, n) <= level)
+    return rejected & (allowed >= 0)
 
 
 @dataclass(frozen=True)
@@ -384,8 +401,8 @@ def _stage_two(
     y2 = labels_of(bo, rp.order[sample])
     # the requested test chooses the answer; the exact one (the same when bound != "normal")
     # says whether that answer is certified
-    methods = {"requested": bound, "exact": "betting"}
-    runs: dict[str, list[bool]] = {"requested": [], "exact": []}
+    methods = {"requested": bound} if exact_stage_two(bound) else {"requested": bound, "exact": "betting"}
+    runs: dict[str, list[bool]] = {key: [] for key in methods}
     for size in order:
         negatives = int(np.count_nonzero((sample < size) & (y2 == 0)))
         for key, outcome in runs.items():
@@ -396,7 +413,7 @@ def _stage_two(
             outcome.append(bool(rejected))
     chosen = runs["requested"]
     best = max([int(s) for s, ok in zip(order, chosen, strict=True) if ok], default=0)
-    exact_rejected = {int(s) for s, ok in zip(order, runs["exact"], strict=True) if ok}
+    exact_rejected = {int(s) for s, ok in zip(order, runs.get("exact", chosen), strict=True) if ok}
     in_prefix = sample < best
     frac_pos = float(y2[in_prefix].mean()) if np.any(in_prefix) else 0.0
     return best, {
@@ -439,7 +456,9 @@ def _test_order(
     def test(k: int, s: int, level: float) -> bool:
         return precision_test(k, n2, pop, st.allowed(s, p), level, bound, st.population_in(s))
 
-    raw = raw[np.array([test(0, int(s), delta) for s in raw])]
+    allowed = np.array([st.allowed(int(s), p) for s in raw])
+    in_pop = np.array([st.population_in(int(s)) for s in raw])
+    raw = raw[precision_tests(0, n2, pop, allowed, delta, bound, in_pop)]
     if raw.size == 0:
         return raw, raw
     picks = np.searchsorted(raw, np.geomspace(raw[0], raw[-1], n_candidates), side="left")
