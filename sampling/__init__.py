@@ -4,6 +4,7 @@ Pure numpy/scipy: proxy scores and an oracle callable in, row indices and estima
 oracle is wrapped in :class:`BudgetedOracle`, so it never sees more than ``budget`` distinct rows.
 """
 
+from .active import Candidate, choose_labels
 from .aggregate import estimate_aggregate
 from .auto_proxy import fit_logistic, predict_logistic, train_proxy
 from .bounds import (
@@ -43,6 +44,7 @@ __all__ = [
     "AutoProxy",
     "BudgetExceededError",
     "BudgetedOracle",
+    "Candidate",
     "FlipAdvice",
     "GroupEstimate",
     "LimitResult",
@@ -52,6 +54,7 @@ __all__ = [
     "UnitAnswer",
     "advise_flip",
     "check_proxy_ranking",
+    "choose_labels",
     "estimate_aggregate",
     "estimate_unit_aggregates",
     "fit_logistic",
