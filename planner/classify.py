@@ -32,6 +32,8 @@ MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True, lifecycle=Tr
 MODEL_LIFECYCLE = Decision(Route.PLAN, "model lifecycle", lifecycle=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
 APPROXIMATE = Decision(Route.PLAN, "approximate clause")
+# CREATE / DROP ASSERTION, sieve.check_assertion(...), sieve.label_candidates(...): planner/assertions
+ASSERTION = Decision(Route.PLAN, "assertion", executes_itself=True)
 # Forwarded; the session notes it may carry sieve.* settings the planner must then read.
 SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
@@ -52,8 +54,10 @@ _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
 _APPROX = rb"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b"
 _APPROX_CLAUSE = re.compile(_APPROX, re.IGNORECASE)
 _SIEVE_SETTING = rb"\bsieve\."
+_ASSERTION_RE = rb"(?:create|drop)\s+assertion\b|\bsieve\.(?:check_assertion|label_candidates)\s*\("
+_ASSERTION = re.compile(_ASSERTION_RE, re.IGNORECASE)
 _SIEVE_SETTING_RE = re.compile(_SIEVE_SETTING, re.IGNORECASE)
-_ONNX_OR_APPROX = re.compile(b"onnx|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE)
+_ONNX_OR_APPROX = re.compile(b"onnx|assertion|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE)
 # --- end approximate queries
 
 
@@ -85,7 +89,7 @@ class Classifier:
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
         self._prefilter = re.compile(
-            b"onnx|"
+            b"onnx|assertion|"
             + _FUNCTION_DDL_RE
             + b"|"
             + _DROPS_DEPENDENTS_RE
@@ -119,6 +123,8 @@ class Classifier:
         UTF-8 bytes of the frame so that the forward path never decodes it."""
         if isinstance(sql, str):
             sql = sql.encode()
+        if _ASSERTION.search(sql):
+            return ASSERTION
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
             if _APPROX_CLAUSE.search(sql):

@@ -13,6 +13,7 @@ from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 from pglast.parser import ParseError
 
+from planner.assertions.runner import Assertions
 from planner.calls import CallSite, find_call_sites
 from planner.catalog import ModelCatalog
 from planner.classify import Classifier, Decision
@@ -65,6 +66,7 @@ class Planner:
         self.max_model_bytes = max_model_bytes
         self.catalog = ModelCatalog(dbs.read)
         self.lifecycle = ModelLifecycle(self)
+        self.assertions = Assertions(self)
         self._plans: OrderedDict = OrderedDict()  # (sql, bound values, rewritable) -> analysis
 
     async def start(self) -> None:
@@ -86,6 +88,11 @@ class Planner:
     ) -> Outcome:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
+        if decision.reason == "assertion":
+            outcome = await self.assertions.run(sql, port)
+            if outcome is not None:
+                return outcome
+            return Forward()
         # --- approximate queries (planner/approx): a trailing clause Postgres cannot parse
         if not decision.executes_itself:
             from planner.approx.run import ExactInstead, run_approximate
@@ -223,6 +230,7 @@ class Planner:
         done.maps_wanted = wanted_maps(final, self.catalog.models) if rewritable else frozenset()
         await self.materialize_all(analysis.sites, port, done)
         await self.finish(sql, done, started, port)
+        self.assertions.monitor({m for m, n in done.model_calls.items() if n > 0}, port)
         if not rewritable or any(_has_params(s) for s in final):
             return Forward()  # a value known only to Postgres: its SQL must keep the $n
         return Forward(sql=read_outputs_sql(final, self.catalog.models, done.maps) or analysis.forward_sql)
