@@ -21,6 +21,7 @@ from .cascade import select_cascade
 from .cluster import AggSpec, UnitAnswer, estimate_unit_aggregates
 from .importance import RankedProxy, rank_proxy
 from .limit_search import limit_search
+from .observation import GroupDensity, ObservationModel, fit_observations, observation_severity
 from .oracle import BudgetedOracle, BudgetExceededError
 from .precision import select_precision_target
 from .proxy_check import advise_flip, check_proxy_ranking
@@ -71,4 +72,8 @@ __all__ = [
     "upper_bound",
     "weighted_mean_bound",
     "weighted_mean_interval",
+    "GroupDensity",
+    "ObservationModel",
+    "fit_observations",
+    "observation_severity",
 ]
