@@ -41,6 +41,8 @@ from urllib.parse import quote, urlparse
 
 import asyncpg
 
+from server import demo_video
+
 log = logging.getLogger("sievedb.demo")
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +160,8 @@ class DemoSummary:
     reviews_loaded: bool
     examples: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    video: dict[str, int] = field(default_factory=dict)  # the assertions demo's tables -> rows
+    assertions: list[str] = field(default_factory=list)  # assertions this run created
 
 
 # -- data and models (pure, run in a thread) ------------------------------------------------------
@@ -351,6 +355,7 @@ async def _install(conn: asyncpg.Connection, models_dir: Path, reviews_csv: Path
     summary.trained = missing
     await _functions(conn, DIGIT_FUNCTIONS, summary)
     await _view(conn, DIGIT_VIEW, summary)
+    await _video(conn, models_dir, summary)
     if reviews_csv is not None:
         await _functions(conn, REVIEW_FUNCTIONS, summary)
         await _view(conn, REVIEW_VIEW, summary)
@@ -419,6 +424,15 @@ async def _functions(
         log.info("model function %s ready", name)
 
 
+async def _video(conn: asyncpg.Connection, models_dir: Path, summary: DemoSummary) -> None:
+    """The model-assertions demo (``server/demo_video.py``): a street video, a detector that makes
+    recorded mistakes, and the assertions that find them. Kept out of ``tables``/``functions``/
+    ``views``, which describe the query demo."""
+    summary.video = await demo_video.install_video_demo(conn, models_dir)
+    summary.assertions = await demo_video.create_assertions(conn)
+    summary.examples += list(demo_video.EXAMPLES)
+
+
 async def _view(conn: asyncpg.Connection, view: tuple[str, str], summary: DemoSummary) -> None:
     name, ddl = view
     await conn.execute(ddl)
@@ -446,6 +460,11 @@ def banner(summary: DemoSummary, psql: str) -> str:
     lines = [
         f"{BANNER_TITLE} ({', '.join(f'{t}: {n} rows' for t, n in summary.tables.items())}; "
         f"models: {', '.join(summary.functions)})",
+        *(
+            [f"assertions demo: {', '.join(f'{t}: {n} rows' for t, n in summary.video.items())}"]
+            if summary.video
+            else []
+        ),
         "connect with:",
         f"    {psql}",
         "and try:",

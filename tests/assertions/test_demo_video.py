@@ -184,8 +184,9 @@ def test_each_consistency_assertion_finds_its_injected_errors(demo: Demo, assert
 
 
 def test_the_learned_assertion_ranks_wrong_sizes_high(demo: Demo) -> None:
-    """odd_boxes ranks boxes by unlikelihood of (area, aspect) per label: the injected wrong sizes
-    must be far likelier in its top 2n (n injected) than a random ranking puts them there."""
+    """odd_boxes ranks boxes by the unlikelihood of (area, aspect) per label; boxes clipped at the
+    frame's edges are naturally odd too, so the floor is recall at k = 2n (n injected wrong sizes)
+    >= 0.6, where a random ranking finds 2n / boxes (under 1%)."""
     with demo.connect() as conn:
         found = _check(conn, "odd_boxes")
     truth = av.injected(demo.world, "odd_boxes")
@@ -195,4 +196,4 @@ def test_the_learned_assertion_ranks_wrong_sizes_high(demo: Demo) -> None:
     log.info(
         "odd_boxes: recall at %d = %.3f (a random ranking: %.3f); %d flagged", k, recall, chance, len(found)
     )
-    assert recall >= 10 * chance
+    assert recall >= 0.6
