@@ -107,6 +107,22 @@ def test_the_reference_answer_of_each_assertion_meets_the_target(world: VideoWor
     assert s.precision >= 0.9
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("assertion", ["flicker", "multibox", "phantom"])
+def test_the_target_holds_in_every_world_of_twenty_seeds(assertion: str) -> None:
+    """Not one lucky world: over 20 seeded worlds (40-60 injected errors each) every world meets
+    the target (measured over 30 seeds: lowest TPR 0.976 flicker, 0.907 multibox, 0.958 phantom;
+    with multibox's mean miss rate of 2.2%, a world of 48 errors misses the target with chance
+    ~0.1%)."""
+    scores = []
+    for seed in range(100, 120):
+        world = generate(seed=seed)
+        scores.append(av.score(av.expected_flags(world, assertion), av.injected(world, assertion)))
+    tprs = [s.tpr for s in scores]
+    log.info("%s over 20 worlds: TPR min %.3f mean %.3f", assertion, min(tprs), float(np.mean(tprs)))
+    assert min(tprs) >= TPR_TARGET
+
+
 # -- through SQL --------------------------------------------------------------------------------
 
 
