@@ -217,10 +217,10 @@ def _log_density(fit: GroupDensity, x: np.ndarray) -> np.ndarray:
 
 
 def _severity(fit: GroupDensity, x: np.ndarray) -> np.ndarray:
-    logd = _log_density(fit, x)
-    own = np.array([fit.fitted.get(row.tobytes(), np.nan) for row in x])
-    is_fitted = ~np.isnan(own)
-    logd[is_fitted] = own[is_fitted]  # a fitted row is scored as it was ranked: leave-one-out
+    # a fitted row is scored as it was ranked, by its leave-one-out density (and costs no kernels)
+    logd = np.array([fit.fitted.get(row.tobytes(), np.nan) for row in x])
+    is_fitted = ~np.isnan(logd)
+    logd[~is_fitted] = _log_density(fit, x[~is_fitted])
     below = np.searchsorted(fit.reference, logd, side="right")
     new = (~is_fitted).astype(np.float64)
     return 1.0 - (below + new) / (fit.n_fit + new)
