@@ -43,7 +43,8 @@ def _recall_at_k(severity: np.ndarray, bad: np.ndarray) -> float:
 
 
 def test_top_k_by_severity_recovers_injected_box_errors() -> None:
-    # measured over seeds 0-9: mean recall at k 0.81, lowest 0.78 (sizes 0.74, classes 0.88)
+    # measured over seeds 0-9: mean recall at k 0.81, lowest 0.78 (sizes 0.74, classes 0.88);
+    # on raw (area, aspect) instead of their logs the same boxes give 0.65: sizes are ratios
     recalls = []
     for seed in range(5):
         feats, label, bad = _boxes(np.random.default_rng(seed), 20_000, error_share=0.02)
@@ -52,6 +53,7 @@ def test_top_k_by_severity_recovers_injected_box_errors() -> None:
     assert min(recalls) >= 0.7, recalls
 
 
+@pytest.mark.slow
 def test_severity_of_clean_rows_is_uniform_on_fresh_data() -> None:
     # Fit on 8,000 clean boxes (~2,000 per class), score 20,000 fresh ones, 20 seeds.
     # P(severity >= s) <= 1 - s by construction (conformal); it should also be close to it.
