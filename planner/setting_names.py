@@ -28,6 +28,8 @@ UNDEFINED_OBJECT = "42704"
 # sieve.lenient is SieveDB's own (lenient reads of model caches, set per statement)
 DEFAULTS: dict[str, str] = {PREFIX + name: value for name, value in SHOWN_DEFAULTS.items()}
 DEFAULTS[PREFIX + "lenient"] = "off"
+# a query of (key columns..., confidence) that sieve.label_candidates(n, 'uncertainty') ranks by
+DEFAULTS[PREFIX + "uncertainty_query"] = ""
 _NAMED = (VariableSetKind.VAR_SET_VALUE, VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_SET_CURRENT)
 
 

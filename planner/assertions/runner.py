@@ -188,12 +188,6 @@ class Assertions:
             )
         if n < 0:
             raise PlanError(INVALID_PARAMETER, f"n must be >= 0, got {n}")
-        if strategy == "uncertainty":
-            raise PlanError(
-                INVALID_PARAMETER,
-                "strategy 'uncertainty' needs each row's model confidence, which assertions do not carry",
-                hint="use 'bal' or 'random'",
-            )
         flagged = await port.fetch(
             "SELECT v.assertion, v.key::text, v.severity FROM sieve.violations v "
             "WHERE NOT EXISTS (SELECT 1 FROM sieve.labels l WHERE l.key = v.key)"
@@ -203,14 +197,56 @@ class Assertions:
             Candidate(json.dumps(json.loads(k), sort_keys=True), a, float(s)) for a, k, s in flagged
         ]
         history = await store.history(self.planner.db)
+        confidence, all_keys = await self._confidences(port, strategy)
 
-        chosen = choose_labels(candidates, n, strategy, history=history, rng=np.random.default_rng())
-        best = {}
+        chosen = choose_labels(
+            candidates,
+            n,
+            strategy,
+            history=history,
+            confidence=confidence,
+            all_keys=all_keys,
+            rng=np.random.default_rng(),
+        )
+        best: dict = {}
         for c in candidates:
             if c.key not in best or c.severity > best[c.key].severity:
                 best[c.key] = c
-        rows = [best[k] for k in chosen]
+        # a row no assertion flags (uncertainty, random over every row): severity 1 - confidence
+        rows = [best.get(k) or Candidate(k, None, 1.0 - (confidence or {}).get(k, 0.0)) for k in chosen]
         return Forward(sql=_candidates_sql(rows))
+
+    async def _confidences(self, port: SessionPort, strategy: str) -> tuple[dict | None, list | None]:
+        """(key -> model confidence, every key) from ``sieve.uncertainty_query``, a query of key
+        columns and a ``confidence`` column (materialized like a check); unlabelled keys only.
+        Needed by 'uncertainty'; 'random' draws from its keys when it is set."""
+        query = await port.fetchval("SELECT pg_catalog.current_setting('sieve.uncertainty_query', true)")
+        if not query:
+            if strategy == "uncertainty":
+                raise PlanError(
+                    INVALID_PARAMETER,
+                    "strategy 'uncertainty' ranks rows by a model's confidence: set sieve.uncertainty_query",
+                    hint="SET sieve.uncertainty_query = 'SELECT id, confidence FROM predictions' "
+                    "(key columns and a confidence in [0, 1])",
+                )
+            return None, None
+        rows = await self._materialized_rows(query, port)
+        labelled = {
+            json.dumps(json.loads(k), sort_keys=True)
+            for (k,) in await port.fetch("SELECT key::text FROM sieve.labels")
+        }
+        confidence = {}
+        for (text,) in rows:
+            obj = json.loads(text) if isinstance(text, str) else text
+            if "confidence" not in obj:
+                raise PlanError(
+                    INVALID_PARAMETER, "sieve.uncertainty_query must return a column named confidence"
+                )
+            value = obj.pop("confidence")
+            key = json.dumps(obj, sort_keys=True)
+            if key not in labelled and value is not None:
+                confidence[key] = float(value)
+        return confidence, list(confidence)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -350,7 +386,11 @@ def _candidates_sql(rows) -> str:
     values = ", ".join(
         "("
         + ", ".join(
-            [_literal(c.assertion) + "::text", _literal(c.key) + "::jsonb", f"{float(c.severity)!r}::float8"]
+            [
+                (_literal(c.assertion) if c.assertion is not None else "NULL") + "::text",
+                _literal(c.key) + "::jsonb",
+                f"{float(c.severity)!r}::float8",
+            ]
         )
         + ")"
         for c in rows

@@ -237,3 +237,35 @@ def test_label_candidates_propose_flagged_rows_not_yet_labelled(server):
         conn.execute("delete from sieve.labels")
         conn.execute("DROP ASSERTION wrong")
         conn.execute("DROP ASSERTION small_ids")
+
+
+def test_uncertainty_ranks_rows_by_the_confidence_query(server):
+    with connect(server) as conn:
+        conn.execute(
+            "SET sieve.uncertainty_query = 'SELECT id, 0.5 + (id % 10) / 20.0 AS confidence FROM digits'"
+        )
+        rows = conn.execute("SELECT * FROM sieve.label_candidates(5, 'uncertainty')").fetchall()
+        assert len(rows) == 5
+        assert all(r[0] is None and r[1]["id"] % 10 == 0 and r[2] == pytest.approx(0.5) for r in rows), rows
+        conn.execute("RESET sieve.uncertainty_query")
+
+
+def test_a_new_model_version_is_checked_again(server):
+    """Runs last in this module: it replaces digit_oracle (a new version, an empty cache)."""
+    with connect(server) as conn:
+        conn.execute(f"CREATE ASSERTION versioned AS {DISAGREE}")
+        conn.execute("SELECT sieve.check_assertion('versioned')")
+        (old,) = conn.execute("select version from sieve.models where name = 'digit_oracle'").fetchone()
+        conn.execute(
+            "create or replace function digit_oracle(pixels real[]) returns int language onnx "
+            'as \'digits_mlp.onnx\', \'{"output": {"output": "label"}}\''
+        )
+        (new,) = conn.execute("select version from sieve.models where name = 'digit_oracle'").fetchone()
+        assert new > old
+        (count,) = conn.execute("SELECT sieve.check_assertion('versioned')").fetchone()
+        versions = {
+            r[0]["digit_oracle"]
+            for r in conn.execute("select model_versions from sieve.violations where assertion = 'versioned'")
+        }
+        assert count > 0 and versions == {new}
+        conn.execute("DROP ASSERTION versioned")
