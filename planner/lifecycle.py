@@ -179,6 +179,9 @@ class ModelLifecycle:
             raise PlanError(getattr(exc, "sqlstate", None) or "XX000", str(exc)) from None
         await self.planner.refresh()
         log.info("model registered name=%s version=%d path=%s", spec.name, spec.version, spec.path)
+        if previous is not None and spec.version != previous.version:
+            # assertions over the old version's outputs are re-evaluated over the new version's
+            self.planner.assertions.monitor({spec.name}, port)
         return Done("CREATE FUNCTION")
 
     async def _load(self, spec: ModelSpec) -> None:

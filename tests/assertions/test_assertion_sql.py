@@ -262,6 +262,10 @@ def test_a_new_model_version_is_checked_again(server):
         )
         (new,) = conn.execute("select version from sieve.models where name = 'digit_oracle'").fetchone()
         assert new > old
+        # the new version's cache is empty: monitoring re-reads it and no stale flag remains
+        assert _wait_for(
+            conn, "select count(*) from sieve.violations where assertion = 'versioned'", (0,)
+        ) == (0,)
         (count,) = conn.execute("SELECT sieve.check_assertion('versioned')").fetchone()
         versions = {
             r[0]["digit_oracle"]
