@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_assertions.py                  # every section
     .venv/bin/python bench/bench_assertions.py --section al     # active-learning curves only
     .venv/bin/python bench/bench_assertions.py --section al --seeds 3 --rounds 5
+    .venv/bin/python bench/bench_assertions.py --section tpr --video-seeds 3 --frames 2000
+    .venv/bin/python bench/bench_assertions.py --section scale --sizes 500,1000,2000,4000
 
 Active learning ("al"): scikit-learn's digits (1,797 8x8 images), 30% held out for test accuracy,
 the rest the pool. A LogisticRegression starts from 50 random labelled pool rows; each round a
@@ -22,19 +24,48 @@ unlabelled rows are flagged the round is topped up at random (counted as "topped
 strategy spends the same labels. Strategies: bal, uncertainty (lowest max-probability), random.
 Printed: mean test accuracy per round per strategy, and whether "BAL > random (mean accuracy over
 rounds 3..10)" was MET or MISSED.
+
+The video sections run the assertions of ``server.demo_video`` through one live SieveDB server
+(embedded PostgreSQL, ``--inference-workers 1``, in a temporary directory): each world (a seed and
+a frame count, ``server.demo_video.generate``) is installed with the demo's own installer after the
+previous world's tables, views and assertions are dropped; each assertion is created with CREATE
+ASSERTION and evaluated with ``SELECT sieve.check_assertion(name)``; its flags are read back from
+``sieve.violations``. The detector's model calls are the sum of ``sieve.query_log.model_calls
+->> 'detect_objects'`` over the rows the check logged; check time is the wall time of the
+``check_assertion`` statement seen by the client.
+
+Assertion quality ("tpr"): ``--video-seeds`` worlds (seeds 12, 13, ...) of ``--frames`` frames.
+Before each assertion the detector's cache is cleared (``sieve.clear_cache``), so each check pays
+for its own model run. Per assertion, pooled over the worlds: TPR (share of the injected errors of
+its kind whose key it flags) and the lowest world's TPR, precision (strict: a flag counts only when
+it names an injected error of the assertion's own kind, as tests/support/assertion_video.py scores
+it), flags, and mean check seconds. For the learned ``odd_boxes`` (severity ranks every box it
+scores) also recall at k = 2n, n its world's injected wrong sizes, and what a random ranking finds.
+Lines "MET/MISSED: TPR >= 0.88" for flicker, multibox and phantom: MET when every world meets it.
+
+Check time vs rows ("scale"): one world (seed 12) per size in ``--sizes``; each assertion checked
+cold (the detector's cache cleared first: the check runs the detector over the frames it reads)
+and then warm (checked again at once: every output cached), ``--repeats`` times; seconds are the
+median. Printed: seconds and detector calls of each, the ratio warm/cold of the seconds, and per
+size the totals over the four assertions. In both sections the first world's assertions are checked
+once, unmeasured, before the figures are taken, so the server's start-up costs (imports, first
+plans) are not charged to the first checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -43,6 +74,11 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampling.active import Candidate, choose_labels  # noqa: E402
+from server.demo_video import ASSERTIONS as VIDEO_ASSERTIONS  # noqa: E402
+from server.demo_video import SEED as VIDEO_SEED  # noqa: E402
+from server.demo_video import VideoWorld, generate  # noqa: E402
+from tests.support import assertion_video as av  # noqa: E402
+from tests.support.servers import SieveProcess  # noqa: E402
 
 log = logging.getLogger("bench_assertions")
 
@@ -273,8 +309,215 @@ def _report_flagged_labels(curves: dict[str, dict[str, np.ndarray]], labels: int
         print(f"{strategy:>14} " + " ".join(f"{s:6.1%}" for s in shares))
 
 
+# -- the video demo through a live server ----------------------------------------------------------
+
+DETECTOR = "detect_objects"
+CONSISTENCY = ("flicker", "multibox", "phantom")
+LEARNED = "odd_boxes"
+TPR_TARGET = 0.88  # the lowest true-positive rate the paper reports for its assertions
+RESET = (
+    "DROP VIEW IF EXISTS car_counts",
+    "DROP VIEW IF EXISTS detections",
+    "DROP TABLE IF EXISTS frames, demo_injected_errors",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One ``sieve.check_assertion`` call: its count, wall seconds and the detector's model calls."""
+
+    count: int
+    seconds: float
+    calls: int
+
+
+class VideoServer:
+    """One SieveDB server in a temporary directory, holding one demo world at a time."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="sievedb-bench-assertions-"))
+        self.tmp.chmod(0o755)  # under root the embedded Postgres runs as 'pgserver' and must traverse it
+        self.models_dir = self.tmp / "models"
+        self.models_dir.mkdir()
+        self.server = SieveProcess(
+            data_dir=self.tmp / "sieve" / "data",
+            extra_args=["--models-dir", str(self.models_dir), "--inference-workers", "1"],
+        )
+        self.conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> VideoServer:
+        self.server.start()
+        self.conn = psycopg.connect(self.server.dsn(), autocommit=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def load(self, world: VideoWorld) -> None:
+        """Replace the world the server holds, and create the demo's assertions over it."""
+        for name in VIDEO_ASSERTIONS:
+            self.conn.execute(f"DROP ASSERTION IF EXISTS {name}")
+        for sql in RESET:
+            self.conn.execute(sql)
+        av.install(self.server.dsn(), self.models_dir, world)
+        for ddl in VIDEO_ASSERTIONS.values():
+            self.conn.execute(ddl)
+
+    def clear_detector(self) -> None:
+        self.conn.execute(f"SELECT sieve.clear_cache('{DETECTOR}')")
+
+    def check(self, name: str) -> Check:
+        before = self.conn.execute("SELECT coalesce(max(query_id), 0) FROM sieve.query_log").fetchone()[0]
+        started = time.perf_counter()
+        # check_assertion takes a string literal, not a bound parameter
+        (count,) = self.conn.execute(f"SELECT sieve.check_assertion('{name}')").fetchone()
+        seconds = time.perf_counter() - started
+        (calls,) = self.conn.execute(
+            "SELECT coalesce(sum((model_calls ->> %s)::bigint), 0) FROM sieve.query_log WHERE query_id > %s",
+            (DETECTOR, before),
+        ).fetchone()
+        return Check(int(count), seconds, int(calls))
+
+    def flagged(self, name: str) -> list[tuple]:
+        """The assertion's flagged keys, highest severity first."""
+        rows = self.conn.execute(
+            "SELECT key FROM sieve.violations WHERE assertion = %s ORDER BY severity DESC", (name,)
+        ).fetchall()
+        return [av.key_of(name, key) for (key,) in rows]
+
+
+@dataclass
+class Quality:
+    """One assertion's figures over the worlds of the tpr section (lists: one entry per world)."""
+
+    scores: list[av.Score]
+    seconds: list[float]
+    recall_2n: list[float]
+    chance_2n: list[float]
+
+    def pooled(self) -> av.Score:
+        return av.Score(*(sum(getattr(s, f) for s in self.scores) for f in ("injected", "flagged", "found")))
+
+
+def assertion_quality(server: VideoServer, worlds: Sequence[VideoWorld]) -> dict[str, Quality]:
+    out = {name: Quality([], [], [], []) for name in VIDEO_ASSERTIONS}
+    for i, world in enumerate(worlds):
+        server.load(world)
+        if i == 0:
+            cold_and_warm(server)  # not measured: the server's first checks pay its start-up costs
+        for name, q in out.items():
+            server.clear_detector()  # each check pays for its own detector run
+            check = server.check(name)
+            flags = server.flagged(name)
+            truth = av.injected(world, name)
+            q.scores.append(av.score(flags, truth))
+            q.seconds.append(check.seconds)
+            if name == LEARNED:
+                k = 2 * len(truth)
+                q.recall_2n.append(av.recall_at(flags, truth, k))
+                q.chance_2n.append(k / len(world.detections))
+    return out
+
+
+def report_tpr(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    seeds = [VIDEO_SEED + i for i in range(args.video_seeds)]
+    worlds = [generate(args.frames, seed) for seed in seeds]
+    with VideoServer() as server:
+        quality = assertion_quality(server, worlds)
+    print(
+        f"\n== Assertion quality: the demo video, {len(worlds)} worlds (seeds {seeds[0]}..{seeds[-1]}) x "
+        f"{args.frames} frames, through sieve.check_assertion (detector cache cleared before each) =="
+    )
+    print(
+        f"{'assertion':>10} {'injected':>8} {'flagged':>7} {'found':>5} {'TPR':>6} {'min TPR':>7} "
+        f"{'precision':>9} {'check s':>7}"
+    )
+    for name, q in quality.items():
+        p = q.pooled()
+        print(
+            f"{name:>10} {p.injected:8d} {p.flagged:7d} {p.found:5d} {p.tpr:6.3f} "
+            f"{min(s.tpr for s in q.scores):7.3f} {p.precision:9.3f} {np.mean(q.seconds):7.2f}"
+        )
+    learned = quality[LEARNED]
+    print(
+        f"{LEARNED}: recall at k = 2n {np.mean(learned.recall_2n):.3f} (per world "
+        + ", ".join(f"{r:.3f}" for r in learned.recall_2n)
+        + f"; a random ranking {np.mean(learned.chance_2n):.3f})"
+    )
+    for name in CONSISTENCY:
+        lowest = min(s.tpr for s in quality[name].scores)
+        verdict = "MET" if lowest >= TPR_TARGET else "MISSED"
+        print(
+            f"{verdict}: {name} TPR >= {TPR_TARGET} in every world (lowest {lowest:.3f}, "
+            f"pooled {quality[name].pooled().tpr:.3f})"
+        )
+    print(f"({time.perf_counter() - started:.1f} s)")
+
+
+def cold_and_warm(server: VideoServer, repeats: int = 1) -> dict[str, tuple[Check, Check]]:
+    """Each assertion checked with the detector's cache cleared, then again at once; with several
+    repeats, the median seconds of each (the counts and calls are those of the last repeat)."""
+    out = {}
+    for name in VIDEO_ASSERTIONS:
+        runs = []
+        for _ in range(repeats):
+            server.clear_detector()
+            runs.append((server.check(name), server.check(name)))
+        out[name] = tuple(_median_check([r[i] for r in runs]) for i in (0, 1))
+    return out
+
+
+def _median_check(checks: list[Check]) -> Check:
+    return Check(checks[-1].count, float(np.median([c.seconds for c in checks])), checks[-1].calls)
+
+
+def report_scale(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    print(
+        f"\n== Check time vs rows: the demo video (seed {VIDEO_SEED}), each assertion cold "
+        "(detector cache cleared) then warm (checked again) =="
+    )
+    print(
+        f"{'frames':>6} {'boxes':>6} {'assertion':>10} {'count':>5} {'cold s':>7} {'cold calls':>10} "
+        f"{'warm s':>7} {'warm calls':>10} {'warm/cold':>9}"
+    )
+    with VideoServer() as server:
+        for n in sizes:
+            world = generate(n, VIDEO_SEED)
+            server.load(world)
+            if n == sizes[0]:
+                cold_and_warm(server)  # not measured: the server's first checks pay its start-up costs
+            checks = cold_and_warm(server, args.repeats)
+            for name, (cold, warm) in checks.items():
+                _print_scale_row(n, len(world.detections), name, cold, warm)
+            cold_s = sum(c.seconds for c, _ in checks.values())
+            warm_s = sum(w.seconds for _, w in checks.values())
+            calls = [sum(c.calls for c, _ in checks.values()), sum(w.calls for _, w in checks.values())]
+            print(
+                f"{n:6d} {len(world.detections):6d} {'all four':>10} {'':>5} {cold_s:7.2f} {calls[0]:10d} "
+                f"{warm_s:7.2f} {calls[1]:10d} {warm_s / cold_s:9.2f}"
+            )
+    print(f"({time.perf_counter() - started:.1f} s)")
+
+
+def _print_scale_row(frames: int, boxes: int, name: str, cold: Check, warm: Check) -> None:
+    print(
+        f"{frames:6d} {boxes:6d} {name:>10} {cold.count:5d} {cold.seconds:7.2f} {cold.calls:10d} "
+        f"{warm.seconds:7.2f} {warm.calls:10d} {warm.seconds / cold.seconds:9.2f}"
+    )
+
+
 # Sections of the benchmark, run in this order; add one by adding its reporter here.
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"al": report_al}
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "al": report_al,
+    "tpr": report_tpr,
+    "scale": report_scale,
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -286,6 +529,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="AL: labelling rounds")
     parser.add_argument("--initial", type=int, default=50, help="AL: labelled rows at the start")
     parser.add_argument("--per-round", type=int, default=50, help="AL: labels per round")
+    parser.add_argument("--video-seeds", type=int, default=3, help="tpr: worlds (seeds 12, 13, ...)")
+    parser.add_argument("--frames", type=int, default=2000, help="tpr: frames per world")
+    parser.add_argument("--sizes", default="500,1000,2000,4000", help="scale: frame counts, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="scale: median seconds over this many checks")
     return parser.parse_args(argv)
 
 
