@@ -19,6 +19,7 @@ import numpy as np
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
+from planner.assertions.flags import as_json, consistency_flags, learned_flags, query_of
 from planner.assertions.grammar import (
     Consistency,
     Drop,
@@ -42,17 +43,10 @@ INSUFFICIENT_PRIVILEGE = "42501"
 DATATYPE_MISMATCH = "42804"
 INVALID_PARAMETER = "22023"
 SYNTAX_ERROR = "42601"
-# A learned assertion flags rows less likely than this share of their group's rows.
-LEARNED_THRESHOLD = 0.99
 # Another front-end sharing the database may create an assertion: "none exist" is re-read after this.
 NONE_TRUSTED_S = 5.0
 STRATEGIES = ("bal", "uncertainty", "random")
 _NUMERIC = {"int2", "int4", "int8", "float4", "float8", "numeric"}
-
-
-def is_assertion_statement(sql: str) -> bool:
-    lowered = sql.lower()
-    return is_assertion_ddl(sql) or "check_assertion" in lowered or "label_candidates" in lowered
 
 
 class Assertions:
@@ -82,7 +76,7 @@ class Assertions:
     async def _create(self, parsed: Consistency | Learned, sql: str, port: SessionPort) -> Outcome:
         if await store.get(self.planner.db, parsed.name) is not None:
             raise PlanError(DUPLICATE_OBJECT, f'assertion "{parsed.name}" already exists')
-        query = _query_of(parsed)
+        query = query_of(parsed)
         columns = await _describe(port, query, parsed)
         # Postgres checks privileges when a query starts, not when it is described: start it
         await port.fetch(f"SELECT * FROM ({query}) AS sieve_q LIMIT 0", (), lenient=True)
@@ -117,7 +111,7 @@ class Assertions:
         row = await store.get(self.planner.db, name)
         if row is None:
             raise PlanError(UNDEFINED_OBJECT, f'assertion "{name}" does not exist')
-        query = _query_of(parsed_from_row(row))
+        query = query_of(parsed_from_row(row))
         rows = await self._materialized_rows(query, port)
         flagged = self._flagged(row, rows)
         await store.replace_violations(self.planner.db, name, flagged, self._versions(row["models"]), False)
@@ -134,7 +128,7 @@ class Assertions:
         await planner.materialize_views(analysis, port, done)
         await planner.materialize_all(analysis.sites, port, done)
         await planner.finish(query, done, started, port)
-        return await port.fetch(_as_json(analysis.forward_sql or query))
+        return await port.fetch(as_json(analysis.forward_sql or query))
 
     def _flagged(self, row, rows: list) -> list[tuple[dict, float]]:
         objects = [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
@@ -159,10 +153,10 @@ class Assertions:
                 self._none_until = time.monotonic() + NONE_TRUSTED_S
                 return
             for row in await store.depending_on(self.planner.db, sorted(models_run)):
-                query = _query_of(parsed_from_row(row))
+                query = query_of(parsed_from_row(row))
                 async with OwnerPort(self.planner.dbs.read, row["owner"], port) as as_owner:
                     await as_owner.fetch("SELECT pg_catalog.set_config('sieve.lenient', 'on', true)")
-                    rows = await as_owner.fetch(_as_json(query))
+                    rows = await as_owner.fetch(as_json(query))
                 flagged = self._flagged(row, rows)
                 versions = self._versions(row["models"])
                 await store.replace_violations(self.planner.db, row["name"], flagged, versions, True)
@@ -263,20 +257,6 @@ class Assertions:
         return out
 
 
-def _query_of(parsed: Consistency | Learned) -> str:
-    if isinstance(parsed, Consistency):
-        return parsed.query
-    group = f"({parsed.per})::text" if parsed.per else "NULL::text"
-    features = ", ".join(f"(({expr}))::float8 AS sieve_f{i}" for i, (_, expr) in enumerate(parsed.features))
-    keys = ", ".join(parsed.key)
-    return f"SELECT {keys}, {group} AS sieve_group, {features} FROM {parsed.relation}"
-
-
-def _as_json(query: str) -> str:
-    """Each row of ``query`` as one jsonb object (column names kept, values JSON-ready)."""
-    return f"SELECT pg_catalog.to_jsonb(sieve_q)::text FROM ({query}) AS sieve_q"
-
-
 async def _describe(port: SessionPort, query: str, parsed) -> list:
     """Postgres describes what the assertion reads (in the client's session: its privileges)."""
     if isinstance(parsed, Learned):
@@ -296,46 +276,6 @@ async def _types(port: SessionPort, sql: str, parsed) -> list:
         return await port.column_types(sql)
     except PlanError as exc:
         raise PlanError(exc.sqlstate, f'assertion "{parsed.name}": {exc}', hint=exc.hint) from None
-
-
-def consistency_flags(objects: list[dict]) -> list[tuple[dict, float]]:
-    """(key, severity) of the rows that flag: severity > 0 (no severity column: 1.0)."""
-    out = {}
-    for obj in objects:
-        severity = obj.pop("severity", 1.0)
-        if severity is None or float(severity) <= 0:
-            continue  # abstains
-        key = json.dumps(obj, sort_keys=True)
-        out[key] = max(out.get(key, 0.0), float(severity))
-    return [(json.loads(k), s) for k, s in out.items()]
-
-
-def learned_flags(parsed: Learned, objects: list[dict]) -> list[tuple[dict, float]]:
-    """(key, severity) of the rows less likely than LEARNED_THRESHOLD of their group's rows."""
-    from sampling import fit_observations, observation_severity  # deferred: scipy start-up
-
-    if not objects:
-        return []
-    width = len(parsed.features)
-    features = np.array(
-        [
-            [np.nan if o.get(f"sieve_f{i}") is None else o[f"sieve_f{i}"] for i in range(width)]
-            for o in objects
-        ],
-        dtype=np.float64,
-    )
-    groups = np.array([o.get("sieve_group") or "" for o in objects], dtype=object) if parsed.per else None
-    complete = ~np.isnan(features).any(axis=1)
-    if complete.sum() < 2:
-        return []
-    model = fit_observations(features[complete], groups[complete] if groups is not None else None)
-    severity = observation_severity(model, features, groups)
-    out = []
-    for obj, s in zip(objects, severity, strict=True):
-        if np.isfinite(s) and s >= LEARNED_THRESHOLD:
-            key = {k: v for k, v in obj.items() if k != "sieve_group" and not k.startswith("sieve_f")}
-            out.append((key, float(s)))
-    return out
 
 
 def _function_call(sql: str) -> tuple[str, list] | None:
