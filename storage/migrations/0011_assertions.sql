@@ -55,7 +55,18 @@ DROP POLICY IF EXISTS owner_rows ON sieve.assertion_checks;
 CREATE POLICY owner_rows ON sieve.assertion_checks FOR SELECT USING (
     EXISTS (SELECT 1 FROM sieve.assertions a WHERE a.name = assertion AND pg_catalog.pg_has_role(a.owner, 'MEMBER')));
 GRANT SELECT ON sieve.assertion_checks TO PUBLIC;
+-- Everyone sees every label (a labelled row is not proposed again, whoever labelled it); a
+-- label is changed or removed only by whoever gave it.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sieve.labels TO PUBLIC;
+ALTER TABLE sieve.labels ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS read_all ON sieve.labels;
+CREATE POLICY read_all ON sieve.labels FOR SELECT USING (true);
+DROP POLICY IF EXISTS give_own ON sieve.labels;
+CREATE POLICY give_own ON sieve.labels FOR INSERT WITH CHECK (labelled_by = session_user);
+DROP POLICY IF EXISTS change_own ON sieve.labels;
+CREATE POLICY change_own ON sieve.labels FOR UPDATE USING (labelled_by = session_user);
+DROP POLICY IF EXISTS remove_own ON sieve.labels;
+CREATE POLICY remove_own ON sieve.labels FOR DELETE USING (labelled_by = session_user);
 
 -- Run through SieveDB (which materializes what the assertion reads); here, a clear error.
 CREATE OR REPLACE FUNCTION sieve.check_assertion(name text) RETURNS bigint

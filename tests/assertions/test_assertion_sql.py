@@ -251,7 +251,7 @@ def test_uncertainty_ranks_rows_by_the_confidence_query(server):
 
 
 def test_a_new_model_version_is_checked_again(server):
-    """Runs last in this module: it replaces digit_oracle (a new version, an empty cache)."""
+    """After the other tests that read digit_oracle: it replaces it (a new version, an empty cache)."""
     with connect(server) as conn:
         conn.execute(f"CREATE ASSERTION versioned AS {DISAGREE}")
         conn.execute("SELECT sieve.check_assertion('versioned')")
@@ -273,3 +273,13 @@ def test_a_new_model_version_is_checked_again(server):
         }
         assert count > 0 and versions == {new}
         conn.execute("DROP ASSERTION versioned")
+
+
+def test_a_label_is_changed_only_by_whoever_gave_it(server):
+    with connect(server, "bob") as bob, connect(server, "alice") as alice:
+        bob.execute("insert into sieve.labels (key, label) values ('{\"id\": 99}', '3')")
+        assert alice.execute("select label from sieve.labels where key = '{\"id\": 99}'").fetchone() == (3,)
+        alice.execute("delete from sieve.labels where key = '{\"id\": 99}'")  # not hers: no row
+        alice.execute("update sieve.labels set label = '4' where key = '{\"id\": 99}'")
+        assert bob.execute("select label from sieve.labels where key = '{\"id\": 99}'").fetchone() == (3,)
+        bob.execute("delete from sieve.labels where key = '{\"id\": 99}'")
