@@ -347,7 +347,9 @@ class VideoServer:
 
     def __enter__(self) -> VideoServer:
         self.server.start()
-        self.conn = psycopg.connect(self.server.dsn(), autocommit=True)
+        # Never prepared: psycopg prepares a statement run 5 times, and a prepared
+        # sieve.check_assertion reaches Postgres instead of SieveDB (0A000).
+        self.conn = psycopg.connect(self.server.dsn(), autocommit=True, prepare_threshold=None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -486,6 +488,7 @@ def report_scale(args: argparse.Namespace) -> None:
         f"{'frames':>6} {'boxes':>6} {'assertion':>10} {'count':>5} {'cold s':>7} {'cold calls':>10} "
         f"{'warm s':>7} {'warm calls':>10} {'warm/cold':>9}"
     )
+    totals: dict[int, tuple[float, float]] = {}  # frames -> (cold, warm) seconds of all four
     with VideoServer() as server:
         for n in sizes:
             world = generate(n, VIDEO_SEED)
@@ -495,14 +498,33 @@ def report_scale(args: argparse.Namespace) -> None:
             checks = cold_and_warm(server, args.repeats)
             for name, (cold, warm) in checks.items():
                 _print_scale_row(n, len(world.detections), name, cold, warm)
-            cold_s = sum(c.seconds for c, _ in checks.values())
-            warm_s = sum(w.seconds for _, w in checks.values())
-            calls = [sum(c.calls for c, _ in checks.values()), sum(w.calls for _, w in checks.values())]
-            print(
-                f"{n:6d} {len(world.detections):6d} {'all four':>10} {'':>5} {cold_s:7.2f} {calls[0]:10d} "
-                f"{warm_s:7.2f} {calls[1]:10d} {warm_s / cold_s:9.2f}"
+            total = (
+                Check(0, *_sums(c for c, _ in checks.values())),
+                Check(0, *_sums(w for _, w in checks.values())),
             )
+            totals[n] = (total[0].seconds, total[1].seconds)
+            print(
+                f"{n:6d} {len(world.detections):6d} {'all four':>10} {'':>5} {total[0].seconds:7.2f} "
+                f"{total[0].calls:10d} {total[1].seconds:7.2f} {total[1].calls:10d} "
+                f"{total[1].seconds / total[0].seconds:9.2f}"
+            )
+    _report_scale_summary(totals)
     print(f"({time.perf_counter() - started:.1f} s)")
+
+
+def _sums(checks) -> tuple[float, int]:
+    checks = list(checks)
+    return sum(c.seconds for c in checks), sum(c.calls for c in checks)
+
+
+def _report_scale_summary(totals: dict[int, tuple[float, float]]) -> None:
+    """Warm/cold over every size, and how the cold time grows with the frames."""
+    cold = sum(c for c, _ in totals.values())
+    warm = sum(w for _, w in totals.values())
+    print(f"warm/cold (all sizes, all four assertions): {warm / cold:.2f}")
+    (n0, (c0, _)), (n1, (c1, _)) = min(totals.items()), max(totals.items())
+    if n1 > n0:
+        print(f"cold seconds {n0} -> {n1} frames ({n1 / n0:.0f}x rows): {c1 / c0:.1f}x")
 
 
 def _print_scale_row(frames: int, boxes: int, name: str, cold: Check, warm: Check) -> None:
