@@ -1,4 +1,5 @@
-"""Benchmark of model assertions: choosing what to label next (active learning), by seeded trials.
+"""Benchmark of model assertions, by seeded trials: what they find in the video demo, check time
+vs rows, and choosing what to label next (active learning).
 
     .venv/bin/python bench/bench_assertions.py                  # every section
     .venv/bin/python bench/bench_assertions.py --section al     # active-learning curves only
