@@ -32,8 +32,11 @@ MODEL_DDL = Decision(Route.PLAN, "model DDL", executes_itself=True, lifecycle=Tr
 MODEL_LIFECYCLE = Decision(Route.PLAN, "model lifecycle", lifecycle=True)
 MODEL_CALL = Decision(Route.PLAN, "model call")
 APPROXIMATE = Decision(Route.PLAN, "approximate clause")
-# CREATE / DROP ASSERTION, sieve.check_assertion(...), sieve.label_candidates(...): planner/assertions
-ASSERTION = Decision(Route.PLAN, "assertion", executes_itself=True)
+# planner/assertions: CREATE / DROP ASSERTION (Postgres cannot parse them: held whole), and
+# sieve.check_assertion(...) / sieve.label_candidates(...) (Postgres prepares and describes them;
+# each execution goes to the planner, over both protocols)
+ASSERTION_DDL = Decision(Route.PLAN, "assertion", executes_itself=True)
+ASSERTION_CALL = Decision(Route.PLAN, "assertion")
 # Forwarded; the session notes it may carry sieve.* settings the planner must then read.
 SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
@@ -54,8 +57,8 @@ _LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
 _APPROX = rb"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b"
 _APPROX_CLAUSE = re.compile(_APPROX, re.IGNORECASE)
 _SIEVE_SETTING = rb"\bsieve\."
-_ASSERTION_RE = rb"(?:create|drop)\s+assertion\b|\bsieve\.(?:check_assertion|label_candidates)\s*\("
-_ASSERTION = re.compile(_ASSERTION_RE, re.IGNORECASE)
+_ASSERTION_DDL = re.compile(rb"(?:create|drop)\s+assertion\b", re.IGNORECASE)
+_ASSERTION_CALL = re.compile(rb"\bsieve\.(?:check_assertion|label_candidates)\s*\(", re.IGNORECASE)
 _SIEVE_SETTING_RE = re.compile(_SIEVE_SETTING, re.IGNORECASE)
 _ONNX_OR_APPROX = re.compile(b"onnx|assertion|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE)
 # --- end approximate queries
@@ -123,8 +126,10 @@ class Classifier:
         UTF-8 bytes of the frame so that the forward path never decodes it."""
         if isinstance(sql, str):
             sql = sql.encode()
-        if _ASSERTION.search(sql):
-            return ASSERTION
+        if _ASSERTION_DDL.search(sql):
+            return ASSERTION_DDL
+        if _ASSERTION_CALL.search(sql):
+            return ASSERTION_CALL
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
             if _APPROX_CLAUSE.search(sql):

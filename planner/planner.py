@@ -89,7 +89,7 @@ class Planner:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
         if decision.reason == "assertion":
-            outcome = await self.assertions.run(sql, port)
+            outcome = await self.assertions.run(sql, port, params)
             if outcome is not None:
                 return outcome
             return Forward()

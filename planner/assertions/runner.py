@@ -32,6 +32,7 @@ from planner.assertions.grammar import (
 from planner.materialize import Materialized
 from planner.outcome import Done, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
+from planner.rewrite.bind_params import bind_params
 from planner.view_access import OwnerPort
 from storage import assertions as store
 
@@ -57,14 +58,15 @@ class Assertions:
 
     # -- statements ----------------------------------------------------------------------------
 
-    async def run(self, sql: str, port: SessionPort) -> Outcome | None:
-        """The outcome of an assertion statement, or None when ``sql`` is none."""
+    async def run(self, sql: str, port: SessionPort, params: list | None = None) -> Outcome | None:
+        """The outcome of an assertion statement, or None when ``sql`` is none; ``params``: the
+        bound values of an extended-protocol execution."""
         if is_assertion_ddl(sql):
             parsed = parse_assertion_ddl(sql)
             if isinstance(parsed, Drop):
                 return await self._drop(parsed, port)
             return await self._create(parsed, sql, port)
-        call = _function_call(sql)
+        call = _function_call(sql, params)
         if call is None:
             return None
         name, args = call
@@ -278,7 +280,7 @@ async def _types(port: SessionPort, sql: str, parsed) -> list:
         raise PlanError(exc.sqlstate, f'assertion "{parsed.name}": {exc}', hint=exc.hint) from None
 
 
-def _function_call(sql: str) -> tuple[str, list] | None:
+def _function_call(sql: str, params: list | None) -> tuple[str, list] | None:
     """(sieve function name, its argument nodes) of ``SELECT sieve.check_assertion(...)`` or
     ``SELECT * FROM sieve.label_candidates(...)``; None for anything else."""
     try:
@@ -287,7 +289,7 @@ def _function_call(sql: str) -> tuple[str, list] | None:
         return None
     if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
         return None
-    stmt = statements[0]
+    stmt = bind_params(statements[0], params) if params else statements[0]
     calls = []
     for target in stmt.targetList or ():
         if isinstance(target.val, ast.FuncCall):
@@ -308,16 +310,30 @@ def _function_call(sql: str) -> tuple[str, list] | None:
     return None
 
 
+def _constant(args: list, i: int):
+    """The value of argument ``i`` when it is a constant (a bound parameter is one, cast)."""
+    node = args[i] if i < len(args) else None
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.A_Const) and not node.isnull:
+        val = node.val
+        return val.sval if isinstance(val, ast.String) else getattr(val, "ival", None)
+    return None
+
+
 def _text_arg(args: list, i: int, usage: str) -> str:
-    if i < len(args) and isinstance(args[i], ast.A_Const) and isinstance(args[i].val, ast.String):
-        return args[i].val.sval
-    raise PlanError(INVALID_PARAMETER, f"{usage}: argument {i + 1} must be a string literal")
+    value = _constant(args, i)
+    if isinstance(value, str):
+        return value
+    raise PlanError(INVALID_PARAMETER, f"{usage}: argument {i + 1} must be a string constant")
 
 
 def _int_arg(args: list, i: int, usage: str) -> int:
-    if i < len(args) and isinstance(args[i], ast.A_Const) and isinstance(args[i].val, ast.Integer):
-        return int(args[i].val.ival)
-    raise PlanError(INVALID_PARAMETER, f"{usage}: argument {i + 1} must be an integer literal")
+    value = _constant(args, i)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PlanError(INVALID_PARAMETER, f"{usage}: argument {i + 1} must be an integer constant") from None
 
 
 def _candidates_sql(rows) -> str:

@@ -283,3 +283,16 @@ def test_a_label_is_changed_only_by_whoever_gave_it(server):
         alice.execute("update sieve.labels set label = '4' where key = '{\"id\": 99}'")
         assert bob.execute("select label from sieve.labels where key = '{\"id\": 99}'").fetchone() == (3,)
         bob.execute("delete from sieve.labels where key = '{\"id\": 99}'")
+
+
+def test_checks_and_candidates_run_as_prepared_statements(server):
+    """psycopg prepares a statement it runs often (and with prepare=True): the executions still go
+    through SieveDB, with bound parameters."""
+    with psycopg.connect(server.dsn(), autocommit=True, prepare_threshold=0) as conn:
+        # DDL Postgres cannot parse is held whole: not as a named prepared statement
+        conn.execute("CREATE ASSERTION prepared_ids AS SELECT id FROM digits WHERE id < 7", prepare=False)
+        for _ in range(3):
+            assert conn.execute("SELECT sieve.check_assertion(%s)", ["prepared_ids"]).fetchone() == (7,)
+            rows = conn.execute("SELECT * FROM sieve.label_candidates(%s, %s)", [3, "random"]).fetchall()
+            assert len(rows) == 3
+        conn.execute("DROP ASSERTION prepared_ids", prepare=False)
