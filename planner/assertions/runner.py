@@ -53,7 +53,8 @@ _NUMERIC = {"int2", "int4", "int8", "float4", "float8", "numeric"}
 class Assertions:
     def __init__(self, planner) -> None:
         self.planner = planner
-        self._monitoring: set[asyncio.Task] = set()
+        self._worker: asyncio.Task | None = None  # the monitoring evaluation in flight
+        self._pending: set[str] = set()  # models whose new outputs it has yet to look at
         self._none_until = 0.0  # monotonic time until which "no assertion exists" is trusted
 
     # -- statements ----------------------------------------------------------------------------
@@ -115,7 +116,7 @@ class Assertions:
             raise PlanError(UNDEFINED_OBJECT, f'assertion "{name}" does not exist')
         query = query_of(parsed_from_row(row))
         rows = await self._materialized_rows(query, port)
-        flagged = self._flagged(row, rows)
+        flagged = await asyncio.to_thread(self._flagged, row, rows)  # a density fit is heavy numpy
         await store.replace_violations(self.planner.db, name, flagged, self._versions(row["models"]), False)
         return len(flagged)
 
@@ -145,9 +146,15 @@ class Assertions:
         that read them over what is cached, in the background (no model runs)."""
         if not models_run or time.monotonic() < self._none_until:
             return  # no assertion existed a moment ago: skip the catalog read
-        task = asyncio.get_running_loop().create_task(self._monitor(models_run, port))
-        self._monitoring.add(task)
-        task.add_done_callback(self._monitoring.discard)
+        # one evaluation at a time: queries arriving meanwhile add their models to the next one
+        self._pending |= models_run
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain(port))
+
+    async def _drain(self, port: SessionPort) -> None:
+        while self._pending:
+            models, self._pending = self._pending, set()
+            await self._monitor(models, port)
 
     async def _monitor(self, models_run: set[str], port: SessionPort) -> None:
         try:
@@ -159,7 +166,7 @@ class Assertions:
                 async with OwnerPort(self.planner.dbs.read, row["owner"], port) as as_owner:
                     await as_owner.fetch("SELECT pg_catalog.set_config('sieve.lenient', 'on', true)")
                     rows = await as_owner.fetch(as_json(query))
-                flagged = self._flagged(row, rows)
+                flagged = await asyncio.to_thread(self._flagged, row, rows)
                 versions = self._versions(row["models"])
                 await store.replace_violations(self.planner.db, row["name"], flagged, versions, True)
                 log.info("monitored assertion=%s flagged=%d models=%s", row["name"], len(flagged), models_run)
@@ -168,8 +175,8 @@ class Assertions:
 
     async def settle(self) -> None:
         """Wait for monitoring in flight (tests, shutdown)."""
-        if self._monitoring:
-            await asyncio.gather(*list(self._monitoring), return_exceptions=True)
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
 
     # -- what to label next --------------------------------------------------------------------
 
