@@ -38,7 +38,7 @@ from planner.explain import read_explain
 from planner.materialize import Materialized
 from planner.outcome import Outcome, PlanError, Rows, SessionPort
 from planner.privileges import require_execute
-from planner.rewrite.ast_util import has_aggregates, mentions_model, render
+from planner.rewrite.ast_util import has_aggregates, mentions_model, render, single_select
 from planner.sqlstate import FEATURE_NOT_SUPPORTED, SYNTAX_ERROR
 
 OPERATORS = {"selection": run_selection, "limit": run_limit, "aggregate": run_aggregate}
@@ -144,14 +144,8 @@ async def _from_settings(planner, sql: str, port: SessionPort, params: list | No
     exactly."""
     if not getattr(port, "uses_sieve_settings", True):
         return None  # no session targets can be set: skip the parse and the settings read
-    try:
-        statements = [raw.stmt for raw in parse_sql(sql)]
-    except ParseError:
-        return None
-    if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
-        return None
-    stmt = statements[0]
-    if stmt.op.name != "SETOP_NONE" or not stmt.fromClause:
+    stmt = single_select(sql)
+    if stmt is None or stmt.op.name != "SETOP_NONE" or not stmt.fromClause:
         return None
     settings = await read_settings(port)
     if not settings.has_target:

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 from pglast import ast, parse_sql
-from pglast.parser import ParseError
 
 from planner.assertions.flags import as_json, consistency_flags, learned_flags, query_of
 from planner.assertions.grammar import (
@@ -32,6 +31,7 @@ from planner.assertions.grammar import (
 from planner.materialize import Materialized
 from planner.outcome import Done, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
+from planner.rewrite.ast_util import single_select
 from planner.rewrite.bind_params import bind_params
 from planner.view_access import OwnerPort
 from storage import assertions as store
@@ -290,13 +290,10 @@ async def _types(port: SessionPort, sql: str, parsed) -> list:
 def _function_call(sql: str, params: list | None) -> tuple[str, list] | None:
     """(sieve function name, its argument nodes) of ``SELECT sieve.check_assertion(...)`` or
     ``SELECT * FROM sieve.label_candidates(...)``; None for anything else."""
-    try:
-        statements = [raw.stmt for raw in parse_sql(sql)]
-    except ParseError:
+    stmt = single_select(sql)
+    if stmt is None:
         return None
-    if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
-        return None
-    stmt = bind_params(statements[0], params) if params else statements[0]
+    stmt = bind_params(stmt, params) if params else stmt
     calls = []
     for target in stmt.targetList or ():
         if isinstance(target.val, ast.FuncCall):
@@ -307,7 +304,7 @@ def _function_call(sql: str, params: list | None) -> tuple[str, list] | None:
     for call in calls:
         names = [n.sval for n in call.funcname]
         if names in (["sieve", "check_assertion"], ["sieve", "label_candidates"]):
-            if len(statements[0].targetList or ()) > 1 or stmt.whereClause is not None:
+            if len(stmt.targetList or ()) > 1 or stmt.whereClause is not None:
                 raise PlanError(
                     SYNTAX_ERROR,
                     f"sieve.{names[1]} runs as a statement of its own: SELECT sieve.check_assertion('name') "

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from pglast import ast, parse_sql
 from pglast.enums import BoolExprType, SubLinkType
+from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 AGGREGATES = frozenset(
@@ -34,6 +35,17 @@ DEFINITIONS = (ast.ViewStmt, ast.CreateFunctionStmt, ast.DropStmt, ast.RenameStm
 
 def render(node: ast.Node) -> str:
     return RawStream()(node)
+
+
+def single_select(sql: str) -> ast.SelectStmt | None:
+    """The statement when ``sql`` is exactly one SELECT that parses; else None."""
+    try:
+        statements = [raw.stmt for raw in parse_sql(sql)]
+    except ParseError:
+        return None
+    if len(statements) != 1 or not isinstance(statements[0], ast.SelectStmt):
+        return None
+    return statements[0]
 
 
 def parse_condition(sql: str) -> ast.Node:
