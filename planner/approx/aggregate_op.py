@@ -21,7 +21,7 @@ from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
 from planner.approx.proxy_sanity import verdict_words
 from planner.approx.report import aggregate_notice, budget_words, pct
-from planner.install import quote_ident
+from planner.install import quote_ident, quote_literal
 from planner.outcome import Forward, Outcome
 from planner.rewrite.ast_util import render
 
@@ -261,7 +261,7 @@ def _values_sql(columns: list[tuple[str, str]], table: list[list[str | None]]) -
     def select(line: list[str | None]) -> str:
         cells = []
         for (name, type_name), value in zip(columns, line, strict=True):
-            literal = "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+            literal = "NULL" if value is None else quote_literal(value)
             cells.append(f"CAST({literal} AS {type_name}) AS {quote_ident(name)}")
         return "SELECT " + ", ".join(cells)
 

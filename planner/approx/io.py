@@ -35,6 +35,23 @@ class Candidates:
     extra: list[list]
 
 
+class UnitLabels:
+    """The oracle the selection operators call: candidate positions -> the model predicate,
+    each unit labelled once (``known`` holds what was labelled, by position)."""
+
+    def __init__(self, io: ApproxIO, keys: list[str]) -> None:
+        self.io, self.keys = io, keys
+        self.known: dict[int, bool] = {}
+
+    async def __call__(self, idx: np.ndarray) -> np.ndarray:
+        wanted = sorted({int(i) for i in idx} - self.known.keys())
+        if wanted:
+            labels = await self.io.label_units([self.keys[i] for i in wanted])
+            for i in wanted:
+                self.known[i] = labels.get(self.keys[i], False)
+        return np.array([self.known[int(i)] for i in idx], dtype=bool)
+
+
 class ApproxIO:
     def __init__(self, planner, port: SessionPort, plan: ApproxPlan, done: Materialized) -> None:
         self.planner = planner

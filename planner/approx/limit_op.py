@@ -14,6 +14,7 @@ import numpy as np
 
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
+from planner.approx.io import UnitLabels
 from planner.approx.proxy_sanity import verdict_words
 from planner.approx.report import limit_notice
 from planner.approx.selection import forward_rows
@@ -35,15 +36,7 @@ async def run_limit(run: ApproxRun) -> Outcome:
     found = await run.io.candidates(clause.proxy, [])
     keys, scores = found.keys, found.scores
     bridge = LoopBridge()
-    cache: dict[int, bool] = {}
-
-    async def label(idx):
-        wanted = sorted({int(i) for i in idx} - cache.keys())
-        if wanted:
-            labels = await run.io.label_units([keys[i] for i in wanted])
-            for i in wanted:
-                cache[i] = labels.get(keys[i], False)
-        return np.array([cache[int(i)] for i in idx], dtype=bool)
+    label = UnitLabels(run.io, keys)
 
     result = None
     selected: list[str] = []
@@ -54,10 +47,12 @@ async def run_limit(run: ApproxRun) -> Outcome:
             limit_search, order, bridge.oracle(label), k=k, rng=run.rng(), budget=budget, batch_size=batch
         )
         selected = [keys[int(i)] for i in result.indices]
-        if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, cache)):
+        if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, label.known)):
             run.port.notice(words)
     calls = run.report.model_calls
-    capped = result is not None and result.found < k and clause.budget is None and len(cache) < len(keys)
+    capped = (
+        result is not None and result.found < k and clause.budget is None and len(label.known) < len(keys)
+    )
     notice = limit_notice(clause, result, k, len(keys), calls, budget)
     if capped:
         notice += (
@@ -70,7 +65,7 @@ async def run_limit(run: ApproxRun) -> Outcome:
         "limit",
         estimate=float(len(selected)),
         confidence=None,
-        rows_labelled=len(cache),
+        rows_labelled=len(label.known),
         target_met=len(selected) >= k,
         certified=None,
     )

@@ -9,12 +9,12 @@ draws anything. A seeded run ignores the cache's free labels so that it reproduc
 
 from __future__ import annotations
 
-import numpy as np
 from pglast import parse_sql
 
 from planner.approx import auto_proxy
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
+from planner.approx.io import UnitLabels
 from planner.approx.proxy_sanity import flip_on_cached, verdict_words
 from planner.approx.report import (
     certified_levels,
@@ -112,16 +112,7 @@ async def _select(run: ApproxRun):
         scores = scores[rest]
     rng = run.rng()
     bridge = LoopBridge()
-    cache: dict[int, bool] = {}
-
-    async def label(idx):
-        wanted = sorted({int(i) for i in idx} - cache.keys())
-        if wanted:
-            labels = await io.label_units([sample_keys[i] for i in wanted])
-            for i in wanted:
-                cache[i] = labels.get(sample_keys[i], False)
-        return np.array([cache[int(i)] for i in idx], dtype=bool)
-
+    label = UnitLabels(io, sample_keys)
     oracle = bridge.oracle(label)
     auto = None
     if features is not None:
@@ -137,7 +128,7 @@ async def _select(run: ApproxRun):
     else:
         fn, kw = select_precision_target, {"target": clause.precision_target}
     result = await bridge.run(fn, scores, oracle, **kw, **common)
-    if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, cache)):
+    if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, label.known)):
         run.port.notice(words)
     selected += [sample_keys[int(i)] for i in result.indices]
     return keys, selected, result, auto, summary

@@ -28,6 +28,7 @@ from planner.assertions.grammar import (
     parse_assertion_ddl,
     parsed_from_row,
 )
+from planner.install import quote_literal
 from planner.materialize import Materialized
 from planner.outcome import Done, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
@@ -347,8 +348,8 @@ def _candidates_sql(rows) -> str:
         "("
         + ", ".join(
             [
-                (_literal(c.assertion) if c.assertion is not None else "NULL") + "::text",
-                _literal(c.key) + "::jsonb",
+                (quote_literal(c.assertion) if c.assertion is not None else "NULL") + "::text",
+                quote_literal(c.key) + "::jsonb",
                 f"{float(c.severity)!r}::float8",
             ]
         )
@@ -356,7 +357,3 @@ def _candidates_sql(rows) -> str:
         for c in rows
     )
     return f"SELECT * FROM (VALUES {values}) AS t(assertion, key, severity)"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
