@@ -74,7 +74,7 @@ async def run_approximate(
     settings = await read_settings(port)
     clause = settings.fill(bind_clause(clause, params))
     stmt = _bound(statements[0], params)
-    await _validate(port, stmt)
+    await _validate(port, render(stmt))
     run = _prepare(planner, sql, stmt, clause, port, settings)
     if run.plan.kind == "exact":
         port.notice("approximate clause ignored: this query runs no model, so Postgres answers it exactly")
@@ -103,10 +103,13 @@ def _run(planner, plan, port: SessionPort, settings: SessionSettings) -> ApproxR
     return ApproxRun(planner, port, plan, settings, io, Reporter(plan, settings, port, io, done), done)
 
 
-async def _validate(port: SessionPort, stmt: ast.SelectStmt) -> None:
+async def _validate(port: SessionPort, sql: str) -> None:
     """Postgres describes the statement before any model runs: an unknown function, column or
-    table gets Postgres's own error, not a complaint about the clause."""
-    await port.column_types(render(stmt))
+    table gets Postgres's own error, not a complaint about the clause. Then it starts it, reading
+    no row: privileges are checked when a query starts, not when it is described, and the views
+    the statement names are merged away below (a view the role may not read gets 42501 here)."""
+    await port.column_types(sql)
+    await port.fetch(f"SELECT 1 FROM ({sql}) AS sieve_q LIMIT 0", (), lenient=True)
 
 
 async def _explain(run: ApproxRun, analyze: bool, as_json: bool) -> Rows:
@@ -155,11 +158,13 @@ async def _from_settings(planner, sql: str, port: SessionPort, params: list | No
     if clause is None:
         return None
     stmt = _bound(stmt, params)
+    as_sent = render(stmt)  # before the views are merged into it
     flat = _flatten(planner, stmt, clause)
     models = planner.catalog.names
     wanted = stmt if aggregate else stmt.whereClause
     if wanted is None or not mentions_model(wanted, models, _lateral_aliases(stmt, models)):
         return None
+    await _validate(port, as_sent)
     plan = analyse(sql, stmt, flat, planner.catalog.models)
     return await _execute(_run(planner, plan, port, settings), sql)
 

@@ -404,3 +404,28 @@ def test_session_error_target_samples_a_detector_view(video):
     assert row["mode"] == "approx_count" and row["target"] == pytest.approx(0.2)
     assert 0 < row["rows_labelled"] <= 300
     assert count > 0 and abs(count - truth) <= truth  # an estimate, not a wrong-shaped answer
+
+
+def test_a_model_view_the_role_may_not_read_is_refused_before_any_model_runs(video):
+    """Approximate queries merge views into the statement: the view's own privilege must still
+    hold (Postgres checks it when a query starts, so the statement is started first)."""
+    with _connect(video) as admin:
+        admin.execute("DROP ROLE IF EXISTS viewless")
+        admin.execute("CREATE ROLE viewless LOGIN")
+        admin.execute("GRANT SELECT ON frames TO viewless")  # the table, not the view frame_stats
+        clear_caches(admin)
+        before = last_query_id(admin)
+    with psycopg.connect(video.server.dsn(user="viewless"), autocommit=True) as conn:
+        for sql in (
+            "SELECT avg(vehicles) FROM frame_stats ERROR TARGET 10%",
+            "SELECT frame FROM frame_stats WHERE vehicles > 2 RECALL TARGET 90% USING PROXY 0.5",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+        conn.execute("SET sieve.error_target = 0.1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT avg(vehicles) FROM frame_stats")
+    with _connect(video) as admin:
+        assert logged_calls(admin, before) == {}
+        admin.execute("DROP OWNED BY viewless")
+        admin.execute("DROP ROLE viewless")
