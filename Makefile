@@ -21,7 +21,7 @@ CONNECT_HOST = $(if $(filter 0.0.0.0 ::,$(HOST)),127.0.0.1,$(HOST))
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +33,8 @@ run: install
 psql: install
 	$(PG_BIN)/psql -h $(CONNECT_HOST) -p $(PORT) -U postgres $(PSQL_ARGS) postgres
 
-# Client drivers the tests use that do not come from PyPI (pgJDBC, psqlODBC, a JDK, pgbouncer).
+# What the tests use that does not come from PyPI (pgJDBC, psqlODBC, a JDK, pgbouncer, and Debian's
+# chromium with its chromedriver for the browser tests: nothing downloads a browser at run time).
 test-deps:
 	@missing=""; \
 	command -v javac >/dev/null || missing="$$missing default-jdk-headless"; \
@@ -42,6 +43,9 @@ test-deps:
 	command -v odbcinst >/dev/null || missing="$$missing unixodbc"; \
 	[ -f /usr/include/sql.h ] || missing="$$missing unixodbc-dev"; \
 	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v unshare >/dev/null && command -v ip >/dev/null || missing="$$missing util-linux iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing test packages:$$missing"; \

@@ -67,6 +67,11 @@ class ServerConfig:
     models_dir: Path = Path("models")
     max_model_bytes: int = 2 << 30
     inference_workers: int | None = None
+    http_port: int | None = None  # the web face (server/http/): off unless set
+    http_host: str = "127.0.0.1"
+    ray_address: str | None = None  # inference on a Ray cluster (inference/ray_pool.py)
+    ray_max_replicas: int | None = None
+    advertise_address: str | None = None  # host:port peers forward CancelRequests to
 
 
 def is_loopback(host: str) -> bool:

@@ -88,6 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="inference worker processes (default: one per GPU, else cores - 1)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve the web face (/label, /status, /metrics) on this port (default: off; 0 picks one)",
+    )
+    serve.add_argument("--http-host", default="127.0.0.1", help="address of the web face (default 127.0.0.1)")
+    serve.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="run inference on this Ray cluster (default $RAY_ADDRESS; unset: the local worker pool)",
+    )
+    serve.add_argument(
+        "--ray-max-replicas",
+        type=int,
+        default=None,
+        help="most Ray actors per model (default: one per GPU of the cluster, else per 2 CPUs)",
+    )
+    serve.add_argument(
+        "--advertise-address",
+        default=None,
+        help="host:port other front-ends over the same Postgres reach this one at, to forward "
+        "CancelRequests (default: --host and the bound port)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("SIEVEDB_LOG_LEVEL", "INFO"))
     serve.add_argument(
         "--demo",
@@ -131,6 +155,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         models_dir=args.models_dir,
         max_model_bytes=args.max_model_bytes,
         inference_workers=args.inference_workers,
+        http_port=args.http_port,
+        http_host=args.http_host,
+        ray_address=args.ray_address,
+        ray_max_replicas=args.ray_max_replicas,
+        advertise_address=args.advertise_address,
     )
 
 
