@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5433
+HTTP_PORT ?= 8433
 DATA_DIR ?= .sievedb
 MODELS_DIR ?= models
 PSQL_ARGS ?=
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --models-dir $(MODELS_DIR) --demo
+	$(BIN)/sievedb serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --models-dir $(MODELS_DIR) --http-port $(HTTP_PORT) --demo
 
 # The PostgreSQL 18 psql, connected to `make run`'s server (PSQL_ARGS='-c "SELECT 1"' passes options).
 psql: install

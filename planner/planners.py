@@ -13,6 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
+
+from planner.catalog_events import CatalogEvents
 from planner.classify import Classifier
 from planner.materialize import Databases
 from planner.planner import Planner
@@ -20,6 +23,7 @@ from planner.planner import Planner
 log = logging.getLogger("sievedb.planner.planners")
 
 OpenDatabase = Callable[[str], Awaitable[Databases]]
+ConnectDatabase = Callable[[str], Awaitable[asyncpg.Connection]]  # a connection of its own
 
 
 class _SharedNames:
@@ -40,9 +44,14 @@ class Planners:
         inference_pool,
         classifier: Classifier,
         models_dir: Path,
+        connect: ConnectDatabase | None = None,
         **planner_options,
     ) -> None:
+        """``connect``: how a database's catalog listener gets its connection (None: no
+        listener, the catalog follows only this front-end's own DDL)."""
         self._open = open_database
+        self._connect = connect
+        self._events: dict[str, CatalogEvents] = {}
         self._inference = inference_pool
         self.classifier = classifier
         self._models_dir = models_dir
@@ -50,6 +59,7 @@ class Planners:
         self._planners: dict[str, Planner] = {}
         self._starting: dict[str, asyncio.Future] = {}
         self.names: dict[str, tuple[set[str], set[str]]] = {}
+        self.http_base_url: str | None = None  # the web face's address, for the links SQL hands out
 
     async def get(self, database: str) -> Planner:
         planner = self._planners.get(database)
@@ -70,10 +80,30 @@ class Planners:
         planner = Planner(
             dbs, self._inference, _SharedNames(self, database), self._models_dir, **self._options
         )
+        planner.http_base_url = self.http_base_url
         await planner.start()
+        if self._connect is not None:
+            events = CatalogEvents(lambda: self._connect(database), planner.refresh, database)
+            await events.start()
+            self._events[database] = events
         self._planners[database] = planner
         log.info("planner ready database=%s models=%d", database, len(planner.catalog.names))
         return planner
+
+    def events(self, database: str) -> CatalogEvents | None:
+        return self._events.get(database)
+
+    async def close(self) -> None:
+        """Stop the catalog listeners."""
+        for events in self._events.values():
+            await events.close()
+        self._events.clear()
+
+    def set_http_base_url(self, url: str | None) -> None:
+        """The web face started: every planner, running or to come, links to ``url``."""
+        self.http_base_url = url
+        for planner in self._planners.values():
+            planner.http_base_url = url
 
     def publish(self) -> None:
         models = set().union(*(n for n, _ in self.names.values()))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import resource
-import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
+from planner.catalog_events import LISTENER_SETTINGS
 from planner.classify import Classifier
 from planner.lazy_pool import LazyInferencePool
 from planner.materialize import Databases
@@ -20,6 +21,9 @@ from planner.planner import Planner
 from planner.planners import Planners
 from server import hba, messages, tls
 from server.backend import send_cancel
+from server.http import WebFace
+from server.http import check_config as check_web_config
+from server.peers import Peers, as_issued, issue_key
 from server.session import ClientSession
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings
 from storage.migrations import migrate
@@ -100,6 +104,7 @@ class SieveServer:
         self.embedded: EmbeddedPostgres | None = None
         self.backend_target: BackendTarget | None = None
         self._cancel_keys: dict[tuple[int, bytes], ClientSession] = {}
+        self.peers: Peers | None = None  # the other front-ends over this Postgres (cancels)
         self._listener: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
 
@@ -108,6 +113,7 @@ class SieveServer:
     async def start(self) -> None:
         self._check_limits()
         self._check_open_door()
+        check_web_config(self.config, self.ssl_context is not None)
         self.backend_target = await asyncio.to_thread(self._start_storage)
         await self._check_backend()
         await self._migrate()
@@ -119,7 +125,14 @@ class SieveServer:
             self.config.port,
             reuse_address=True,
             backlog=1024,
+            start_serving=False,  # registered first: every cancel key names this front-end
         )
+        self.peers = Peers(self.db, self._advertise_address())
+        await self.peers.start()
+        await self._listener.start_serving()
+        if self.config.http_port is not None:
+            self.web = WebFace(self)
+            await self.web.start()
         port = self.bound_port
         log.info(
             "SieveDB listening on %s:%d (backing Postgres %s, tls=%s)",
@@ -139,6 +152,9 @@ class SieveServer:
     @property
     def bound_port(self) -> int:
         return self._listener.sockets[0].getsockname()[1]
+
+    def _advertise_address(self) -> str:
+        return self.config.advertise_address or f"{self._connect_host()}:{self.bound_port}"
 
     def _connect_host(self) -> str:
         return "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
@@ -186,11 +202,16 @@ class SieveServer:
             read, write = await self.pools.get(name)
             return Databases(read=read, write=write)
 
+        async def connect(name: str) -> asyncpg.Connection:  # a catalog listener's own
+            target = dataclasses.replace(self.backend_target, database=name)
+            return await asyncpg.connect(**target.asyncpg_kwargs(), server_settings=LISTENER_SETTINGS)
+
         self.planners = Planners(
             open_database,
             self.inference,
             self.classifier,
             self.config.models_dir.resolve(),
+            connect=connect,
             max_model_bytes=self.config.max_model_bytes,
         )
         self.planner = await self.planners.get(self.backend_target.database)
@@ -296,11 +317,17 @@ class SieveServer:
         """Stop accepting, end every session with 57P01, stop the embedded Postgres."""
         if self._listener is not None:
             self._listener.close()
+        if getattr(self, "web", None) is not None:
+            await self.web.stop()
         for session in list(self.sessions):
             session.shutdown()
         await asyncio.sleep(0.05)  # let the closes flush
         if self.inference is not None:
             await self.inference.close()
+        if self.peers is not None:
+            await self.peers.close()
+        if getattr(self, "planners", None) is not None:
+            await self.planners.close()
         if getattr(self, "pools", None) is not None:
             await self.pools.close()
         for pool in (self.db, self.db_writer):
@@ -314,7 +341,7 @@ class SieveServer:
     # -- sessions and cancellation ------------------------------------------------------------
 
     def register_cancel_key(self, session: ClientSession, pid: int, key_length: int) -> tuple[int, bytes]:
-        key = (pid, secrets.token_bytes(key_length))
+        key = (pid, issue_key(self.peers.id if self.peers else 0, key_length))
         self._cancel_keys[key] = session
         return key
 
@@ -335,7 +362,9 @@ class SieveServer:
             self._cancel_keys.pop(session.cancel_key, None)
 
     def request_cancel(self, pid: int, key: bytes) -> None:
-        session = self._cancel_keys.get((pid, key))
+        session = self._cancel_keys.get((pid, as_issued(key)))
+        if session is None and self.peers is not None and self.peers.forward_cancel(pid, key):
+            return  # another front-end's key
         if session is None or session.backend_key is None:
             log.info("cancel request for unknown key pid=%d ignored", pid)
             return

@@ -1,0 +1,82 @@
+"""/status and its JSON: what the token's role may see of the server, refreshed by status.js.
+
+GET  /status?token=...     the page (a status or a label token)
+GET  /api/status           status_for(server, role, database) as JSON
+GET  /api/status/html      {"html": the page's body, rendered here (pictures as SVG)}
+POST /api/status/cancel    {id}: cancels one of the role's own running statements (403 otherwise)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from server.activity import CancelRefused
+from server.http import pages
+from server.http.access import Access, from_header, from_page
+from server.http.errors import INSUFFICIENT_PRIVILEGE, MALFORMED_REQUEST, NOT_FOUND, HttpError
+from server.http.label_routes import body_of
+from server.http.status_html import status_body
+
+log = logging.getLogger("sievedb.http.status")
+
+VIEW = ("status", "label")
+
+
+async def status_of(request: web.Request, access: Access) -> dict:
+    from server.status_data import status_for  # H3's module; imported on use while it lands
+
+    return await status_for(request.app["server"], access.grant.role, access.grant.database)
+
+
+def as_json(value: Any) -> web.Response:
+    return web.Response(text=json.dumps(value, default=str), content_type="application/json")
+
+
+async def page(request: web.Request) -> web.Response:
+    await from_page(request, VIEW)
+    return pages.static_page("status.html")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    access = await from_header(request, VIEW)
+    return as_json(await status_of(request, access))
+
+
+async def status_fragment(request: web.Request) -> web.Response:
+    access = await from_header(request, VIEW)
+    status = await status_of(request, access)
+    return as_json({"html": status_body(status, access.grant.role, access.grant.database)})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    access = await from_header(request, VIEW)
+    body = await body_of(request, "id")
+    activity = getattr(request.app["server"], "activity", None)
+    if activity is None:
+        raise HttpError(404, "this server keeps no list of running statements", NOT_FOUND)
+    try:
+        statement_id = int(body["id"])
+    except (TypeError, ValueError) as exc:
+        raise HttpError(400, f"id must be a statement number, not {body['id']!r}", MALFORMED_REQUEST) from exc
+    statement = activity.get(statement_id)
+    if statement is None or statement.database != access.grant.database:
+        raise HttpError(404, f"statement {statement_id} is not running (any more)", NOT_FOUND)
+    try:
+        cancelled = activity.cancel(statement_id, access.grant.role)
+    except CancelRefused as exc:
+        raise HttpError(403, str(exc), INSUFFICIENT_PRIVILEGE) from exc
+    if not cancelled:
+        raise HttpError(404, f"statement {statement_id} is not running (any more)", NOT_FOUND)
+    log.info("statement %d cancelled from /status by role %s", statement_id, access.grant.role)
+    return as_json({"cancelled": statement_id})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/status", page)
+    app.router.add_get("/api/status", status_json)
+    app.router.add_get("/api/status/html", status_fragment)
+    app.router.add_post("/api/status/cancel", cancel)
