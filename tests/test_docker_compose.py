@@ -26,7 +26,10 @@ COMPOSE_FILE = DOCKER / "docker-compose.yml"
 DOCKERFILE = DOCKER / "Dockerfile"
 HEALTHCHECK_SCRIPT = DOCKER / "healthcheck.py"
 
-SIEVE_SERVICES = ("sievedb", "sievedb-gpu")
+FRONTENDS = ("sievedb-fe1", "sievedb-fe2")
+SIEVE_SERVICES = ("sievedb", "sievedb-gpu", *FRONTENDS)
+RAY_NODES = ("ray-head", "ray-worker")
+RAY_FRONTEND_SCRIPT = DOCKER / "ray-frontend.sh"
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -99,9 +102,9 @@ def parse_serve(command: list[str]):
 
 
 def test_services_exist(services: dict) -> None:
-    assert {"postgres", "sievedb", "sievedb-gpu"} <= set(services)
+    assert {"postgres", "sievedb", "sievedb-gpu", *RAY_NODES, *FRONTENDS, "sievedb-lb"} <= set(services)
     assert services["postgres"]["image"] == "postgres:18"
-    for name in SIEVE_SERVICES:
+    for name in (*SIEVE_SERVICES, *RAY_NODES):
         build = services[name]["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
         assert (COMPOSE_FILE.parent / build["context"]).resolve() == REPO
@@ -162,7 +165,9 @@ def test_healthchecks(services: dict) -> None:
 
 def test_depends_on_healthy_postgres(services: dict) -> None:
     for name in SIEVE_SERVICES:
-        assert services[name]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    for name in ("sievedb", "sievedb-gpu"):
+        assert set(services[name]["depends_on"]) == {"postgres"}
 
 
 def test_named_volumes_declared(compose: dict, services: dict) -> None:
@@ -191,6 +196,131 @@ def test_gpu_profile_requests_nvidia(services: dict, pyproject: dict) -> None:
     for name in ("postgres", "sievedb"):
         assert "profiles" not in services[name], f"{name} must start without a profile"
         assert "deploy" not in services[name]
+
+
+# -- the Ray profile: a Ray head and worker, two front-ends, a TCP load balancer ------------------
+
+
+def ray_start_params(args: list[str]) -> dict:
+    """``ray start``'s own (click) parser on ``args``: unknown or malformed options raise."""
+    scripts = pytest.importorskip("ray.scripts.scripts")
+    ctx = scripts.start.make_context("ray start", [interpolate(str(a)) for a in args])
+    return ctx.params
+
+
+def head_address(services: dict) -> str:
+    return f"ray-head:{ray_start_params(services['ray-head']['command'])['port']}"
+
+
+def test_ray_nodes_run_real_ray_start_options(services: dict, pyproject: dict) -> None:
+    for name in RAY_NODES:
+        node = services[name]
+        assert node["entrypoint"] == ["ray", "start"]
+        assert node["profiles"] == ["ray"]
+        assert "ray" in node["build"]["args"]["EXTRAS"].split(",")
+        assert "ray" in pyproject["project"]["optional-dependencies"]
+        params = ray_start_params(node["command"])
+        assert params["block"], f"{name}: without --block the container exits once Ray has started"
+        assert node["healthcheck"]["test"][1:3] == ["ray", "health-check"]
+    head = ray_start_params(services["ray-head"]["command"])
+    assert head["head"] and head["port"] == 6379 and head["num_cpus"] == 0
+    worker = ray_start_params(services["ray-worker"]["command"])
+    assert not worker["head"] and worker["address"] == head_address(services)
+    assert services["ray-worker"]["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    with pytest.raises(Exception, match="no-such-option"):
+        ray_start_params(["--head", "--no-such-option"])
+
+
+def test_ray_image_is_the_sievedb_image_with_the_extra(services: dict) -> None:
+    images = {services[name]["image"] for name in (*RAY_NODES, *FRONTENDS)}
+    assert images == {"sievedb:ray"}
+    builds = [services[name]["build"] for name in (*RAY_NODES, *FRONTENDS)]
+    assert all(build == builds[0] for build in builds)
+    for name in RAY_NODES:
+        assert services[name]["shm_size"], (
+            f"{name}: Ray's object store needs more than Docker's 64 MB /dev/shm"
+        )
+
+
+def test_frontends_share_the_postgres_and_the_ray_cluster(services: dict) -> None:
+    dsns, advertised = set(), set()
+    for name in FRONTENDS:
+        service = services[name]
+        args = parse_serve(service["command"])
+        dsns.add(args.postgres_dsn)
+        assert args.ray_address == head_address(services)
+        assert service["environment"]["RAY_ADDRESS"] == args.ray_address
+        assert args.advertise_address == f"{name}:{args.port}", "peers must reach it by its service name"
+        advertised.add(args.advertise_address)
+        assert config_from_args(args).ray_address == args.ray_address
+        assert service["depends_on"]["ray-head"] == {"condition": "service_healthy"}
+        assert service["profiles"] == ["ray"]
+    assert dsns == {parse_serve(services["sievedb"]["command"]).postgres_dsn}
+    assert len(advertised) == len(FRONTENDS)
+
+
+def test_frontends_enter_through_the_ray_node_script(services: dict) -> None:
+    (entry,) = {tuple(services[name]["entrypoint"]) for name in FRONTENDS}
+    copies = [shlex.split(args) for args in instruction("COPY")]
+    assert ["docker/ray-frontend.sh", entry[0]] in copies
+    assert RAY_FRONTEND_SCRIPT.stat().st_mode & 0o111, "COPY keeps the mode: the script must be executable"
+    mode = subprocess.run(
+        ["git", "ls-files", "-s", str(RAY_FRONTEND_SCRIPT)], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    assert mode.startswith("100755"), f"git must record ray-frontend.sh as executable: {mode!r}"
+    # The script's `ray start` line is a real one, joining the cluster with no resources of its own.
+    line = next(ln for ln in RAY_FRONTEND_SCRIPT.read_text().splitlines() if ln.startswith("ray start"))
+    argv = shlex.split(line.replace("$RAY_ADDRESS", "ray-head:6379"))[2:]
+    params = ray_start_params(argv)
+    assert params["address"] == "ray-head:6379" and params["num_cpus"] == 0 and params["num_gpus"] == 0
+
+
+def stub_bin(tmp_path, name: str) -> None:
+    stub = tmp_path / name
+    stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "$STUB_LOG"\n')
+    stub.chmod(0o755)
+
+
+def test_ray_frontend_script_joins_then_serves_with_its_arguments(tmp_path) -> None:
+    for name in ("ray", "sievedb"):
+        stub_bin(tmp_path, name)
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "STUB_LOG": str(log), "RAY_ADDRESS": "ray-head:6379"}
+    done = subprocess.run(
+        ["sh", str(RAY_FRONTEND_SCRIPT), "--port", "5433"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "ray start --address=ray-head:6379 --num-cpus=0 --num-gpus=0 --disable-usage-stats",
+        "sievedb serve --port 5433",
+    ]
+    env.pop("RAY_ADDRESS")
+    log.unlink()
+    done = subprocess.run(["sh", str(RAY_FRONTEND_SCRIPT)], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "RAY_ADDRESS" in done.stderr
+    assert not log.exists(), "nothing may start without the Ray address"
+
+
+def haproxy_servers(compose: dict) -> tuple[int, list[str]]:
+    """(bind port, server addresses) of the load balancer's configuration."""
+    text = compose["configs"]["haproxy"]["content"]
+    bind = re.search(r"^\s*bind\s+\S*:(\d+)", text, re.M)
+    servers = re.findall(r"^\s*server\s+\S+\s+(\S+)", text, re.M)
+    assert bind and "mode tcp" in text
+    return int(bind[1]), servers
+
+
+def test_load_balancer_fronts_each_frontend(compose: dict, services: dict) -> None:
+    lb = services["sievedb-lb"]
+    bind, servers = haproxy_servers(compose)
+    assert sorted(servers) == sorted(
+        parse_serve(services[name]["command"]).advertise_address for name in FRONTENDS
+    )
+    assert [c for _, c in published(lb)] == [bind]
+    assert published(lb)[0][0] == 5435
+    (mount,) = lb["configs"]
+    assert mount["source"] == "haproxy" and mount["target"].endswith("haproxy.cfg")
+    assert set(lb["depends_on"]) == set(FRONTENDS)
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------
