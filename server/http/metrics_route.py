@@ -1,5 +1,5 @@
-"""/metrics: the server's Prometheus registry in the text format (no token: the web face listens
-on loopback unless TLS or --allow-trust-remote opens it)."""
+"""/metrics: the server's Prometheus metrics (server/metrics.py) in the text format. No token:
+the web face listens on loopback unless TLS or --allow-trust-remote opens it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ EMPTY = CollectorRegistry()  # a server without metrics still answers, with no f
 
 async def metrics(request: web.Request) -> web.Response:
     metrics_of = getattr(request.app["server"], "metrics", None)
-    registry = getattr(metrics_of, "registry", None) or EMPTY
-    body = generate_latest(registry)  # a walk over in-memory collectors: cheap enough for the loop
+    body = generate_latest(EMPTY) if metrics_of is None else await metrics_of.scrape()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
