@@ -16,6 +16,7 @@ from pglast.parser import ParseError
 from planner.assertions.runner import Assertions
 from planner.calls import CallSite, find_call_sites
 from planner.catalog import ModelCatalog
+from planner.catalog_events import notify
 from planner.classify import Classifier, Decision
 from planner.explain import SitePlan
 from planner.explain_run import ExplainRun
@@ -24,6 +25,7 @@ from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
 from planner.model_spec import ModelSpec
+from planner.observe import NULL_OBSERVER, QueryObserver
 from planner.outcome import Failed, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
 from planner.read_outputs import read_outputs_sql, wanted_maps
@@ -57,8 +59,10 @@ class Planner:
         classifier: Classifier,
         models_dir: Path,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        observer: QueryObserver = NULL_OBSERVER,
     ) -> None:
         self.dbs = dbs
+        self.observer = observer  # told of each sieve.query_log row (the server's metrics)
         self.db = dbs.read
         self.inference = inference_pool
         self.classifier = classifier
@@ -77,6 +81,13 @@ class Planner:
         self._plans.clear()
         await self.catalog.reload()
         self.classifier.set_models(self.catalog.names, set(self.catalog.views))
+
+    async def _views_changed(self) -> None:
+        """After forwarded DDL that may change model views: reload, and tell the other
+        front-ends (migration 0015's event trigger tells them too, at the DDL's commit, where
+        the backing role could create it: this NOTIFY misses a view still uncommitted)."""
+        await self.refresh()
+        await notify(self.db, "views")
 
     async def run(
         self,
@@ -124,7 +135,7 @@ class Planner:
         if changes_views:
             outcome = await self._query(sql, statements, self.analyse(statements), port, rewritable)
             # learn the new view once Postgres has made it
-            return Forward(after=self.refresh) if isinstance(outcome, Forward) else outcome
+            return Forward(after=self._views_changed) if isinstance(outcome, Forward) else outcome
         analysis = self.analyse(statements)
         if analysis.sites:
             uncorrelated = await self._uncorrelated(analysis.statements, port)
@@ -337,12 +348,13 @@ class Planner:
                 "recent_batch_sizes": list(stats.recent_batch_sizes[-64:]),
             }
             await self.db.execute(
-                "UPDATE sieve.models SET cost_ms_per_row = $1::jsonb, stats = $2::jsonb "
-                "WHERE name = $3 AND version = $4",
+                "UPDATE sieve.models SET cost_ms_per_row = $1::jsonb, stats = $2::jsonb, "
+                "replicas = $5::jsonb WHERE name = $3 AND version = $4",
                 json.dumps(stats.ms_per_row),
                 json.dumps(summary),
                 spec.name,
                 spec.version,
+                json.dumps(pool.replicas(spec.key)),  # node -> replicas, rows, ms/row
             )
 
     def specs(self, sites: list) -> list[ModelSpec]:
@@ -375,6 +387,7 @@ class Planner:
             elapsed_ms,
             port.user,
         )
+        self.observer.query_logged("exact", done.model_calls, done.cache_hits)
 
 
 def _params_key(params: list | None) -> tuple | None:

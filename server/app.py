@@ -15,14 +15,16 @@ import asyncpg
 
 from planner.catalog_events import LISTENER_SETTINGS
 from planner.classify import Classifier
-from planner.lazy_pool import LazyInferencePool
+from planner.lazy_pool import BackendUnavailable, LazyInferencePool
 from planner.materialize import Databases
 from planner.planner import Planner
 from planner.planners import Planners
 from server import hba, messages, tls
+from server.activity import Activity
 from server.backend import send_cancel
 from server.http import WebFace
 from server.http import check_config as check_web_config
+from server.metrics import Metrics
 from server.peers import Peers, as_issued, issue_key
 from server.session import ClientSession
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings
@@ -107,6 +109,10 @@ class SieveServer:
         self.peers: Peers | None = None  # the other front-ends over this Postgres (cancels)
         self._listener: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
+        # what /status and /metrics show (server.activity, server.metrics)
+        self.metrics = Metrics(connections=lambda: self.admitted, pool=lambda: self.db)
+        self.activity = Activity(self.cancel_session)
+        self.activity.watch_sessions(lambda: tuple(self.sessions))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -194,7 +200,14 @@ class SieveServer:
             max_inactive_connection_lifetime=0,
             connection_class=PlannerConnection,
         )
-        self.inference = LazyInferencePool(workers=self.config.inference_workers)
+        try:
+            self.inference = LazyInferencePool(
+                workers=self.config.inference_workers,
+                ray_address=self.config.ray_address,
+                ray_max_replicas=self.config.ray_max_replicas,
+            )
+        except BackendUnavailable as exc:
+            raise ConfigError(str(exc)) from None
         self.pools = DatabasePools(self.backend_target, PlannerConnection)
         self.pools.add(self.backend_target.database, self.db, self.db_writer)
 
@@ -213,7 +226,9 @@ class SieveServer:
             self.config.models_dir.resolve(),
             connect=connect,
             max_model_bytes=self.config.max_model_bytes,
+            observer=self.metrics,
         )
+        self.metrics.listen_to_inference()
         self.planner = await self.planners.get(self.backend_target.database)
 
     def _check_limits(self) -> None:
@@ -322,6 +337,7 @@ class SieveServer:
         for session in list(self.sessions):
             session.shutdown()
         await asyncio.sleep(0.05)  # let the closes flush
+        self.metrics.stop_listening()
         if self.inference is not None:
             await self.inference.close()
         if self.peers is not None:
@@ -369,7 +385,11 @@ class SieveServer:
             log.info("cancel request for unknown key pid=%d ignored", pid)
             return
         log.info("cancel request pid=%d user=%s", pid, session.user)
-        if session.cancel_planned("user request"):
+        self.cancel_session(session)
+
+    def cancel_session(self, session: ClientSession) -> None:
+        """Cancel what the session runs now: the planner's work, or else Postgres's."""
+        if session.cancel_planned("user request") or session.backend_key is None:
             return
         asyncio.get_running_loop().create_task(self._send_cancel(*session.backend_key))
 

@@ -1,0 +1,160 @@
+"""Catalog changes made through one front-end reach the other over the same Postgres."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tests.support.model_files import direct_run
+
+PROPAGATION_DEADLINE_S = 10.0  # generous on a loaded machine; the measured figure is printed
+
+
+def _connect(frontends, which: int) -> psycopg.Connection:
+    return psycopg.connect(frontends.dsn(which), autocommit=True)
+
+
+def _until(check, what: str) -> float:
+    """Run ``check`` until it stops raising (or the deadline); the seconds it took."""
+    started = time.monotonic()
+    while True:
+        try:
+            check()
+            took = time.monotonic() - started
+            print(f"{what}: {took * 1000:.0f} ms")
+            return took
+        except (psycopg.Error, AssertionError):
+            if time.monotonic() - started > PROPAGATION_DEADLINE_S:
+                raise
+
+
+def _listeners(conn: psycopg.Connection) -> list[int]:
+    rows = conn.execute(
+        "select pid from pg_stat_activity where application_name = 'sievedb catalog listener' "
+        "and datname = current_database()"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_a_model_created_through_one_frontend_runs_through_the_other(frontends, scale_models):
+    expected = direct_run(scale_models / "digits_mlp.onnx", {"X": _pixels(frontends, 20)})["label"]
+    with _connect(frontends, 0) as a, _connect(frontends, 1) as b:
+        b.execute("select 1")  # B's planner is up and has read the catalog before the model exists
+        a.execute(
+            "create function prop_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        query = "select prop_digit(pixels) from digits where id < 20 order by id"
+
+        def b_runs_it() -> None:
+            assert [r[0] for r in b.execute(query).fetchall()] == expected.tolist()
+
+        _until(b_runs_it, "model created through A, run through B")
+        calls = b.execute(
+            "select model_calls->>'prop_digit' from sieve.query_log where query = %s "
+            "order by query_id desc limit 1",
+            (query,),
+        ).fetchone()
+        assert calls == ("20",)  # B planned it (ran the model), not Postgres's read of an empty cache
+
+
+def test_a_view_created_through_one_frontend_is_planned_by_the_other(frontends):
+    with _connect(frontends, 0) as a, _connect(frontends, 1) as b:
+        a.execute(
+            "create function view_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        a.execute("create view view_digits as select id, view_digit(pixels) as digit from digits")
+        truth = a.execute("select count(*) from view_digits where id < 300 and digit = 3").fetchone()
+        b.execute("select sieve.clear_cache('view_digit')")  # B must run the model itself
+
+        def b_plans_the_view() -> None:
+            assert (
+                b.execute("select count(*) from view_digits where id < 300 and digit = 3").fetchone() == truth
+            )
+
+        _until(b_plans_the_view, "view created through A, planned by B")
+        assert truth[0] > 0
+
+
+def test_an_assertion_created_through_one_frontend_is_checked_through_the_other(frontends):
+    with _connect(frontends, 0) as a, _connect(frontends, 1) as b:
+        a.execute(
+            "create function assert_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        a.execute("create view assert_digits as select id, label, assert_digit(pixels) as digit from digits")
+        a.execute(
+            "create assertion wrong_digit as select id, 1.0 as severity from assert_digits "
+            "where id < 200 and digit <> label"
+        )
+        wrong = a.execute(
+            "select count(*) from digits where id < 200 and assert_digit(pixels) <> label"
+        ).fetchone()[0]
+
+        def b_checks_it() -> None:
+            assert b.execute("select sieve.check_assertion('wrong_digit')").fetchone()[0] == wrong
+
+        _until(b_checks_it, "assertion created through A, checked through B")
+        b.execute("drop assertion wrong_digit")
+        with pytest.raises(psycopg.Error):
+            a.execute("select sieve.check_assertion('wrong_digit')")
+
+
+def test_a_drop_through_one_frontend_reaches_the_other(frontends):
+    with _connect(frontends, 0) as a, _connect(frontends, 1) as b:
+        a.execute(
+            "create function drop_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        _until(lambda: b.execute("select drop_digit(pixels) from digits where id = 1").fetchone(), "create")
+        a.execute("drop function drop_digit")
+
+        def b_forgot_it() -> None:
+            with pytest.raises(psycopg.errors.UndefinedFunction):
+                b.execute("select drop_digit(pixels) from digits where id = 1")
+            assert b.execute("select count(*) from sieve.models where name = 'drop_digit'").fetchone() == (0,)
+
+        _until(b_forgot_it, "model dropped through A, gone on B")
+        # and the name is free again through B
+        b.execute(
+            "create function drop_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        _until(lambda: a.execute("select drop_digit(pixels) from digits where id = 1").fetchone(), "again")
+
+
+def test_a_killed_listener_reconnects_and_later_changes_still_propagate(frontends, scale_models):
+    with psycopg.connect(frontends.backing_dsn(), autocommit=True) as pg, _connect(frontends, 0) as a:
+        _connect(frontends, 1).close()  # B's planner is up
+        before = _listeners(pg)
+        assert len(before) == 2  # one per front-end for this database
+        pg.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) as pid", (before,))
+
+        def relistening() -> None:
+            now = _listeners(pg)
+            assert len(now) == 2 and not set(now) & set(before)
+
+        _until(relistening, "listeners reconnected")
+        a.execute(
+            "create function late_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+    expected = direct_run(scale_models / "digits_mlp.onnx", {"X": _pixels(frontends, 5)})["label"].tolist()
+    with _connect(frontends, 1) as b:
+
+        def b_runs_it() -> None:
+            got = b.execute("select late_digit(pixels) from digits where id < 5 order by id").fetchall()
+            assert [r[0] for r in got] == expected
+
+        _until(b_runs_it, "model created after the listener was killed, run through B")
+
+
+def _pixels(frontends, rows: int):
+    import numpy as np
+
+    with _connect(frontends, 0) as conn:
+        got = conn.execute("select pixels from digits where id < %s order by id", (rows,)).fetchall()
+    return np.asarray([r[0] for r in got], dtype=np.float32)
