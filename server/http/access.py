@@ -7,12 +7,12 @@ cookie, so another site cannot make a browser act with it (no CSRF).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from planner.labels.desk import Grant, LabelDesk, database_of
 from server import sqlstate
 from server.http.errors import INSUFFICIENT_PRIVILEGE, HttpError
 
@@ -22,13 +22,8 @@ class Access:
     """A resolved token: the desk that answers for its database and the grant it stands for."""
 
     token: str
-    desk: Any  # planner.labels.desk.LabelDesk
-    grant: Any  # planner.labels.desk.Grant
-
-
-async def settle(value: Any) -> Any:
-    """The desk's calls may be coroutines or plain calls; the web face takes either."""
-    return await value if inspect.isawaitable(value) else value
+    desk: LabelDesk
+    grant: Grant
 
 
 def bearer_token(request: web.Request) -> str:
@@ -55,16 +50,14 @@ def page_token(request: web.Request) -> str:
 
 async def resolve(server: Any, token: str, scopes: tuple[str, ...]) -> Access:
     """The grant of ``token`` (401 when no database knows it), refused (403) outside ``scopes``."""
-    from planner.labels.desk import database_of  # the labels package is H1's; imported on use
-
     database = database_of(token)
-    if database is None:
+    if database is None or not await _database_exists(server, database):
         raise HttpError(
             401, "unknown or expired token: ask SQL for a new link", sqlstate.INVALID_AUTHORIZATION
         )
     planner = await server.planners.get(database)
     desk = planner.labels
-    grant = await settle(desk.resolve(token))
+    grant = await desk.resolve(token)
     if grant.scope not in scopes:
         raise HttpError(
             403,
@@ -72,6 +65,15 @@ async def resolve(server: Any, token: str, scopes: tuple[str, ...]) -> Access:
             INSUFFICIENT_PRIVILEGE,
         )
     return Access(token, desk, grant)
+
+
+async def _database_exists(server: Any, database: str) -> bool:
+    """Whether a token's database is one to open a planner for (a forged prefix opens nothing)."""
+    return bool(
+        await server.db.fetchval(
+            "SELECT true FROM pg_catalog.pg_database WHERE datname = $1 AND datallowconn", database
+        )
+    )
 
 
 async def from_header(request: web.Request, scopes: tuple[str, ...]) -> Access:

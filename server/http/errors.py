@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from planner.labels.errors import LabelError
 from server import sqlstate
 
 log = logging.getLogger("sievedb.http")
@@ -27,11 +28,10 @@ class HttpError(Exception):
         self.status, self.message, self.sqlstate = status, message, code
 
 
-def from_label_error(exc: Exception) -> HttpError:
+def from_label_error(exc: LabelError) -> HttpError:
     """A desk error as it is: its status (401/403/404/409/410/400) and SQLSTATE."""
-    status = int(getattr(exc, "http_status", 400))
-    code = getattr(exc, "sqlstate", None) or sqlstate.INTERNAL_ERROR
-    return HttpError(status, str(exc), code)
+    message = str(exc) + (f" ({exc.hint})" if exc.hint else "")
+    return HttpError(exc.http_status, message, exc.sqlstate)
 
 
 def is_api(request: web.Request) -> bool:
@@ -58,15 +58,6 @@ def html_error(error: HttpError) -> web.Response:
     return web.Response(status=error.status, text=page, content_type="text/html")
 
 
-def label_error_types() -> tuple[type[Exception], ...]:
-    """The desk's error class, when the labels package is there (it is optional to this module)."""
-    try:
-        from planner.labels.desk import LabelError
-    except ImportError:
-        return ()
-    return (LabelError,)
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Every failure becomes one answer to this request; nothing else is touched."""
@@ -81,7 +72,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         error.message += f" (use {', '.join(sorted(exc.allowed_methods))})"
     except web.HTTPException:
         raise
-    except label_error_types() as exc:
+    except LabelError as exc:
         error = from_label_error(exc)
     except Exception as exc:  # the server and other requests go on; this one says what happened
         log.exception("web face: %s %s failed", request.method, request.path)

@@ -49,8 +49,11 @@ def to_png(data: bytes) -> Picture | None:
 
 
 def key_text(key: Any) -> str:
-    """The item's key as JSON (what the page exposes in ``data-key``)."""
-    return json.dumps(key, default=str, separators=(",", ":"))
+    """The item's key as text (what the page exposes in ``data-key``): a primary key's text as
+    it is, anything else as JSON, nothing when the input has no source row."""
+    if key is None:
+        return ""
+    return key if isinstance(key, str) else json.dumps(key, default=str, separators=(",", ":"))
 
 
 class ImageShelf:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from server.http import pages
-from server.http.access import Access, from_header, from_page, settle
+from server.http.access import Access, from_header, from_page
 from server.http.errors import MALFORMED_REQUEST, NOT_FOUND, HttpError
 from server.http.items import ImageShelf, show_item
 
@@ -47,13 +47,15 @@ def task_view(task: Any) -> dict:
 
 
 async def progress_view(access: Access) -> dict:
-    return plain(await settle(access.desk.progress(access.grant)))
+    return plain(await access.desk.progress(access.grant))
 
 
-def skip_list(request: web.Request) -> tuple:
-    raw = request.query.get("skip", "")
-    items = [s for s in raw.split(",") if s][:MAX_SKIPS]
-    return tuple(int(s) if s.isdigit() else s for s in items)
+def skip_list(request: web.Request) -> tuple[int, ...]:
+    """The request ids the labeller skipped (``?skip=3,9``), the page's memory of them."""
+    items = [s for s in request.query.get("skip", "").split(",") if s][:MAX_SKIPS]
+    if not all(s.isdigit() for s in items):
+        raise HttpError(400, "skip must list request ids: ?skip=3,9", MALFORMED_REQUEST)
+    return tuple(int(s) for s in items)
 
 
 async def body_of(request: web.Request, *fields: str) -> dict:
@@ -69,6 +71,13 @@ async def body_of(request: web.Request, *fields: str) -> dict:
     return body
 
 
+def request_id_of(body: dict) -> int:
+    value = body["request_id"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HttpError(400, f"request_id must be an integer, not {json.dumps(value)}", MALFORMED_REQUEST)
+    return value
+
+
 def label_text(value: Any) -> str:
     """The answer as the desk takes it: text, as SQL's ``sieve.label`` would get it."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -82,8 +91,8 @@ async def page(request: web.Request) -> web.Response:
 async def next_item(request: web.Request) -> web.Response:
     access = await from_header(request, LABEL)
     desk, grant = access.desk, access.grant
-    task = await settle(desk.task(grant))
-    item = await settle(desk.next_item(grant, skip_list(request)))
+    task = await desk.task(grant)
+    item = await desk.next_item(grant, skip_list(request))
     shown = None if item is None else await show_item(item, access.token, request.app["shelf"])
     return web.json_response(
         {"task": task_view(task), "progress": await progress_view(access), "item": shown}
@@ -93,11 +102,12 @@ async def next_item(request: web.Request) -> web.Response:
 async def give(request: web.Request) -> web.Response:
     access = await from_header(request, LABEL)
     body = await body_of(request, "request_id", "value")
-    given = await settle(access.desk.give(access.grant, body["request_id"], label_text(body["value"])))
+    request_id = request_id_of(body)
+    given = await access.desk.give(access.grant, request_id, label_text(body["value"]))
     log.info(
         "label given function=%s request=%s role=%s",
         access.grant.function,
-        body["request_id"],
+        request_id,
         access.grant.role,
     )
     return web.json_response({"given": plain(given), "progress": await progress_view(access)})
@@ -106,8 +116,9 @@ async def give(request: web.Request) -> web.Response:
 async def undo(request: web.Request) -> web.Response:
     access = await from_header(request, LABEL)
     body = await body_of(request, "request_id")
-    undone = await settle(access.desk.undo(access.grant, body["request_id"]))
-    return web.json_response({"undone": plain(undone), "progress": await progress_view(access)})
+    request_id = request_id_of(body)
+    await access.desk.undo(access.grant, request_id)
+    return web.json_response({"undone": request_id, "progress": await progress_view(access)})
 
 
 async def image(request: web.Request) -> web.Response:
