@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger("sievedb.inference.stats")
+
+# Called with (model_key, rows, device, run_s, wall_s) after every batch any recorder records
+# (the server's Prometheus histograms). Process-wide, as logging handlers are: a pool, local or
+# Ray, records through StatsRecorder and needs no wiring of its own.
+BatchListener = Callable[[str, int, str, float, float], None]
+_listeners: list[BatchListener] = []
+
+
+def add_batch_listener(listener: BatchListener) -> None:
+    _listeners.append(listener)
+
+
+def remove_batch_listener(listener: BatchListener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,11 @@ class StatsRecorder:
         self.recent.append(rows)
         self.seconds_by_device[device] += run_s
         self.rows_by_device[device] += rows
+        for listener in _listeners:
+            try:
+                listener(self.model_key, rows, device, run_s, wall_s)
+            except Exception:  # an observer's bug must not fail the batch it watched
+                log.exception("batch listener failed")
 
     def snapshot(self) -> ModelStats:
         return ModelStats(

@@ -109,6 +109,11 @@ class SessionPort(Protocol):
         """Send the client a NOTICE."""
         ...
 
+    def progress(self, model: str, done: int, total: int | None, elapsed: float) -> None:
+        """How far a model's pass over its inputs is (``total`` None until counted), for the
+        server's list of running statements; cheap, called often."""
+        ...
+
     async def arm_statement_timeout(self) -> None:
         """Start enforcing the session's statement_timeout (call before expensive work)."""
         ...

@@ -302,6 +302,7 @@ class SitePass:
         self.runs += runs
         self.hits += found if self.target is not None else 0
         self.mapped += mapped
+        self._note_progress()
 
     async def finish(self) -> None:
         # what the lanes still hold goes as one batch (a small pass makes one batch, not one a lane)
@@ -325,8 +326,14 @@ class SitePass:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _note_progress(self) -> None:
+        """The structured twin of the progress NOTICE (the server's list of running statements)."""
+        known = self.total if self.total is not None else self.survey.reaching if self.survey else None
+        self.port.progress(self.spec.name, self.runs, known, time.monotonic() - self.started)
+
     async def _report(self) -> None:
         now = time.monotonic()
+        self._note_progress()
         if now - self.last_notice <= NOTICE_EVERY_S:
             return
         self.last_notice = now
@@ -335,6 +342,7 @@ class SitePass:
                 self.total = self.survey.reaching
             else:
                 self.total = self.runs + (await self.port.fetch(self.total_sql))[0][0]
+        self._note_progress()
         self.port.notice(_progress(self.spec, self.runs, self.total, now - self.started))
 
 

@@ -107,3 +107,6 @@ class OwnerPort:
 
     def notice(self, message: str) -> None:
         self._client.notice(message)
+
+    def progress(self, model: str, done: int, total: int | None, elapsed: float) -> None:
+        self._client.progress(model, done, total, elapsed)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from planner.classify import FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
 from server import frames, messages, pgvalues, sqlstate
+from server.activity import Progress, Statement
 from server.client_sql import ClientSql
 from server.params import Bind, ParamText, as_text, parse_bind
 
@@ -120,6 +121,7 @@ class SessionPortImpl:
         self.user = session.user
         self.database = session.database
         self._simple_queries = 0
+        self.statement: Statement | None = None  # in the server's activity list while it runs
         client_sql = ClientSql(session)
         # the planner's SQL derived from the client's statement: run with the client's privileges
         self.fetch = client_sql.fetch
@@ -146,6 +148,10 @@ class SessionPortImpl:
 
     def notice(self, message: str) -> None:
         self._session.to_client(messages.notice(message))
+
+    def progress(self, model: str, done: int, total: int | None, elapsed: float) -> None:
+        if self.statement is not None:
+            self.statement.progress = Progress(model, done, total, elapsed)
 
     async def arm_statement_timeout(self) -> None:
         """Called before the first expensive step: statement_timeout then counts from the
@@ -230,6 +236,17 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
             return
     except ConnectionError:
         return  # the session is already failing
+    activity = session.server.activity
+    port.statement = activity.start(session, job.sql, job.decision.reason or "planned")
+    session.server.metrics.statements[port.statement.kind] += 1
+    try:
+        await _run_statement(session, job, port)
+    finally:
+        activity.end(port.statement)
+
+
+async def _run_statement(session: ClientSession, job: PlannedJob, port: SessionPortImpl) -> None:
+    link = session.link
     if job.malformed is not None:
         # Not a statement to plan. Postgres prepared it: the frames go to Postgres as they came,
         # which answers them as it would a client of its own. Only SieveDB knows it: fail here.
@@ -289,6 +306,7 @@ async def _plan(session: ClientSession, job: PlannedJob, port: SessionPortImpl) 
 
 async def _fail(session: ClientSession, job: PlannedJob, outcome: Failed, port: SessionPortImpl) -> None:
     link = session.link
+    session.server.metrics.error(outcome.sqlstate)
     await _fail_transaction(port, link)
     if job.ends_at_flush:  # no Sync yet: the ReadyForQuery answers the Sync to come
         session.discard_until_sync = True
@@ -302,6 +320,7 @@ async def _fail_unreadable(session: ClientSession, job: PlannedJob, port: Sessio
     the Sync (which ends the skipping even when it has a body of its own)."""
     link = session.link
     await _fail_transaction(port, link)
+    session.server.metrics.error(job.malformed.sqlstate)
     session.to_client(_error(Failed(job.malformed.sqlstate, str(job.malformed))))
     if job.frames[-1][0] == messages.SYNC:
         session.to_client(messages.ready_for_query(link.status))
@@ -318,6 +337,7 @@ async def _close_batch(session: ClientSession, port: SessionPortImpl) -> bool:
         async for message in replies:
             if message[0] != messages.READY_FOR_QUERY:
                 failed = failed or message[0] == messages.ERROR_RESPONSE
+                session.server.metrics.error_message(message)
                 session.to_client(message)
     session.batch_open = False
     if session.pending_resets:  # a batch ending at Flush ran with settings of its own
@@ -351,6 +371,10 @@ async def _forward(session: ClientSession, job: PlannedJob, outcome: Forward, po
     if (outcome.after is None and not outcome.settings) or job.syncs != 1:
         link.write(b"".join(job.frames))
         session.syncs_sent += job.syncs
+        if port.statement is not None and job.syncs:  # listed until Postgres has answered it
+            noted = port.statement
+            text = noted.text.encode()
+            session.forwarded = (noted.id, text, noted.started_at, session.syncs_sent, noted.kind)
         if job.syncs == 0 and outcome.settings:  # a batch ending at Flush: reset at its Sync
             session.pending_resets = tuple(outcome.settings)
         if outcome.after is not None:
@@ -409,6 +433,7 @@ async def _relay_until_ready(session: ClientSession, job: PlannedJob) -> bytes:
         async for message in replies:
             if message[0] == ord("Z"):
                 return message
+            session.server.metrics.error_message(message)
             session.to_client(message)
     raise ConnectionError("the backing Postgres ended the exchange without ReadyForQuery")
 

@@ -14,6 +14,7 @@ import enum
 import logging
 import socket
 import struct
+from time import time as now
 from typing import TYPE_CHECKING
 
 from planner.approx.clause import clause_param_types, split_clause
@@ -21,6 +22,7 @@ from planner.classify import APPROXIMATE, SIEVE_SETTING, Route
 from planner.outcome import Failed, PlanError
 from planner.setting_names import review as review_settings
 from server import frames, messages, sqlstate, startup, tls
+from server.activity import TEXT_LIMIT, next_id
 from server.backend import BackendLink
 from server.params import parse_param_types
 from server.planned import PlannedJob, PreparedPlan, cstrings, run_planned
@@ -78,6 +80,7 @@ class ClientSession(asyncio.Protocol):
         self._refused = False
         self.syncs_sent = 0  # Query/Sync/FunctionCall frames forwarded: each earns a ReadyForQuery
         self.planned_statements: dict[str, PreparedPlan] = {}
+        self.forwarded: tuple | None = None  # the last Query forwarded as it is (server.activity)
         self.job: PlannedJob | None = None
         self.planner_task: asyncio.Task | None = None  # the planner working on the held statement
         self.cancel_reason: str | None = None
@@ -383,6 +386,7 @@ class ClientSession(asyncio.Protocol):
                     if job is not None:
                         return self._hold(view, pos, job, last)
                     self.syncs_sent += 1
+                    self._note_forwarded_query(view, pos, end)
                 elif kind == messages.SYNC or kind == messages.FUNCTION_CALL:
                     if self.pending_resets and kind == messages.SYNC:
                         job = PlannedJob.resetting(self.pending_resets)
@@ -408,6 +412,13 @@ class ClientSession(asyncio.Protocol):
         self._note_forwarded(last)
         self._flush_frontend(view, pos)
         return None
+
+    def _note_forwarded_query(self, view: bytes | bytearray, pos: int, end: int) -> None:
+        """A Query forwarded as it is: listed as running until Postgres answers it (see
+        server.activity; its text is decoded only when listed) and counted."""
+        text = view[pos + 5 : min(end - 1, pos + 5 + TEXT_LIMIT)]
+        self.forwarded = (next_id(), text, now(), self.syncs_sent, "forwarded")
+        self.server.metrics.statements["forwarded"] += 1
 
     def _note_forwarded(self, kind: int) -> None:
         """Remember whether the last frame forwarded left an extended batch open (no Sync yet)."""
@@ -664,6 +675,7 @@ class ClientSession(asyncio.Protocol):
         """Send a FATAL error and close this session only."""
         if self.state is State.CLOSED:
             return
+        self.server.metrics.error(code)
         self.state = State.CLOSED
         self._release()
         self._write(messages.fatal(code, message))

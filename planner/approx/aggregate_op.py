@@ -20,7 +20,7 @@ import numpy as np
 from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
 from planner.approx.proxy_sanity import verdict_words
-from planner.approx.report import aggregate_notice, budget_words, pct
+from planner.approx.report import aggregate_notice, budget_words, pct, run_trace
 from planner.install import quote_ident, quote_literal
 from planner.outcome import Forward, Outcome
 from planner.rewrite.ast_util import render
@@ -64,6 +64,8 @@ async def run_aggregate(run: ApproxRun) -> Outcome:
         )
         if clause.proxy is not None and (words := await verdict_words(clause.proxy, found.scores, seen)):
             run.port.notice(words)
+        # labels here: whether a sampled unit gave the statement any rows
+        run.report.trace = run_trace("aggregate", len(keys), found.scores, seen)
     return await _answer(run, results, len(keys))
 
 

@@ -22,6 +22,7 @@ from planner.privileges import require_execute
 from planner.rewrite.ast_util import render
 from planner.sqlstate import FEATURE_NOT_SUPPORTED, INVALID_PARAMETER, SYNTAX_ERROR
 
+_JSONB = frozenset({"model_calls", "groups", "trace"})  # query_log columns sent as JSON text
 _NUMERIC_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool"}  # pg_type names
 
 
@@ -281,12 +282,13 @@ class ApproxIO:
         """One sieve.query_log row (columns by name; see report.log_row)."""
         names = list(row)
         placeholders = ", ".join(
-            f"${i + 1}::jsonb" if n in ("model_calls", "groups") else f"${i + 1}" for i, n in enumerate(names)
+            f"${i + 1}::jsonb" if n in _JSONB else f"${i + 1}" for i, n in enumerate(names)
         )
-        values = [json.dumps(row[n]) if n in ("model_calls", "groups") else row[n] for n in names]
+        values = [json.dumps(row[n]) if n in _JSONB else row[n] for n in names]
         await self.planner.db.execute(
             f"INSERT INTO sieve.query_log ({', '.join(names)}) VALUES ({placeholders})", *values
         )
+        self.planner.observer.query_logged(row["mode"], row["model_calls"], row["cache_hits"])
 
 
 def unit_lines_sql(plan: ApproxPlan, guard: str) -> str:

@@ -16,7 +16,7 @@ from planner.approx.bridge import LoopBridge
 from planner.approx.context import ApproxRun
 from planner.approx.io import UnitLabels
 from planner.approx.proxy_sanity import verdict_words
-from planner.approx.report import limit_notice
+from planner.approx.report import limit_notice, run_trace
 from planner.approx.selection import forward_rows
 from planner.outcome import Outcome
 
@@ -49,6 +49,7 @@ async def run_limit(run: ApproxRun) -> Outcome:
         selected = [keys[int(i)] for i in result.indices]
         if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, label.known)):
             run.port.notice(words)
+    run.report.trace = run_trace("limit", len(keys), scores, label.known)
     calls = run.report.model_calls
     capped = (
         result is not None and result.found < k and clause.budget is None and len(label.known) < len(keys)

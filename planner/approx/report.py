@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+
+import numpy as np
 
 from planner.approx.clause import ApproxClause
 from planner.approx.explain import bound_words
@@ -28,6 +31,7 @@ class Reporter:
         self.done = done
         self.started = time.monotonic()
         self.actuals: dict = {}  # what the operator did, for EXPLAIN ANALYZE
+        self.trace: dict | None = None  # how the run went, for sieve.query_log.trace (see run_trace)
 
     @property
     def model_calls(self) -> int:
@@ -46,6 +50,10 @@ class Reporter:
             "role": self.port.user,
         }
         row.update({k: _finite(v) if isinstance(v, float) else v for k, v in columns.items()})
+        if self.trace is not None:
+            level = row.get("certified_level")
+            self.trace.update(target=_finite(row.get("target")), certified_level=_finite(level))
+            row["trace"] = self.trace
         await self.io.log(row)
 
     def strict(self, message: str, detail: str | None) -> None:
@@ -57,6 +65,41 @@ class Reporter:
                 f"{message} (sieve.strict is on)" + (f": {detail}" if detail else ""),
                 hint="raise BUDGET (or sieve.budget), or SET sieve.strict = off for the answer and a NOTICE",
             )
+
+
+# -- traces ----------------------------------------------------------------------------------------
+
+TRACE_BINS = 20  # proxy-score histogram bins over [0, 1]
+TRACE_SAMPLES = 2000  # sampled rows kept in a trace (evenly spaced over the sample beyond that)
+
+
+def run_trace(
+    kind: str,
+    candidates: int,
+    scores: np.ndarray | None,
+    sampled: Mapping[int, bool],
+    thresholds: Mapping[str, float] | None = None,
+) -> dict:
+    """A picture of one approximate run for ``sieve.query_log.trace``: the histogram of the proxy
+    scores the operator ranked by (one count per scored row), the sampled rows' scores and
+    labels (``sampled`` maps positions in ``scores`` to the oracle's answer), the thresholds it
+    chose. ``Reporter.log`` adds the target and the certified level. Plain JSON: NaN and
+    infinite thresholds (no threshold chosen) become null."""
+    trace: dict = {"kind": kind, "candidates": candidates, "histogram": None}
+    if scores is not None and len(scores):
+        counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=TRACE_BINS, range=(0.0, 1.0))
+        trace["histogram"] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+    positions = sorted(sampled)
+    if len(positions) > TRACE_SAMPLES:
+        keep = np.linspace(0, len(positions) - 1, TRACE_SAMPLES).round().astype(int)
+        positions = [positions[i] for i in keep]
+    trace["sampled_rows"] = len(sampled)
+    # [score, label] per labelled row: the points of the picture (none without proxy scores)
+    trace["sampled"] = (
+        [[_finite(scores[i]), bool(sampled[i])] for i in positions] if scores is not None else []
+    )
+    trace["thresholds"] = {k: _finite(v) for k, v in (thresholds or {}).items()}
+    return trace
 
 
 # -- selections ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from planner.approx.report import (
     certified_levels,
     is_certified,
     known_words,
+    run_trace,
     selection_mode,
     selection_notice,
 )
@@ -105,7 +106,9 @@ async def _select(run: ApproxRun):
     rest = [i for i, k in enumerate(keys) if k not in known] if known else list(range(len(keys)))
     selected = [k for k, positive in known.items() if positive]
     summary = (len(known), sum(known.values())) if known else None
+    mode = selection_mode(clause)[0]
     if not rest:
+        run.report.trace = run_trace(mode, len(keys), scores, {})
         return keys, selected, None, None, summary
     sample_keys = [keys[i] for i in rest]
     if known and scores is not None:
@@ -128,6 +131,8 @@ async def _select(run: ApproxRun):
     else:
         fn, kw = select_precision_target, {"target": clause.precision_target}
     result = await bridge.run(fn, scores, oracle, **kw, **common)
+    # the scores ranked (the automatic proxy's too) and the rows labelled; cached rows are not in it
+    run.report.trace = run_trace(mode, len(keys), scores, label.known, result.thresholds)
     if clause.proxy is not None and (words := await verdict_words(clause.proxy, scores, label.known)):
         run.port.notice(words)
     selected += [sample_keys[int(i)] for i in result.indices]
