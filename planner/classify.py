@@ -37,6 +37,8 @@ APPROXIMATE = Decision(Route.PLAN, "approximate clause")
 # each execution goes to the planner, over both protocols)
 ASSERTION_DDL = Decision(Route.PLAN, "assertion", executes_itself=True)
 ASSERTION_CALL = Decision(Route.PLAN, "assertion")
+# planner/labels: sieve.label(...), sieve.unlabel(...), sieve.labelling_link(...), sieve.status_link()
+LABEL_CALL = Decision(Route.PLAN, "labels")
 # Forwarded; the session notes it may carry sieve.* settings the planner must then read.
 SIEVE_SETTING = Decision(Route.FORWARD, "mentions sieve.* settings")
 
@@ -49,9 +51,9 @@ _FUNCTION_DDL_RE = (
 _FUNCTION_DDL = re.compile(rb"\b(?:" + _FUNCTION_DDL_RE + rb")", re.IGNORECASE)
 _DROPS_DEPENDENTS_RE = rb"cascade\b|drop\s+owned\b"
 _DROPS_DEPENDENTS = re.compile(rb"\b(?:" + _DROPS_DEPENDENTS_RE + rb")", re.IGNORECASE)
-_ONNX = re.compile(b"onnx", re.IGNORECASE)
+_ONNX = re.compile(rb"onnx|\blanguage\s+labels\b", re.IGNORECASE)  # model DDL (LANGUAGE labels too)
 _VIEW_DDL = re.compile(rb"\b(?:create|alter|drop)\b[\s\w]*?\bview\b", re.IGNORECASE)
-_LANGUAGE_ONNX = re.compile(rb"\blanguage\s+onnx\b", re.IGNORECASE)
+_LANGUAGE_ONNX = re.compile(rb"\blanguage\s+(?:onnx|labels)\b", re.IGNORECASE)
 # --- approximate queries (planner/approx): words a trailing approximate clause can start with;
 # a false positive only costs a parse (the planner forwards statements without a clause).
 _APPROX = rb"target\b|\boracle\s+limit\b|\busing[\s_]+proxy\b|\bwith\s+(?:recall|precision)\b"
@@ -59,8 +61,11 @@ _APPROX_CLAUSE = re.compile(_APPROX, re.IGNORECASE)
 _SIEVE_SETTING = rb"\bsieve\."
 _ASSERTION_DDL = re.compile(rb"(?:create|drop)\s+assertion\b", re.IGNORECASE)
 _ASSERTION_CALL = re.compile(rb"\bsieve\.(?:check_assertion|label_candidates)\s*\(", re.IGNORECASE)
+_LABEL_CALL = re.compile(rb"\bsieve\.(?:label|unlabel|labelling_link|status_link)\s*\(", re.IGNORECASE)
 _SIEVE_SETTING_RE = re.compile(_SIEVE_SETTING, re.IGNORECASE)
-_ONNX_OR_APPROX = re.compile(b"onnx|assertion|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE)
+_ONNX_OR_APPROX = re.compile(
+    rb"onnx|language\s+labels|assertion|" + _SIEVE_SETTING + b"|" + _APPROX, re.IGNORECASE
+)
 # --- end approximate queries
 
 
@@ -92,7 +97,7 @@ class Classifier:
         self._calls = re.compile(calls, re.IGNORECASE)
         # One pass over a chunk: DDL, a model call or view, or DDL that may change either.
         self._prefilter = re.compile(
-            b"onnx|assertion|"
+            rb"onnx|language\s+labels|assertion|"
             + _FUNCTION_DDL_RE
             + b"|"
             + _DROPS_DEPENDENTS_RE
@@ -130,6 +135,8 @@ class Classifier:
             return ASSERTION_DDL
         if _ASSERTION_CALL.search(sql):
             return ASSERTION_CALL
+        if _LABEL_CALL.search(sql):
+            return LABEL_CALL
         has_onnx = _ONNX.search(sql) is not None
         if self._calls is None and not has_onnx:
             if _APPROX_CLAUSE.search(sql):

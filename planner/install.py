@@ -112,7 +112,21 @@ def install_sql(spec: ModelSpec, previous: ModelSpec | None, comment: bool = Tru
         "version = EXCLUDED.version, signature = EXCLUDED.signature, options = EXCLUDED.options, "
         "updated_at = now()"
     )
+    steps.append(label_function_sql(spec))
     return ";\n".join(steps)
+
+
+def label_function_sql(spec: ModelSpec) -> str:
+    """Who may see a labels function's requests is who may execute its SQL function (by OID,
+    which a new version in place keeps; planner/labels). Other models have no such row."""
+    if not spec.is_labels:
+        return f"DELETE FROM sieve.label_functions WHERE model_id = {int(spec.id)}"
+    signature = quote_literal(signature_sql(spec, with_names=False))
+    return (
+        f"INSERT INTO sieve.label_functions (model_id, function_oid) VALUES ({int(spec.id)}, "
+        f"{signature}::pg_catalog.regprocedure::pg_catalog.oid) "
+        "ON CONFLICT (model_id) DO UPDATE SET function_oid = EXCLUDED.function_oid"
+    )
 
 
 def replaces_in_place(previous: ModelSpec | None, spec: ModelSpec) -> bool:

@@ -30,7 +30,7 @@ from inference.errors import ModelLoadError, ModelNotFoundError
 from inference.signature import read_signature
 from planner.ddl_checks import is_postgres_own, may_change_functions, vet
 from planner.install import grant_sql, install_sql, is_own_comment, replaces_in_place, signature_sql
-from planner.model_ddl import is_onnx_function, read_create
+from planner.model_ddl import is_model_function, read_create
 from planner.model_spec import INVALID_DEFINITION, ModelSpec, bind_signature, missing_file, resolve_path
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, SessionPort
 from planner.privileges import (
@@ -117,11 +117,11 @@ class ModelLifecycle:
     async def run(self, statements: list, port: SessionPort) -> Outcome | None:
         """The outcome of statements that hold model DDL; None when they hold none (a false
         positive of the classifier's text match): the planner then plans them as a query."""
-        if any(is_onnx_function(stmt) for stmt in statements):
+        if any(is_model_function(stmt) for stmt in statements):
             if len(statements) != 1:
                 return Failed(
                     FEATURE_NOT_SUPPORTED,
-                    "put CREATE FUNCTION ... LANGUAGE onnx in a statement of its own",
+                    "put CREATE FUNCTION ... LANGUAGE onnx (or labels) in a statement of its own",
                     hint="SieveDB runs it, not Postgres: send it as a query string of its own",
                 )
             return await self._create(statements[0], port)
@@ -149,7 +149,7 @@ class ModelLifecycle:
     async def _create(self, stmt: ast.CreateFunctionStmt, port: SessionPort) -> Outcome:
         request = read_create(stmt)
         spec = request.spec
-        refuse_in_transaction(port, "CREATE FUNCTION ... LANGUAGE onnx")
+        refuse_in_transaction(port, f"CREATE FUNCTION ... LANGUAGE {spec.language}")
         owner = await require_model_admin(port, spec.name)  # before any file is looked at
         # done behind SieveDB's back since its last look: a model whose function is gone is no
         # previous version
@@ -166,7 +166,8 @@ class ModelLifecycle:
             await require_owner(port, previous)
         keep = signature_sql(previous, with_names=False) if previous is not None else None
         await require_free_name(port, spec.name, set(), keep)
-        await self._load(spec)
+        if not spec.is_labels:  # a labels function has no file: its options were checked when read
+            await self._load(spec)
         spec.version = _next_version(previous, spec)
         spec.id = previous.id if previous is not None else await self.planner.db.fetchval(NEXT_MODEL_ID)
         try:

@@ -28,6 +28,7 @@ from planner import map_pass, row_maps
 from planner.batches import model_ref
 from planner.calls import CallSite
 from planner.install import digest_sql
+from planner.labels.requests import request_labels
 from planner.model_spec import ModelSpec
 from planner.outcome import PlanError, SessionPort
 from planner.row_maps import MapKey, MapTarget, RowMap
@@ -67,6 +68,9 @@ async def materialize_site(
     site: CallSite, spec: ModelSpec, dbs: Databases, pool, port: SessionPort, result: Materialized
 ) -> None:
     """Run the model over the call site's inputs that have no cached output yet."""
+    if spec.is_labels:  # people, not a model, give its outputs: ask them (planner/labels)
+        await request_labels(site, spec, dbs, port, result)
+        return
     target = found = None
     key = _wanted_key(site, result)
     if key is not None:

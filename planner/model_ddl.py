@@ -13,6 +13,7 @@ from typing import Any
 from pglast import ast
 from pglast.enums import FunctionParameterMode
 
+from planner.labels.definition import check_labels_spec, is_labels_function
 from planner.model_spec import INVALID_DEFINITION, INVALID_PARAMETER, SCALAR_COLUMN, Binding, ModelSpec
 from planner.outcome import PlanError
 from planner.sqltypes import SqlType
@@ -32,6 +33,11 @@ def is_onnx_function(stmt: ast.Node) -> bool:
     return any(o.defname == "language" and o.arg.sval.lower() == "onnx" for o in stmt.options or ())
 
 
+def is_model_function(stmt: ast.Node) -> bool:
+    """CREATE FUNCTION … LANGUAGE onnx or LANGUAGE labels (planner/labels): SieveDB's to run."""
+    return is_onnx_function(stmt) or is_labels_function(stmt)
+
+
 def read_create(stmt: ast.CreateFunctionStmt) -> CreateModel:
     name = _function_name(stmt.funcname)
     args, columns = [], []
@@ -47,7 +53,9 @@ def read_create(stmt: ast.CreateFunctionStmt) -> CreateModel:
             raise PlanError(FEATURE_NOT_SUPPORTED, "model functions take IN arguments only")
     opts = {o.defname: o.arg for o in stmt.options or ()}
     if "as" not in opts:
-        raise PlanError(INVALID_DEFINITION, f"function {name}: LANGUAGE onnx needs AS 'model.onnx'")
+        what = "'instructions'" if is_labels_function(stmt) else "'model.onnx'"
+        language = "labels" if is_labels_function(stmt) else "onnx"
+        raise PlanError(INVALID_DEFINITION, f"function {name}: LANGUAGE {language} needs AS {what}")
     path, options = _as_clause(opts["as"])
     returns_table = bool(columns)
     if not returns_table:
@@ -64,6 +72,8 @@ def read_create(stmt: ast.CreateFunctionStmt) -> CreateModel:
         cost=_cost(opts.get("cost")),
         row_index=options.get("rows") == "row_index",
     )
+    if is_labels_function(stmt):
+        check_labels_spec(spec)
     return CreateModel(spec=spec, replace=bool(stmt.replace))
 
 

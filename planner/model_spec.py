@@ -48,6 +48,13 @@ class ModelSpec:
     # The most rows the model may give one input (enforced where its outputs become rows,
     # planner.batches): what lets an aggregate over its rows be certified. None: no bound known.
     max_rows: int | None = None
+    # "onnx", or "labels": outputs are labels people give (planner/labels); options then hold
+    # "instructions" and "choices"
+    language: str = "onnx"
+
+    @property
+    def is_labels(self) -> bool:
+        return self.language == "labels"
 
     def __post_init__(self) -> None:
         if not self.row_index:  # one row per input by construction
@@ -86,6 +93,7 @@ class ModelSpec:
             "row_index": self.row_index,
             "max_rows": self.max_rows,
             "model": self.signature,
+            "language": self.language,
         }
         return {
             "id": self.id,
@@ -117,6 +125,7 @@ class ModelSpec:
             row_index=row_index,
             id=row.get("id"),
             max_rows=max_rows,
+            language=definition.get("language", "onnx"),
         )
 
 

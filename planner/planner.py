@@ -21,6 +21,9 @@ from planner.classify import Classifier, Decision
 from planner.explain import SitePlan
 from planner.explain_run import ExplainRun
 from planner.install import quote_ident
+from planner.labels.calls import LabelCalls
+from planner.labels.desk import LabelDesk
+from planner.labels.requests import statement_text
 from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
@@ -71,6 +74,9 @@ class Planner:
         self.catalog = ModelCatalog(dbs.read)
         self.lifecycle = ModelLifecycle(self)
         self.assertions = Assertions(self)
+        self.labels = LabelDesk(self)  # the labelling page's API (planner/labels)
+        self.label_calls = LabelCalls(self)
+        self.http_base_url: str | None = None  # where the web face is served, when it is
         self._plans: OrderedDict = OrderedDict()  # (sql, bound values, rewritable) -> analysis
 
     async def start(self) -> None:
@@ -99,6 +105,10 @@ class Planner:
     ) -> Outcome:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
+        statement_text.set(sql)  # what a label request records as its query
+        if decision.reason == "labels":
+            outcome = await self.label_calls.run(sql, port, params)
+            return outcome if outcome is not None else Forward()
         if decision.reason == "assertion":
             outcome = await self.assertions.run(sql, port, params)
             if outcome is not None:

@@ -30,6 +30,10 @@ DEFAULTS: dict[str, str] = {PREFIX + name: value for name, value in SHOWN_DEFAUL
 DEFAULTS[PREFIX + "lenient"] = "off"
 # a query of (key columns..., confidence) that sieve.label_candidates(n, 'uncertainty') ranks by
 DEFAULTS[PREFIX + "uncertainty_query"] = ""
+# how long a statement that needs human labels waits for them (an interval; 0: fail with SV001
+# at once), and how long a labelling link lasts (planner/labels)
+DEFAULTS[PREFIX + "label_wait"] = "0"
+DEFAULTS[PREFIX + "labelling_link_ttl"] = "7 days"
 _NAMED = (VariableSetKind.VAR_SET_VALUE, VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_SET_CURRENT)
 
 

@@ -1,0 +1,197 @@
+"""Where a query would run a model, a labels function asks people instead.
+
+The call site's inputs are read in the client's session (its role, snapshot, search_path) as
+for any model; those with no label in the cache become rows of ``sieve.label_queue`` (one per
+input: a re-request keeps it), with what a labeller is shown and, when the call reads plain
+columns of one table with a one-column primary key, the row they came from. Then the statement
+fails with SV001 saying how many labels are pending and where to give them, or, under
+``SET sieve.label_wait = '30min'``, waits for them (polling SieveDB's own connection, woken at
+once by labels given through this server), with a progress NOTICE every few seconds; a cancel,
+statement_timeout or client disconnect cancels the wait like any materialization. The requests
+stay either way. Labels a statement reads for the first time count as its model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections import defaultdict
+
+from planner.calls import CallSite
+from planner.install import digest_sql, quote_ident
+from planner.labels import store
+from planner.model_spec import ModelSpec
+from planner.outcome import PlanError, SessionPort
+from planner.row_maps import site_key
+from planner.send_forms import digests_of, send_sql
+from planner.sqlstate import LABELS_PENDING
+
+log = logging.getLogger("sievedb.planner.labels")
+
+CHUNK_ROWS = 1024
+POLL_S = 1.0  # labels given through another front-end are seen within this
+NOTICE_EVERY_S = 3.0
+# the statement being planned (set by the planner): the query text a request records
+statement_text: contextvars.ContextVar[str] = contextvars.ContextVar("sieve_statement_text", default="")
+
+_wakeups: dict[int, set[asyncio.Event]] = defaultdict(set)
+
+_LABEL_WAIT = (
+    "SELECT pg_catalog.date_part('epoch', coalesce(nullif(pg_catalog.current_setting("
+    "'sieve.label_wait', true), ''), '0')::pg_catalog.interval)::pg_catalog.float8"
+)
+SOURCE_SQL = (
+    "SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname), a.attname::text "
+    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1 "
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
+    "WHERE c.oid = pg_catalog.to_regclass($1)"
+)
+
+
+def poke(model_id: int) -> None:
+    """A label of this function was given here: wake the statements waiting for its labels."""
+    for event in list(_wakeups.get(model_id, ())):
+        event.set()
+
+
+async def request_labels(site: CallSite, spec: ModelSpec, dbs, port: SessionPort, result) -> None:
+    """The labels-function counterpart of planner.materialize.materialize_site."""
+    source = await _source(site, port)
+    query = _input_query(site, spec, source)
+    missing: dict[bytes, None] = {}
+    hits: list[bytes] = []
+    async with port.stream(query, chunk_rows=CHUNK_ROWS) as chunks:
+        async for rows in chunks:
+            wanted = _new_requests(spec, rows, missing, hits, source)
+            if wanted:
+                async with dbs.write.acquire() as conn:
+                    await store.file_requests(
+                        conn, int(spec.id), spec.cache_table, wanted, port.user, statement_text.get()
+                    )
+    used = await store.mark_used(dbs.write, int(spec.id), hits)
+    result.add(spec.name, used, len(hits) - used)
+    if not missing:
+        return
+    digests = list(missing)
+    log.info("labels requested function=%s inputs=%d", spec.name, len(digests))
+    wait_s = await port.fetchval(_LABEL_WAIT) if _may_wait(port) else 0.0
+    if not wait_s or wait_s <= 0:
+        raise _pending_error(spec, len(digests), len(digests))
+    await _wait(spec, dbs, port, digests, float(wait_s))
+    used = await store.mark_used(dbs.write, int(spec.id), digests)
+    result.add(spec.name, used, 0)
+
+
+def _may_wait(port: SessionPort) -> bool:
+    return getattr(port, "uses_sieve_settings", True)  # a session that never named sieve.* has no wait
+
+
+async def _source(site: CallSite, port: SessionPort) -> tuple[int, str, str, str] | None:
+    """(table oid, table, primary key column, alias) when the call reads plain columns of one
+    table with a one-column primary key: the row a request came from."""
+    found = site_key(site)
+    if found is None:
+        return None
+    key, relation = found
+    name = ".".join(quote_ident(p) for p in key.relation)
+    rows = await port.fetch(SOURCE_SQL, (name,))
+    if not rows:
+        return None
+    alias = relation.alias.aliasname if relation.alias is not None else relation.relname
+    oid, table, column = rows[0]
+    return int(oid), table, column, alias
+
+
+def _input_query(site: CallSite, spec: ModelSpec, source) -> str:
+    """Rows (digest, labelled?, then for unlabelled inputs each argument's send form and shown
+    form, and the source row's key)."""
+    types = [t for _, t in spec.args]
+    args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(zip(site.args, types, strict=True)))
+    key = f"({quote_ident(source[3])}.{quote_ident(source[2])})::text" if source else "NULL::text"
+    digest = digest_sql(spec, list(site.args))
+    inner = f"{site.with_sql} SELECT {digest} AS sieve_digest, {args}, {key} AS sieve_key".lstrip()
+    if site.from_sql:
+        inner += f" FROM {site.from_sql}"
+    if site.where_sql:
+        inner += f" WHERE {site.where_sql}"
+    cached = "c.digest IS NOT NULL"
+    sends = [f"CASE WHEN {cached} THEN NULL ELSE {send_sql(t, f'i.a{i}')} END" for i, t in enumerate(types)]
+    shown = [
+        f"CASE WHEN {cached} THEN NULL ELSE (i.a{i})::text END" if t.base != "bytea" else "NULL::text"
+        for i, t in enumerate(types)
+    ]
+    return (
+        f"SELECT i.sieve_digest, {cached}, {', '.join([*sends, *shown])}, i.sieve_key "
+        f"FROM ({inner} OFFSET 0) AS i LEFT JOIN {spec.cache_table} c ON c.digest = i.sieve_digest "
+        "AND c.ordinal = 0 WHERE i.sieve_digest IS NOT NULL"
+    )
+
+
+def _new_requests(spec: ModelSpec, rows: list, missing: dict, hits: list, source) -> list[store.NewRequest]:
+    """Requests for a chunk's unlabelled inputs not met before (keyed by the digest SieveDB
+    computes from the send forms, as for model inputs); the labelled ones go to ``hits``."""
+    width = len(spec.args)
+    unlabelled = [r for r in rows if not r[1]]
+    hits += [bytes(r[0]) for r in rows if r[1]]
+    sends = [[bytes(r[2 + k]) for r in unlabelled] for k in range(width)]
+    digests = digests_of(sends) if unlabelled else []
+    names = [n for n, _ in spec.args]
+    types = [t.sql for _, t in spec.args]
+    wanted = []
+    for row, digest in zip(unlabelled, digests, strict=True):
+        if digest in missing:
+            continue
+        missing[digest] = None
+        blobs = [bytes(row[2 + k]) if t.base == "bytea" else None for k, (_, t) in enumerate(spec.args)]
+        texts = [row[2 + width + k] for k in range(width)]
+        key = row[2 + 2 * width]
+        table = (source[0], source[1]) if source and key is not None else (None, None)
+        wanted.append(store.NewRequest(digest, names, types, texts, blobs, table[0], table[1], key))
+    return wanted
+
+
+async def _wait(spec: ModelSpec, dbs, port: SessionPort, digests: list[bytes], wait_s: float) -> None:
+    """Until every one of ``digests`` is labelled, or SV001 at the deadline."""
+    await port.arm_statement_timeout()
+    event = asyncio.Event()
+    _wakeups[int(spec.id)].add(event)
+    started = time.monotonic()
+    last_notice = 0.0
+    try:
+        while True:
+            pending = await store.count_pending(dbs.read, int(spec.id), digests)
+            if pending == 0:
+                return
+            now = time.monotonic()
+            left = wait_s - (now - started)
+            if left <= 0:
+                raise _pending_error(spec, pending, len(digests), waited=wait_s)
+            if now - last_notice >= NOTICE_EVERY_S:
+                last_notice = now
+                port.notice(
+                    f"waiting for {pending} of {len(digests)} labels of {spec.name} "
+                    f"({left:,.0f} s left; SELECT sieve.labelling_link('{spec.name}') gives a labelling page)"
+                )
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(POLL_S, left))
+    finally:
+        _wakeups[int(spec.id)].discard(event)
+
+
+def _pending_error(spec: ModelSpec, pending: int, total: int, waited: float | None = None) -> PlanError:
+    name = spec.name.replace("'", "''")
+    after = f" after waiting {waited:,.0f} s" if waited is not None else ""
+    return PlanError(
+        LABELS_PENDING,
+        f"{pending} of {total} labels pending for function {spec.name}{after}",
+        detail="The statement needs labels people give; its inputs are queued in sieve.label_requests "
+        "and stay there until labelled.",
+        hint=f"give them at the link SELECT sieve.labelling_link('{name}') returns, or with "
+        f"SELECT sieve.label('{name}', 'table', key, value); then run the statement again "
+        "(SET sieve.label_wait = '30min' waits for them instead)",
+    )
