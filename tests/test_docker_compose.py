@@ -259,6 +259,23 @@ def test_frontends_share_the_postgres_and_the_ray_cluster(services: dict) -> Non
     assert len(advertised) == len(FRONTENDS)
 
 
+def mounts(service: dict) -> dict[str, str]:
+    """target path -> named volume."""
+    return {entry.split(":")[1]: entry.split(":")[0] for entry in service.get("volumes", [])}
+
+
+def test_every_ray_node_reads_the_models_at_the_frontends_path(services: dict) -> None:
+    # Ray replicas open a model at the path its front-end resolved under --models-dir.
+    (models_dir,) = {str(parse_serve(services[name]["command"]).models_dir) for name in FRONTENDS}
+    assert models_dir.startswith("/"), "a relative --models-dir resolves differently on each node"
+    volume = mounts(services[FRONTENDS[0]]).get(models_dir)
+    assert volume, f"{models_dir} must be a named volume shared with the Ray nodes"
+    for name in (*FRONTENDS, *RAY_NODES):
+        assert mounts(services[name]).get(models_dir) == volume, (
+            f"{name} does not mount {volume} at {models_dir}"
+        )
+
+
 def test_frontends_enter_through_the_ray_node_script(services: dict) -> None:
     (entry,) = {tuple(services[name]["entrypoint"]) for name in FRONTENDS}
     copies = [shlex.split(args) for args in instruction("COPY")]
