@@ -274,6 +274,9 @@ def test_every_ray_node_reads_the_models_at_the_frontends_path(services: dict) -
         assert mounts(services[name]).get(models_dir) == volume, (
             f"{name} does not mount {volume} at {models_dir}"
         )
+    # The image creates the directory for the non-root user, so the fresh volume takes its owner.
+    created = [run for run in instruction("RUN") if models_dir in run]
+    assert created and "-o sievedb" in created[0], "the image must create the models directory for sievedb"
 
 
 def test_frontends_enter_through_the_ray_node_script(services: dict) -> None:
