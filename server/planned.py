@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from planner.classify import FORWARD, Decision
+from planner.classify import APPROXIMATE, FORWARD, Decision
 from planner.outcome import Done, Failed, Forward, Outcome, PlanError, Rows, SqlResult
 from server import frames, messages, pgvalues, sqlstate
 from server.activity import Progress, Statement
@@ -237,12 +237,20 @@ async def run_planned(session: ClientSession, job: PlannedJob) -> None:
     except ConnectionError:
         return  # the session is already failing
     activity = session.server.activity
-    port.statement = activity.start(session, job.sql, job.decision.reason or "planned")
+    port.statement = activity.start(session, job.sql, _kind(session, job))
     session.server.metrics.statements[port.statement.kind] += 1
     try:
         await _run_statement(session, job, port)
     finally:
         activity.end(port.statement)
+
+
+def _kind(session: ClientSession, job: PlannedJob) -> str:
+    """What the status page and the statements counter call it: the classifier's reason, but
+    "approximate clause" whenever there is one (a model named in it is classified first)."""
+    if job.decision is not APPROXIMATE and session.server.classifier.has_clause(job.sql):
+        return APPROXIMATE.reason
+    return job.decision.reason or "planned"
 
 
 async def _run_statement(session: ClientSession, job: PlannedJob, port: SessionPortImpl) -> None:

@@ -33,7 +33,7 @@ MODELS = """
 SELECT m.name, m.version, m.path, m.cost_ms_per_row, m.stats,
        pg_catalog.pg_total_relation_size(c.oid) AS cache_bytes,
        greatest(c.reltuples, 0)::bigint AS cache_rows
-FROM pg_catalog.unnest($1::text[], $2::text[]) AS f(signature, name)
+FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS f(signature, name)
 JOIN sieve.models m ON m.name = f.name
 LEFT JOIN pg_catalog.pg_class c
        ON c.oid = pg_catalog.to_regclass(format('sieve_cache.m%s_v%s', m.id, m.version))
