@@ -18,7 +18,8 @@ APPROXIMATE = (
 def log_sums(conn: psycopg.Connection) -> tuple[int, int, int, dict[str, int]]:
     """(rows, model calls, cache hits, rows by mode) over sieve.query_log (as a superuser: all)."""
     rows, calls, hits = conn.execute(
-        "select count(*), coalesce(sum((select sum(v::bigint) from jsonb_each_text(model_calls) e(k, v))), 0),"
+        "select count(*),"
+        " coalesce(sum((select sum(v::bigint) from jsonb_each_text(model_calls) e(k, v))), 0),"
         " coalesce(sum(cache_hits), 0) from sieve.query_log"
     ).fetchone()
     modes = dict(conn.execute("select mode, count(*) from sieve.query_log group by mode").fetchall())
