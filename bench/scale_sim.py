@@ -224,3 +224,14 @@ def units_until_shift(costs: Costs, workload: Workload, cluster: Cluster, resour
     if ceiling == math.inf:
         return None
     return max(1, math.ceil(ceiling / per_unit))
+
+
+def sized_cluster(costs: Costs, workload: Workload, gpus: int, base: Cluster | None = None) -> Cluster:
+    """The fewest front-ends and Postgres servers (whole ones) that leave ``gpus`` replicas the
+    bottleneck: how to provision around M GPUs."""
+    probe_cluster = replace(base or Cluster(), frontends=1, gpus=gpus, pg_servers=1.0)
+    caps = predict(costs, workload, probe_cluster).capacity_rows_per_s
+    need = caps[MODEL]
+    frontends = max(1, math.ceil(need / caps[FRONTEND] - 1e-9)) if caps[FRONTEND] < math.inf else 1
+    pg = max(1, math.ceil(need / caps[POSTGRES] - 1e-9)) if caps[POSTGRES] < math.inf else 1
+    return replace(probe_cluster, frontends=frontends, pg_servers=float(pg))

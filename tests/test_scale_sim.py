@@ -24,6 +24,7 @@ from bench.scale_sim import (
     mva_throughput,
     predict,
     scale_path,
+    sized_cluster,
     units_until_shift,
 )
 
@@ -174,3 +175,25 @@ def test_units_until_shift_none_when_nothing_else_limits() -> None:
 def test_bad_inputs_are_refused(make) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def test_sized_cluster_keeps_the_gpus_the_bottleneck_with_the_fewest_others() -> None:
+    for gpus in (1, 10, 100):
+        cluster = sized_cluster(HEAVY, WORK, gpus)
+        p = predict(HEAVY, WORK, cluster)
+        assert cluster.gpus == gpus and p.bottleneck == MODEL
+        assert p.bound_rows_per_s == pytest.approx(gpus / (20e-3 + 5e-4 / 1024), rel=1e-3)
+        if cluster.frontends > 1:
+            fewer = replace(cluster, frontends=cluster.frontends - 1)
+            assert predict(HEAVY, WORK, fewer).bottleneck == FRONTEND
+        if cluster.pg_servers > 1:
+            fewer = replace(cluster, pg_servers=cluster.pg_servers - 1)
+            assert predict(HEAVY, WORK, fewer).bottleneck == POSTGRES
+    medium = sized_cluster(MEDIUM, WORK, 100)
+    assert medium.frontends > 1 and medium.pg_servers > 1
+    assert predict(MEDIUM, WORK, medium).bottleneck == MODEL
+    assert predict(MEDIUM, WORK, replace(medium, frontends=medium.frontends - 1)).bottleneck == FRONTEND
+    assert predict(MEDIUM, WORK, replace(medium, pg_servers=medium.pg_servers - 1)).bottleneck == POSTGRES
+    # A cheap model on 100 replicas needs many Postgres servers: the writes, not the GPUs, cost most.
+    light = sized_cluster(LIGHT, WORK, 100)
+    assert light.pg_servers > 10 and light.frontends > 10
