@@ -21,6 +21,7 @@ RUNNING_FIRST = ("id", "role", "kind", "text", "seconds")
 QUERY_FIRST = (
     "query_id",
     "started_at",
+    "role",
     "query",
     "mode",
     "target",
@@ -100,15 +101,25 @@ def running_section(rows: Sequence[Mapping], role: str) -> str:
     return table("running", rows, RUNNING_FIRST, extra)
 
 
-def queries_section(rows: Sequence[Mapping]) -> str:
-    def extra(row: Mapping) -> str:
+def pictures_section(rows: Sequence[Mapping]) -> str:
+    """One figure per approximate run that left a trace: its histogram, samples, thresholds."""
+    figures = []
+    for row in rows:
         trace = row.get("trace")
         if not isinstance(trace, Mapping) or not trace:
-            return ""
+            continue
         query_id = escape(str(row.get("query_id", "")))
-        return f'<div class="picture" data-query-id="{query_id}">{trace_svg(trace)}</div>'
-
-    return table("queries", rows, QUERY_FIRST, extra)
+        caption = f"query {query_id} ({escape(str(row.get('mode') or trace.get('kind') or ''))})"
+        level = trace.get("certified_level")
+        if level is not None:
+            caption += f", certified level {float(level):.3g}"
+        figures.append(
+            f'<figure class="picture" data-query-id="{query_id}">{trace_svg(trace)}'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    if not figures:
+        return '<p class="muted empty" data-section="pictures">no approximate run yet</p>'
+    return f'<div class="pictures" data-section="pictures">{"".join(figures)}</div>'
 
 
 def rows_of(status: Mapping, *names: str) -> list[Mapping]:
@@ -121,16 +132,23 @@ def rows_of(status: Mapping, *names: str) -> list[Mapping]:
 
 def status_body(status: Mapping[str, Any], role: str, database: str) -> str:
     """The page's body for ``role`` on ``database``."""
+    recent = rows_of(status, "recent", "queries")
     parts = [
         f'<p class="muted" id="viewer">as role <b>{escape(role)}</b> '
         f"on database <b>{escape(database)}</b></p>",
         "<h2>Running statements</h2>",
-        running_section(rows_of(status, "running", "statements"), role),
+        running_section(rows_of(status, "running"), role),
         "<h2>Recent queries</h2>",
-        queries_section(rows_of(status, "queries", "recent_queries", "query_log")),
+        table("queries", recent, QUERY_FIRST),
+        "<h2>Approximate runs</h2>",
+        pictures_section(recent),
         "<h2>Models</h2>",
-        table("models", rows_of(status, "models"), ("name", "device", "ms_per_row", "batch_sizes")),
+        table(
+            "models", rows_of(status, "models"), ("name", "version", "device", "ms_per_row", "batch_sizes")
+        ),
         "<h2>Assertions</h2>",
-        table("assertions", rows_of(status, "assertions"), ("name", "violations")),
+        table("assertions", rows_of(status, "assertions"), ("name", "kind", "violations")),
+        "<h2>Labels pending</h2>",
+        table("labels", rows_of(status, "labels"), ("function", "pending", "oldest")),
     ]
     return "\n".join(parts)

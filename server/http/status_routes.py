@@ -20,6 +20,7 @@ from server.http.access import Access, from_header, from_page
 from server.http.errors import INSUFFICIENT_PRIVILEGE, MALFORMED_REQUEST, NOT_FOUND, HttpError
 from server.http.label_routes import body_of
 from server.http.status_html import status_body
+from server.status_data import status_for
 
 log = logging.getLogger("sievedb.http.status")
 
@@ -27,8 +28,6 @@ VIEW = ("status", "label")
 
 
 async def status_of(request: web.Request, access: Access) -> dict:
-    from server.status_data import status_for  # H3's module; imported on use while it lands
-
     return await status_for(request.app["server"], access.grant.role, access.grant.database)
 
 

@@ -56,7 +56,7 @@ def test_the_status_body_escapes_statement_text_and_offers_cancel_only_on_the_vi
             },
             {"id": 8, "role": "bob", "text": "select 2", "kind": "forwarded", "progress": None},
         ],
-        "queries": [
+        "recent": [
             {
                 "query_id": 3,
                 "query": "select id from t",
@@ -75,7 +75,7 @@ def test_the_status_body_escapes_statement_text_and_offers_cancel_only_on_the_vi
     assert '<progress max="1" value="0.250">' in body and "about 12 s left" in body
     assert body.count("<svg") == 1 and 'data-query-id="3"' in body
     assert 'data-section="assertions"' in body and "none" in body
-    assert "digit_oracle" in body
+    assert "digit_oracle" in body and body.count("<figure") == 1
 
 
 def test_an_image_becomes_a_png_and_a_large_one_is_scaled_down():

@@ -1,7 +1,8 @@
 "use strict";
 // The labelling page: one item at a time; answers by button or key (1..9, y/n for booleans),
 // u takes the last answer back, s skips. Every action is one call of the JSON API.
-const state = { task: null, item: null, answered: [], skipped: [], busy: false, urls: [] };
+const state = { task: null, item: null, answered: [], skipped: [], busy: false, urls: [], poll: null };
+const POLL_MS = 2000;  // an empty queue is looked at again: statements waiting (sieve.label_wait) add items
 
 function setState(name) { document.body.dataset.state = name; }
 
@@ -84,6 +85,7 @@ function showItem(item) {
   if (item === null) {
     section.dataset.requestId = section.dataset.key = section.dataset.table = "";
     setState("empty");
+    state.poll = setTimeout(() => { if (!state.busy) load(); }, POLL_MS);
     return;
   }
   section.dataset.requestId = item.request_id;
@@ -96,6 +98,7 @@ function showItem(item) {
 }
 
 async function load() {
+  clearTimeout(state.poll);
   state.busy = true;
   setState("busy");
   try {
