@@ -23,7 +23,7 @@ from planner.explain_run import ExplainRun
 from planner.install import quote_ident
 from planner.labels.calls import LabelCalls
 from planner.labels.desk import LabelDesk
-from planner.labels.requests import statement_text
+from planner.labels.requests import begin_statement, run_collecting
 from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site
@@ -105,7 +105,7 @@ class Planner:
     ) -> Outcome:
         """Plan one held statement; ``params`` are the bound values of an extended-protocol
         execution (text with a type name, None where unknown)."""
-        statement_text.set(sql)  # what a label request records as its query
+        begin_statement(sql)  # what labels the statement asks for and reads (planner/labels)
         if decision.reason == "labels":
             outcome = await self.label_calls.run(sql, port, params)
             return outcome if outcome is not None else Forward()
@@ -118,7 +118,10 @@ class Planner:
         if not decision.executes_itself:
             from planner.approx.run import ExactInstead, run_approximate
 
-            approximate = await run_approximate(self, sql, port, rewritable, params)
+            # the labels its sample needs are asked for at once (planner/labels)
+            approximate = await run_collecting(
+                lambda: run_approximate(self, sql, port, rewritable, params), self.dbs, port
+            )
             if isinstance(approximate, ExactInstead):
                 sql = approximate.sql  # the clause cannot apply: the exact path answers (a NOTICE said why)
             elif approximate is not None:

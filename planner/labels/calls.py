@@ -19,7 +19,7 @@ from planner.install import quote_ident, quote_literal
 from planner.labels import giving, store
 from planner.labels.definition import choice_text
 from planner.labels.errors import LabelError
-from planner.labels.requests import SOURCE_SQL, statement_text
+from planner.labels.requests import SOURCE_SQL, current_sql
 from planner.model_spec import ModelSpec
 from planner.outcome import Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute
@@ -129,7 +129,7 @@ class LabelCalls:
             return existing
         async with self.planner.dbs.write.acquire() as conn:
             await store.file_requests(
-                conn, int(spec.id), spec.cache_table, [wanted], port.user, statement_text.get()
+                conn, int(spec.id), spec.cache_table, [wanted], port.user, current_sql()
             )
         return await store.request_by_digest(db, int(spec.id), wanted.digest)
 

@@ -113,17 +113,26 @@ async def count_pending(db: asyncpg.Pool, model_id: int, digests: list[bytes]) -
     )
 
 
-async def mark_used(db: asyncpg.Pool, model_id: int, digests: list[bytes]) -> int:
+async def mark_used(db: asyncpg.Pool, model_id: int, digests: list[bytes]) -> list[bytes]:
     """Answered labels a statement now reads: each counts once, as that statement's model call."""
     if not digests:
-        return 0
+        return []
     rows = await db.fetch(
         "UPDATE sieve.label_queue SET state = 'used' WHERE model_id = $1 AND state = 'answered' "
-        "AND digest = ANY($2::bytea[]) RETURNING 1",
+        "AND digest = ANY($2::bytea[]) RETURNING digest",
         model_id,
         digests,
     )
-    return len(rows)
+    return [bytes(r[0]) for r in rows]
+
+
+async def unmark_used(db: asyncpg.Pool, model_id: int, digests: list[bytes]) -> None:
+    await db.execute(
+        "UPDATE sieve.label_queue SET state = 'answered' WHERE model_id = $1 AND state = 'used' "
+        "AND digest = ANY($2::bytea[])",
+        model_id,
+        digests,
+    )
 
 
 async def request_by_id(db: asyncpg.Pool | asyncpg.Connection, request_id: int) -> Request | None:
