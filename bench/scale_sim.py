@@ -22,6 +22,14 @@ distinct rows. Throughput is the exact-MVA solution with Seidmann's multi-server
 the operational-law bound ``min_k servers_k / D_k``, and the station reaching it is the bottleneck.
 When everything shares one host (this machine), ``host_cores`` adds the shared-CPU bound
 ``host_cores / (sum of CPU demands)``.
+
+``claim_lanes`` adds SieveDB's own serialization point. A batch claims its inputs (advisory locks
+keyed by the digest's first byte, planner/batches.py) from before the model runs until its cache
+rows commit, so that two front-ends never compute the same input; a batch larger than
+``SMALL_CLAIM`` takes its whole lane of buckets. Across every front-end, at most ``claim_lanes``
+large batches of one model are between claim and commit at once. The bound is
+``claim_lanes / (what one batch holds a lane for)``: its front-end rows, its model run and its
+cache write, all of a query's batches counted.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ FRONTEND = "front-end CPU"
 MODEL = "model replicas"
 POSTGRES = "Postgres writes"
 HOST = "host CPU (shared)"
+CLAIMS = "claim lanes"
 
 # What to change once a station limits throughput (docs/SCALING.md expands each line).
 REMEDIES = {
@@ -40,6 +49,7 @@ REMEDIES = {
     MODEL: "add GPUs: Ray nodes (replicas follow the load up to --ray-max-replicas)",
     POSTGRES: "spread cache writes: Citus, caches distributed by digest (or a bigger instance / faster WAL)",
     HOST: "move components off the shared host (Postgres, Ray workers, front-ends on their own machines)",
+    CLAIMS: "more claim lanes per model (planner.site_pass.LANES), so more batches of one model run at once",
 }
 
 
@@ -94,12 +104,15 @@ class Cluster:
     frontend_cores: float = 1.0  # one asyncio process per front-end
     host_cores: float | None = None  # everything on one host with this many cores (None: separate)
     model_on_host: bool = True  # with host_cores: replicas are CPU processes on that host
+    claim_lanes: int | None = None  # large batches of one model in flight at once (None: unbounded)
 
     def __post_init__(self) -> None:
         if self.frontends < 1 or self.gpus < 1 or self.pg_servers <= 0 or self.frontend_cores <= 0:
             raise ValueError("frontends, gpus, pg_servers and frontend_cores must be positive")
         if self.host_cores is not None and self.host_cores <= 0:
             raise ValueError("host_cores must be > 0")
+        if self.claim_lanes is not None and self.claim_lanes < 1:
+            raise ValueError("claim_lanes must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,18 @@ def host_bound_qps(costs: Costs, workload: Workload, cluster: Cluster) -> float:
     return math.inf if demand == 0 else cluster.host_cores / demand
 
 
+def claims_bound_qps(costs: Costs, workload: Workload, cluster: Cluster) -> float:
+    """Queries/s the claim lanes allow: each lane is held per batch for its rows' front-end work,
+    its model run and its cache write (inf: lanes not modelled)."""
+    if cluster.claim_lanes is None:
+        return math.inf
+    calls, batches = workload.rows_per_query * workload.duplicate_factor, workload.batches
+    hold = calls * (costs.fe_s_per_row + costs.model_s_per_row + 1.0 / costs.pg_rows_per_s) + batches * (
+        costs.fe_s_per_batch + costs.model_s_per_batch + costs.pg_s_per_statement
+    )
+    return math.inf if hold == 0 else cluster.claim_lanes / hold
+
+
 def mva_throughput(network: list[Station], clients: int, think_s: float = 0.0) -> float:
     """Queries/s of a closed network with ``clients`` customers (exact MVA, Seidmann's multi-server)."""
     queue_d = [s.demand_s / s.servers for s in network]
@@ -179,10 +204,13 @@ def predict(costs: Costs, workload: Workload, cluster: Cluster) -> Prediction:
     host_qps = host_bound_qps(costs, workload, cluster)
     if cluster.host_cores is not None:
         capacities[HOST] = host_qps
+    claims_qps = claims_bound_qps(costs, workload, cluster)
+    if cluster.claim_lanes is not None:
+        capacities[CLAIMS] = claims_qps
     bound_qps = min(capacities.values())
     # Ties go to the earlier station: the cheaper one to fix comes first in REMEDIES' order.
     bottleneck = min(capacities, key=lambda name: capacities[name])
-    qps = min(mva_throughput(network, workload.clients, workload.think_s), host_qps)
+    qps = min(mva_throughput(network, workload.clients, workload.think_s), host_qps, claims_qps)
     rows = workload.rows_per_query
     return Prediction(
         cluster=cluster,
@@ -202,6 +230,8 @@ def grow(cluster: Cluster, bottleneck: str) -> Cluster:
         return replace(cluster, gpus=cluster.gpus * 2)
     if bottleneck == POSTGRES:
         return replace(cluster, pg_servers=cluster.pg_servers * 2)
+    if bottleneck == CLAIMS:
+        return replace(cluster, claim_lanes=2 * (cluster.claim_lanes or 1))
     return replace(cluster, host_cores=None)
 
 

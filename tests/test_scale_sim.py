@@ -13,6 +13,7 @@ from itertools import pairwise
 import pytest
 
 from bench.scale_sim import (
+    CLAIMS,
     FRONTEND,
     HOST,
     MODEL,
@@ -170,6 +171,7 @@ def test_units_until_shift_none_when_nothing_else_limits() -> None:
         lambda: Workload(batch_rows=0),
         lambda: Cluster(frontends=0),
         lambda: Cluster(host_cores=0),
+        lambda: Cluster(claim_lanes=0),
     ],
 )
 def test_bad_inputs_are_refused(make) -> None:
@@ -197,3 +199,18 @@ def test_sized_cluster_keeps_the_gpus_the_bottleneck_with_the_fewest_others() ->
     # A cheap model on 100 replicas needs many Postgres servers: the writes, not the GPUs, cost most.
     light = sized_cluster(LIGHT, WORK, 100)
     assert light.pg_servers > 10 and light.frontends > 10
+
+
+def test_claim_lanes_cap_one_models_gpus_until_lanes_grow() -> None:
+    # Two lanes: at most two large batches of one model between claim and commit, deployment-wide.
+    by_gpus = [predict(HEAVY, WORK, Cluster(frontends=8, gpus=m, claim_lanes=2)) for m in (1, 2, 4, 16)]
+    assert by_gpus[0].bottleneck == MODEL
+    assert by_gpus[2].bottleneck == by_gpus[3].bottleneck == CLAIMS
+    assert by_gpus[3].bound_rows_per_s == pytest.approx(by_gpus[2].bound_rows_per_s, rel=1e-9)
+    # A lane is held longer than a replica is busy (front-end rows and the write too): < 2 GPUs' worth.
+    assert by_gpus[3].bound_rows_per_s < 2 * by_gpus[0].bound_rows_per_s
+    wider = predict(HEAVY, WORK, Cluster(frontends=8, gpus=16, claim_lanes=16))
+    assert wider.bound_rows_per_s > 7 * by_gpus[3].bound_rows_per_s
+    path = scale_path(HEAVY, WORK, Cluster(frontends=1, gpus=1, claim_lanes=2), steps=8)
+    assert CLAIMS in {p.bottleneck for p in path}
+    assert path[-1].cluster.claim_lanes > 2
