@@ -293,8 +293,8 @@ async def add_history(
         request_id,
         digest,
         action,
-        json.dumps(_jsonable(value)),
-        json.dumps(_jsonable(previous)),
+        _json_or_null(value),
+        _json_or_null(previous),
         version,
         role,
     )
@@ -315,8 +315,11 @@ async def last_entry(conn: asyncpg.Connection, model_id: int, digest: bytes) -> 
     )
 
 
-def _jsonable(value: Any) -> Any:
-    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+def _json_or_null(value: Any) -> str | None:
+    """A label as jsonb; SQL NULL for none (an undo has no value)."""
+    if value is None:
+        return None
+    return json.dumps(value if isinstance(value, bool | int | float | str) else str(value))
 
 
 # -- tokens ---------------------------------------------------------------------------------------
