@@ -139,6 +139,19 @@ DIGIT_EXAMPLES = [
     "SELECT id, true_label, digit, p7 FROM digit_predictions WHERE id < 50;",
 ]
 
+# People as the oracle (#13): the same digits, labelled in a browser on the web face's /label.
+LABELS_FUNCTION = (
+    "is_seven_by_eye",
+    "CREATE OR REPLACE FUNCTION is_seven_by_eye(image bytea) RETURNS boolean LANGUAGE labels "
+    f"AS 'Is this digit a seven?', '{_options({'choices': [True, False]})}'",
+)
+LABELS_EXAMPLES = [
+    "SET sieve.seed = 7;",
+    "SELECT id FROM digits WHERE is_seven_by_eye(image) RECALL TARGET 90% CONFIDENCE 95% BUDGET 40 "
+    "USING PROXY digit_proxy_p7(pixels);  -- SV001 'labels pending': label them in the browser, run it again",
+    "SELECT * FROM sieve.label_requests;",
+]
+
 REVIEW_EXAMPLES = [
     "SELECT review_id, rating, is_negative(review) AS negative, negative_proxy(review) AS p_negative "
     "FROM reviews WHERE review_id < 20;",
@@ -159,6 +172,7 @@ class DemoSummary:
     views: list[str]
     reviews_loaded: bool
     examples: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # what the web face serves -> its URL
     elapsed_s: float = 0.0
     video: dict[str, int] = field(default_factory=dict)  # the assertions demo's tables -> rows
     assertions: list[str] = field(default_factory=list)  # assertions this run created
@@ -355,6 +369,7 @@ async def _install(conn: asyncpg.Connection, models_dir: Path, reviews_csv: Path
     summary.trained = missing
     await _functions(conn, DIGIT_FUNCTIONS, summary)
     await _view(conn, DIGIT_VIEW, summary)
+    await _labels_function(conn, summary)
     await _video(conn, models_dir, summary)
     if reviews_csv is not None:
         await _functions(conn, REVIEW_FUNCTIONS, summary)
@@ -424,6 +439,19 @@ async def _functions(
         log.info("model function %s ready", name)
 
 
+async def _labels_function(conn: asyncpg.Connection, summary: DemoSummary) -> None:
+    """The labels oracle on the digits; a server without LANGUAGE labels skips it, and only it."""
+    name, ddl = LABELS_FUNCTION
+    try:
+        await conn.execute(ddl)
+    except asyncpg.PostgresError as exc:
+        log.warning("the labels demo (%s) is skipped: %s", name, exc)
+        return
+    summary.functions[name] = 0
+    summary.examples += LABELS_EXAMPLES
+    log.info("labels function %s ready", name)
+
+
 async def _video(conn: asyncpg.Connection, models_dir: Path, summary: DemoSummary) -> None:
     """The model-assertions demo (``server/demo_video.py``): a street video, a detector that makes
     recorded mistakes, and the assertions that find them. Kept out of ``tables``/``functions``/
@@ -467,6 +495,11 @@ def banner(summary: DemoSummary, psql: str) -> str:
         ),
         "connect with:",
         f"    {psql}",
+        *(
+            ["in a browser:", *(f"    {what}: {url}" for what, url in summary.links.items())]
+            if summary.links
+            else []
+        ),
         "and try:",
         *(f"    {q}" for q in summary.examples),
     ]
@@ -516,8 +549,30 @@ async def run_for_server(server, shared_data: Path | None = SHARED_DATA) -> Demo
     except Exception as exc:
         log.exception("demo setup failed: %s", exc)
         return None
+    if getattr(server, "web", None) is not None:
+        summary.links = await web_links(dsn, server.web.url, LABELS_FUNCTION[0] in summary.functions)
     log.info("%s", banner(summary, psql_command(host, port, user, database)))
     return summary
+
+
+async def web_links(dsn: str, base_url: str, labels: bool) -> dict[str, str]:
+    """The web face's pages for the banner: the labelling link of the demo's labels function
+    and the status page, as SQL hands them out (tokens of the demo's role)."""
+    links: dict[str, str] = {}
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if labels:
+                links["label the digits in a browser"] = await conn.fetchval(
+                    f"SELECT sieve.labelling_link('{LABELS_FUNCTION[0]}')"
+                )
+            links["status page"] = await conn.fetchval("SELECT sieve.status_link()")
+        finally:
+            await conn.close()
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.warning("no web links for the banner: %s", exc)
+    links["Prometheus metrics"] = f"{base_url}/metrics"
+    return links
 
 
 def start_for_server(server, shared_data: Path | None = SHARED_DATA) -> asyncio.Task:

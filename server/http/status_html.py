@@ -2,13 +2,15 @@
 running statements (progress, time left, a cancel button on the viewer's own), recent queries
 with targets and certified levels (and a picture of each approximate run), models, assertions.
 
-Every value goes through ``html.escape``; sections show whatever columns their rows carry, so a
-new field of the status data shows up without a change here.
+Every value goes through ``html.escape``. Sections other than the running statements show every
+column their rows carry (those people read first, first), so a new field of the status data
+shows up without a change here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from server.http.svg import trace_svg
 
 MAX_CELL = 160
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 HIDDEN = {"trace", "progress"}  # drawn, not tabled
 RUNNING_FIRST = ("id", "role", "kind", "text", "seconds")
 QUERY_FIRST = (
@@ -41,22 +44,29 @@ def cell(value: Any) -> str:
     if isinstance(value, (Mapping, list, tuple)):
         value = json.dumps(value, default=str)
     text = str(value)
+    if ISO_TIME.match(text):  # to the second: the page is read by people
+        text = text[:19].replace("T", " ")
     short = text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
     return f'<span title="{escape(text)}">{escape(short)}</span>' if short != text else escape(text)
 
 
-def columns_of(rows: Sequence[Mapping], first: Sequence[str] = ()) -> list[str]:
+def columns_of(rows: Sequence[Mapping], first: Sequence[str] = (), only: bool = False) -> list[str]:
+    """``first`` in that order, then (unless ``only``) every other column the rows carry."""
     seen = [c for c in first if any(c in r for r in rows)]
+    if only:
+        return seen
     for row in rows:
         seen += [c for c in row if c not in seen and c not in HIDDEN]
     return seen
 
 
-def table(section: str, rows: Sequence[Mapping], first: Sequence[str] = (), extra=None) -> str:
-    """Rows as a table; ``extra(row)`` adds a last cell (a button, a picture)."""
+def table(
+    section: str, rows: Sequence[Mapping], first: Sequence[str] = (), extra=None, only: bool = False
+) -> str:
+    """Rows as a table; ``extra(row)`` adds a last cell (a button, a progress bar)."""
     if not rows:
         return f'<p class="muted empty" data-section="{section}">none</p>'
-    columns = columns_of(rows, first)
+    columns = columns_of(rows, first, only)
     head = "".join(f"<th>{escape(c)}</th>" for c in columns) + ("<th></th>" if extra else "")
     body = []
     for row in rows:
@@ -98,7 +108,7 @@ def running_section(rows: Sequence[Mapping], role: str) -> str:
             )
         return progress_cell(row) + button
 
-    return table("running", rows, RUNNING_FIRST, extra)
+    return table("running", rows, RUNNING_FIRST, extra, only=True)
 
 
 def pictures_section(rows: Sequence[Mapping]) -> str:

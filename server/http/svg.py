@@ -4,6 +4,7 @@ negative down), and the chosen thresholds as vertical lines."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -54,7 +55,8 @@ def _bars(bins: list[tuple[float, float, int]]) -> list[str]:
         return []
     out = []
     for low, high, count in bins:
-        h = (BARS_BOTTOM - TOP) * count / top
+        # square-root heights: the few high-score rows stay visible beside the many low ones
+        h = (BARS_BOTTOM - TOP) * math.sqrt(count / top)
         x0, x1 = _x(low), _x(high)
         out.append(
             f'<rect class="bar" x="{x0:.1f}" y="{BARS_BOTTOM - h:.1f}" width="{max(0.5, x1 - x0 - 0.5):.1f}" '
@@ -104,7 +106,7 @@ def trace_svg(trace: Mapping[str, Any], title: str = "") -> str:
             for v in (0, 0.25, 0.5, 0.75, 1)
         ),
         f'<text x="2" y="{STRIP_MID + 4}" font-size="9">oracle</text>',
-        f'<text x="2" y="{BARS_BOTTOM - 2}" font-size="9">rows</text>',
+        f'<text x="2" y="{BARS_BOTTOM - 2}" font-size="9">√rows</text>',
     ]
     body = "".join([*_bars(bins), *axis, *_ticks(points), *_thresholds(trace.get("thresholds"))])
     label = escape(title or "proxy scores, oracle-labelled rows and thresholds")
