@@ -249,6 +249,14 @@ class InferencePool:
         """Pid, state and device of every worker."""
         return [h.info() for h in self._handles]
 
+    def replicas(self, model_key: str) -> dict[str, dict[str, Any]]:
+        """Where the model ran, as ``RayInferencePool.replicas`` says it: one node, "local",
+        whose replicas are the workers (any of them runs any model)."""
+        stats = self.stats(model_key)
+        ms = round(1000.0 * stats.inference_seconds / stats.rows, 6) if stats.rows else None
+        ready = sum(1 for w in self.workers() if w.state == "ready")
+        return {"local": {"replicas": ready, "rows": stats.rows, "batches": stats.batches, "ms_per_row": ms}}
+
     # -- scheduling -----------------------------------------------------------------------------
 
     def _schedule_soon(self) -> None:

@@ -6,7 +6,8 @@ none of them by itself: the pool decides what to retry and when to start a repla
 
 How many: one to begin with; one more while the model's oldest queued request has waited longer
 than ``grow_after_s`` with every ready replica full, up to ``max_replicas``, never two starting at
-once; a ready replica idle for ``idle_release_s`` is retired while others remain.
+once; a ready replica idle for ``idle_release_s`` is retired while others remain, and the last
+one too when another model's new replica waits for room on the cluster.
 """
 
 from __future__ import annotations
@@ -32,14 +33,21 @@ _RemoteReplica = ray.remote(ModelReplica)
 _serials = itertools.count(1)
 
 
+def actor_name(model_key: str, serial: int) -> str:
+    """The Ray name of a replica (``ray list actors`` shows it; ``ray.get_actor`` finds it). Names
+    live in the driver's own namespace, so front-ends sharing a cluster never collide."""
+    return f"sievedb-replica-{model_key}-{serial}"
+
+
 @dataclass(eq=False)
 class Replica:
     actor: Any  # ray.actor.ActorHandle
-    serial: int = field(default_factory=lambda: next(_serials))
+    serial: int
     state: str = "starting"  # starting | ready | dead | retired
     info: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.monotonic)
 
     @property
     def node(self) -> str:
@@ -87,6 +95,11 @@ class ModelFleet:
         free = [r for r in self.replicas if r.state == "ready" and r.in_flight < self.depth]
         return min(free, key=lambda r: r.in_flight) if free else None
 
+    @property
+    def last_used(self) -> float:
+        """When a replica of this model last finished its work (or started)."""
+        return max((r.idle_since for r in self.replicas), default=0.0)
+
     def ready_count(self) -> int:
         return sum(1 for r in self.replicas if r.state == "ready")
 
@@ -106,6 +119,21 @@ class ModelFleet:
             for replica in idle[: self.ready_count() - 1]:
                 if now - replica.idle_since >= idle_release_s:
                     self.retire(replica)
+
+    def waiting_for_room(self, now: float, after_s: float) -> bool:
+        """Work waits on a replica that Ray has not placed for ``after_s``: the cluster is full."""
+        return self.busy() and any(
+            r.state == "starting" and now - r.created_at >= after_s for r in self.replicas
+        )
+
+    def release_last(self, now: float, idle_release_s: float) -> bool:
+        """Retire this model's only replica when it has idled ``idle_release_s`` (another model
+        needs the room); whether it did."""
+        ready = [r for r in self.replicas if r.state == "ready"]
+        if self.busy() or len(ready) != 1 or ready[0].in_flight or now - ready[0].idle_since < idle_release_s:
+            return False
+        self.retire(ready[0])
+        return True
 
     def _wants_another(self, now: float, grow_after_s: float) -> bool:
         if self.live_count() == 0:
@@ -127,10 +155,15 @@ class ModelFleet:
 
     def start_one(self) -> Replica:
         resources = {"num_gpus": 1, "num_cpus": 1} if self.gpu else {"num_cpus": 1}
+        serial = next(_serials)
         actor = _RemoteReplica.options(
-            **resources, scheduling_strategy="SPREAD", max_restarts=0, max_task_retries=0
+            **resources,
+            name=actor_name(self.model.key, serial),
+            scheduling_strategy="SPREAD",
+            max_restarts=0,
+            max_task_retries=0,
         ).remote(self.model.ident, self.model.wire, self.device, self.gpu)
-        replica = Replica(actor)
+        replica = Replica(actor, serial)
         self.replicas.append(replica)
         task = asyncio.ensure_future(self._await_ready(replica))
         self._tasks.add(task)

@@ -93,6 +93,8 @@ class RayInferencePool:
     grow_after_s: how long the oldest queued request waits, every replica full, before a replica
         is added. idle_release_s: how long a replica idles before it is retired (one stays).
     replica_wait_s: how long work may wait with no replica ready before it fails.
+    place_wait_s: how long a new replica may wait for Ray to place it before another model's
+        idle last replica (idle ``idle_release_s``) is retired to make room.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class RayInferencePool:
         grow_after_s: float = 0.2,
         idle_release_s: float = 60.0,
         replica_wait_s: float = 120.0,
+        place_wait_s: float = 5.0,
         stats_window: int = 1024,
         tick_s: float = 0.05,
     ) -> None:
@@ -131,6 +134,7 @@ class RayInferencePool:
         self.grow_after_s = grow_after_s
         self.idle_release_s = idle_release_s
         self.replica_wait_s = replica_wait_s
+        self.place_wait_s = place_wait_s
         self.stats_window = stats_window
         self.tick_s = tick_s
         self.cluster: ClusterInfo | None = None
@@ -145,6 +149,7 @@ class RayInferencePool:
         self._schedule_pending = False
         self._ticker: asyncio.Task | None = None
         self._idle: asyncio.Event | None = None
+        self._made_room_at = 0.0
         self._state = "new"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -400,8 +405,8 @@ class RayInferencePool:
             job.payload = job.headers = None  # the inputs went with their node: put them again
         if job.attempts >= self.max_attempts or self._state == "closed":
             message = (
-                f"model {key!r}: its Ray replicas died {job.attempts} times while running this batch "
-                f"(last: {_first_line(exc)})"
+                f"model {key!r}: the Ray replica running this batch died, {job.attempts} time(s) of "
+                f"{self.max_attempts} allowed (last: {_first_line(exc)})"
             )
             self._fail(job.batch, WorkerCrashedError(message))
             return
@@ -443,7 +448,21 @@ class RayInferencePool:
             for fleet in self._fleets.values():
                 fleet.resize(now, self.grow_after_s, self.idle_release_s)
                 self._give_up_waiting(fleet, now)
+            self._make_room(now)
             self._schedule()
+
+    def _make_room(self, now: float) -> None:
+        """When a model's first replica cannot be placed, retire an idle model's last one."""
+        fleets = list(self._fleets.values())
+        # One at a time, a second apart: Ray needs a moment to place the waiting replica.
+        if now - self._made_room_at < 1.0 or not any(
+            f.waiting_for_room(now, self.grow_after_s) for f in fleets
+        ):
+            return
+        for fleet in sorted(fleets, key=lambda f: f.last_used):
+            if fleet.release_last(now, self.idle_release_s):
+                self._made_room_at = now
+                return
 
     def _give_up_waiting(self, fleet: ModelFleet, now: float) -> None:
         if fleet.ready_count() or not (fleet.queue.pending or fleet.retry):

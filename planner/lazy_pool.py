@@ -28,7 +28,7 @@ class LazyInferencePool:
         **options: Any,
     ) -> None:
         """``options`` go to the local pool; ``ray_address`` picks the Ray pool instead."""
-        if ray_address and importlib.util.find_spec("ray") is None:
+        if ray_address and not _ray_installed():
             raise BackendUnavailable(
                 f"--ray-address {ray_address} needs Ray, which is not installed: pip install 'sievedb[ray]'"
             )
@@ -72,3 +72,10 @@ class LazyInferencePool:
         if self._pool is not None:
             await self._pool.close(drain=False, timeout=10)
             self._pool = None
+
+
+def _ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # ValueError: a stub in sys.modules without a spec
+        return False
