@@ -115,10 +115,11 @@ class Metrics:
 
     # -- scraping --------------------------------------------------------------------------------
 
-    async def scrape(self) -> bytes:
+    async def scrape(self, fresh: bool = False) -> bytes:
         """The Prometheus text exposition, labels pending read afresh when older than LABELS_TTL_S
-        (a bare ``generate_latest(registry)`` on the loop starts that read for the next scrape)."""
-        await self._scraped.refresh_labels()
+        or ``fresh`` (a bare ``generate_latest(registry)`` on the loop starts that read for the
+        next scrape)."""
+        await self._scraped.refresh_labels(fresh)
         return generate_latest(self.registry)
 
 
@@ -168,12 +169,13 @@ class _ScrapeTime(Collector):
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = loop.create_task(self.refresh_labels())
 
-    async def refresh_labels(self) -> None:
+    async def refresh_labels(self, fresh: bool = False) -> None:
         pool = self._pool()
         if pool is None:
             return
+        asked = time.monotonic()
         async with self._lock:  # concurrent scrapes share one read
-            if time.monotonic() - self._labels_at < LABELS_TTL_S:
+            if self._labels_at >= asked or (not fresh and asked - self._labels_at < LABELS_TTL_S):
                 return
             self._labels = await _pending_labels(pool)
             self._labels_at = time.monotonic()

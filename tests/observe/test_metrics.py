@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
+from server.status_data import status_for
 from tests.observe.live import total
 
 APPROXIMATE = (
@@ -85,3 +86,26 @@ def test_the_registry_is_the_servers_own(observed):
 
     assert b"sievedb_" not in generate_latest(REGISTRY)
     assert observed.live.server.metrics.registry is not REGISTRY
+
+
+def test_labels_pending_count_the_requests_a_labels_function_filed(observed):
+    with observed.connect() as conn:
+        conn.execute(
+            "create function seven_by_eye(pixels real[]) returns boolean language labels as 'Is it a 7?'"
+        )
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute("select id from digits where id < 6 and seven_by_eye(pixels)").fetchall()
+        filed = conn.execute(
+            "select count(*) from sieve.label_requests where function = 'seven_by_eye'"
+        ).fetchone()[0]
+    assert raised.value.sqlstate == "SV001" and filed == 6
+    text = observed.live.call(observed.live.server.metrics.scrape(fresh=True)).decode()
+    assert 'sievedb_labels_pending{function="seven_by_eye"} 6.0' in text
+    samples = observed.live.metrics()
+    assert total(samples, "sievedb_errors_total", sqlstate="SV001") >= 1
+    labels = {r["function"]: r["pending"] for r in observed.live.call(_status(observed, "alice"))["labels"]}
+    assert labels.get("seven_by_eye") == 6  # alice may execute it (PUBLIC): she sees its queue
+
+
+def _status(observed, role: str):
+    return status_for(observed.live.server, role, "postgres")
