@@ -172,6 +172,7 @@ class DemoSummary:
     views: list[str]
     reviews_loaded: bool
     examples: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # LANGUAGE labels functions (people answer)
     links: dict[str, str] = field(default_factory=dict)  # what the web face serves -> its URL
     elapsed_s: float = 0.0
     video: dict[str, int] = field(default_factory=dict)  # the assertions demo's tables -> rows
@@ -447,7 +448,7 @@ async def _labels_function(conn: asyncpg.Connection, summary: DemoSummary) -> No
     except asyncpg.PostgresError as exc:
         log.warning("the labels demo (%s) is skipped: %s", name, exc)
         return
-    summary.functions[name] = 0
+    summary.labels.append(name)
     summary.examples += LABELS_EXAMPLES
     log.info("labels function %s ready", name)
 
@@ -550,7 +551,7 @@ async def run_for_server(server, shared_data: Path | None = SHARED_DATA) -> Demo
         log.exception("demo setup failed: %s", exc)
         return None
     if getattr(server, "web", None) is not None:
-        summary.links = await web_links(dsn, server.web.url, LABELS_FUNCTION[0] in summary.functions)
+        summary.links = await web_links(dsn, server.web.url, LABELS_FUNCTION[0] in summary.labels)
     log.info("%s", banner(summary, psql_command(host, port, user, database)))
     return summary
 
