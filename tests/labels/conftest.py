@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.inference.models import Digits, digits_logreg, load_digits_data
-from tests.support.servers import SieveProcess
+from tests.support.servers import SieveProcess, free_port
 
 PHOTOS = 12
 
@@ -20,6 +20,7 @@ PHOTOS = 12
 class LabelsWorld:
     server: SieveProcess
     digits: Digits
+    http_port: int
 
     def connect(self, user: str = "postgres", **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.server.dsn(user=user), autocommit=True, **kwargs)
@@ -35,11 +36,19 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     models_dir = tmp_path_factory.mktemp("labels-models")
     digits = load_digits_data()
     digits_logreg(digits, models_dir)
+    http_port = free_port()
     server = SieveProcess(
         data_dir=tmp_path_factory.mktemp("labels-server") / "data",
-        extra_args=["--models-dir", str(models_dir), "--inference-workers", "1"],
+        extra_args=[
+            "--models-dir",
+            str(models_dir),
+            "--inference-workers",
+            "1",
+            "--http-port",
+            str(http_port),
+        ],
     ).start()
-    world = LabelsWorld(server, digits)
+    world = LabelsWorld(server, digits, http_port)
     with world.connect() as conn:
         conn.execute("create table digits (id int primary key, pixels real[], label int)")
         with conn.cursor().copy("copy digits (id, pixels, label) from stdin") as copy:

@@ -11,6 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from planner.labels.tokens import database_of
+
 RECALL = (
     "SELECT id FROM digits WHERE {f}(pixels) RECALL TARGET 90% CONFIDENCE 95% BUDGET 300 "
     "USING PROXY digit_proxy_p7(pixels)"
@@ -222,12 +224,32 @@ def test_the_placeholders_describe_over_the_extended_protocol(world):
     assert asyncio.run(run()) == "labelled photos 6: true (version 1)"
 
 
-def test_links_need_the_web_face(world):
-    with world.connect() as conn:
+def test_links_name_the_web_face_and_carry_a_token_for_the_role(world):
+    with world.connect() as conn, world.connect("alice") as alice, world.connect("bob") as bob:
         make_function(conn, "bird_g")
-        err = error_of(conn, "SELECT sieve.labelling_link('bird_g')")
-        assert err.sqlstate == "55000" and "--http-port" in err.diag.message_hint
-        assert error_of(conn, "SELECT sieve.status_link()").sqlstate == "55000"
+        (link,) = alice.execute("SELECT sieve.labelling_link('bird_g')").fetchone()
+        base = f"http://127.0.0.1:{world.http_port}"
+        assert link.startswith(f"{base}/label?token=")
+        token = link.split("token=", 1)[1]
+        assert database_of(token) == "postgres"
+        role, scope, function, days = conn.execute(
+            "SELECT t.role, t.scope, m.name, extract(day FROM t.expires_at - t.created_at)::int "
+            "FROM sieve.label_tokens t JOIN sieve.models m ON m.id = t.model_id "
+            "WHERE t.token_sha256 = sha256(%s)",
+            (token.encode(),),
+        ).fetchone()
+        assert (role, scope, function, days) == ("alice", "label", "bird_g", 7)
+        (status,) = bob.execute("SELECT sieve.status_link()").fetchone()
+        assert status.startswith(f"{base}/status?token=")
+        assert error_of(bob, "SELECT sieve.labelling_link('bird_g')").sqlstate == "42501"
+        alice.execute("SET sieve.labelling_link_ttl = '1 hour'")
+        (short,) = alice.execute("SELECT sieve.labelling_link('bird_g')").fetchone()
+        (hours,) = conn.execute(
+            "SELECT round(extract(epoch FROM expires_at - created_at) / 3600) FROM sieve.label_tokens "
+            "WHERE token_sha256 = sha256(%s)",
+            (short.split("token=", 1)[1].encode(),),
+        ).fetchone()
+        assert hours == 1
 
 
 # -- waiting -----------------------------------------------------------------------------------------
