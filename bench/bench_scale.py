@@ -247,6 +247,8 @@ class FrontendFigures:
     rows_per_s_2fe: dict[str, float] = field(default_factory=dict)
     worker_cpu_s_per_row: dict[str, float] = field(default_factory=dict)  # the front-end's inference worker
     pg_cpu_s_per_row: dict[str, float] = field(default_factory=dict)  # every Postgres process
+    claim_wait_1fe: dict[str, float] = field(default_factory=dict)  # share of samples with a claim waiting
+    claim_wait_2fe: dict[str, float] = field(default_factory=dict)
     duplicate_factor: float = 0.0
     duplicate_calls: int = 0
     duplicate_inputs: int = 0
@@ -318,6 +320,43 @@ def scan_sql(model: str, lo: int, hi: int) -> str:
     return f"SELECT count(*) FROM {model}_view WHERE id >= {lo} AND id < {hi} AND score > 0.5"
 
 
+class ClaimWaits:
+    """Samples, in a thread, whether some batch waits for a claim (an advisory lock not granted):
+    ``share`` is the fraction of samples in which one did."""
+
+    def __init__(self, pg_dsn: str, every_s: float = 0.01) -> None:
+        import threading
+
+        self.pg_dsn, self.every_s = pg_dsn, every_s
+        self.samples = self.waiting = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                self.samples += 1
+                self.waiting += row.fetchone()[0] > 0
+                self._stop.wait(self.every_s)
+
+    def __enter__(self) -> ClaimWaits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def share(self) -> float:
+        return self.waiting / self.samples if self.samples else 0.0
+
+
 def timed_scans(pairs: list[tuple[object, str]]) -> float:
     """Wall seconds for each (server, sql) to run at once, one client per pair."""
     from concurrent.futures import ThreadPoolExecutor
@@ -356,13 +395,16 @@ def warm_models(servers: list[Frontend], first_id: int) -> None:
                 _simple(conn, scan_sql(model, first_id, first_id + 32))
 
 
-def cold_scan_costs(fig: FrontendFigures, a: Frontend, pg_pid: int, conn, model: str, n: int) -> None:
+def cold_scan_costs(fig: FrontendFigures, a: Frontend, pg: tuple[int, str], conn, model: str, n: int) -> None:
     """One cold scan of n rows through one front-end: its rows/s and each process's CPU per row."""
+    pg_pid, pg_dsn = pg
     _simple(conn, f"SELECT sieve.clear_cache('{model}_score')")
     cpu = (proc_cpu_seconds(a.pid), children_cpu_seconds(a.pid), tree_cpu_seconds(pg_pid))
     began = time.perf_counter()
-    _simple(conn, scan_sql(model, 0, n))
+    with ClaimWaits(pg_dsn) as waits:
+        _simple(conn, scan_sql(model, 0, n))
     wall = time.perf_counter() - began
+    fig.claim_wait_1fe[model] = waits.share
     fig.cpu_s_per_row[model] = (proc_cpu_seconds(a.pid) - cpu[0] - fig.cpu_s_planned) / n
     fig.worker_cpu_s_per_row[model] = (children_cpu_seconds(a.pid) - cpu[1]) / n
     fig.pg_cpu_s_per_row[model] = (tree_cpu_seconds(pg_pid) - cpu[2]) / n
@@ -370,8 +412,10 @@ def cold_scan_costs(fig: FrontendFigures, a: Frontend, pg_pid: int, conn, model:
 
 
 def measure_frontends(
-    servers: list[Frontend], pg_pid: int, rows: dict[str, int], statements: int
+    servers: list[Frontend], pg: tuple[int, str], rows: dict[str, int], statements: int
 ) -> FrontendFigures:
+    """Front-end CPU per statement and per row, cold-scan rows/s through one and two front-ends,
+    and the duplicate-work factor; ``pg`` is the backing Postgres's (postmaster pid, DSN)."""
     fig = FrontendFigures()
     a, b = servers
     warm_models(servers, max(rows.values()))
@@ -380,10 +424,12 @@ def measure_frontends(
         _simple(conn, scan_sql("light", 0, 100))  # materialize the 100 rows the planned statement reads
         fig.cpu_s_planned = cpu_per_statement(a, conn, scan_sql("light", 0, 100), statements)
         for model, n in rows.items():
-            cold_scan_costs(fig, a, pg_pid, conn, model, n)
+            cold_scan_costs(fig, a, pg, conn, model, n)
             _simple(conn, f"SELECT sieve.clear_cache('{model}_score')")
             half = n // 2
-            wall = timed_scans([(a, scan_sql(model, 0, half)), (b, scan_sql(model, half, 2 * half))])
+            with ClaimWaits(pg[1]) as waits:
+                wall = timed_scans([(a, scan_sql(model, 0, half)), (b, scan_sql(model, half, 2 * half))])
+            fig.claim_wait_2fe[model] = waits.share
             fig.rows_per_s_2fe[model] = 2 * half / wall
         # Both front-ends on the same cold inputs at once: do they split the work?
         n = rows["light"]
@@ -794,7 +840,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         # Started after the models exist, so that it needs no catalog propagation to see them.
         b = Frontend(SieveProcess(tmp / "fe-b" / "data", extra_args=common).start(), pg.password)
         stack.callback(b.proc.stop)
-        m["frontends"] = measure_frontends([a, b], pg_pid, m["scan_rows"], 100 if args.quick else 300)
+        m["frontends"] = measure_frontends(
+            [a, b], (pg_pid, pg.dsn()), m["scan_rows"], 100 if args.quick else 300
+        )
         log.info("front-ends: %s", m["frontends"])
         m["pool"] = asyncio.run(local_pool_figures(paths, xb, batches))
         log.info("local pool: %s", m["pool"])
@@ -844,6 +892,14 @@ def cost_rows(m: dict) -> list[list[str]]:
             " / ".join(
                 ms(v) for v in (bare["heavy"], m["pool"]["latency", "heavy"], ray["latency", "heavy"])
             ),
+        ],
+        [
+            "share of time a batch waited for a claim, light: 1 / 2 front-ends",
+            f"{fe.claim_wait_1fe['light']:.2f} / {fe.claim_wait_2fe['light']:.2f}",
+        ],
+        [
+            "share of time a batch waited for a claim, heavy: 1 / 2 front-ends",
+            f"{fe.claim_wait_1fe['heavy']:.2f} / {fe.claim_wait_2fe['heavy']:.2f}",
         ],
         [
             "two front-ends, same cold query: model calls / distinct inputs",
