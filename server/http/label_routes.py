@@ -18,6 +18,7 @@ from aiohttp import web
 
 from server.http import pages
 from server.http.access import Access, from_header, from_page
+from server.http.body import integer, json_body
 from server.http.errors import MALFORMED_REQUEST, NOT_FOUND, HttpError
 from server.http.items import ImageShelf, show_item
 
@@ -58,26 +59,6 @@ def skip_list(request: web.Request) -> tuple[int, ...]:
     return tuple(int(s) for s in items)
 
 
-async def body_of(request: web.Request, *fields: str) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"the body is not JSON: {exc}", MALFORMED_REQUEST) from exc
-    if not isinstance(body, dict):
-        raise HttpError(400, "the body must be a JSON object", MALFORMED_REQUEST)
-    missing = [f for f in fields if body.get(f) is None]
-    if missing:
-        raise HttpError(400, f"the body lacks {', '.join(missing)}", MALFORMED_REQUEST)
-    return body
-
-
-def request_id_of(body: dict) -> int:
-    value = body["request_id"]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise HttpError(400, f"request_id must be an integer, not {json.dumps(value)}", MALFORMED_REQUEST)
-    return value
-
-
 def label_text(value: Any) -> str:
     """The answer as the desk takes it: text, as SQL's ``sieve.label`` would get it."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -101,8 +82,8 @@ async def next_item(request: web.Request) -> web.Response:
 
 async def give(request: web.Request) -> web.Response:
     access = await from_header(request, LABEL)
-    body = await body_of(request, "request_id", "value")
-    request_id = request_id_of(body)
+    body = await json_body(request, "request_id", "value")
+    request_id = integer(body, "request_id")
     given = await access.desk.give(access.grant, request_id, label_text(body["value"]))
     log.info(
         "label given function=%s request=%s role=%s",
@@ -115,8 +96,8 @@ async def give(request: web.Request) -> web.Response:
 
 async def undo(request: web.Request) -> web.Response:
     access = await from_header(request, LABEL)
-    body = await body_of(request, "request_id")
-    request_id = request_id_of(body)
+    body = await json_body(request, "request_id")
+    request_id = integer(body, "request_id")
     await access.desk.undo(access.grant, request_id)
     return web.json_response({"undone": request_id, "progress": await progress_view(access)})
 

@@ -17,8 +17,8 @@ from aiohttp import web
 from server.activity import CancelRefused
 from server.http import pages
 from server.http.access import Access, from_header, from_page
-from server.http.errors import INSUFFICIENT_PRIVILEGE, MALFORMED_REQUEST, NOT_FOUND, HttpError
-from server.http.label_routes import body_of
+from server.http.body import integer, json_body
+from server.http.errors import INSUFFICIENT_PRIVILEGE, NOT_FOUND, HttpError
 from server.http.status_html import status_body
 from server.status_data import status_for
 
@@ -53,14 +53,9 @@ async def status_fragment(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     access = await from_header(request, VIEW)
-    body = await body_of(request, "id")
-    activity = getattr(request.app["server"], "activity", None)
-    if activity is None:
-        raise HttpError(404, "this server keeps no list of running statements", NOT_FOUND)
-    try:
-        statement_id = int(body["id"])
-    except (TypeError, ValueError) as exc:
-        raise HttpError(400, f"id must be a statement number, not {body['id']!r}", MALFORMED_REQUEST) from exc
+    body = await json_body(request, "id")
+    statement_id = integer(body, "id")
+    activity = request.app["server"].activity
     statement = activity.get(statement_id)
     if statement is None or statement.database != access.grant.database:
         raise HttpError(404, f"statement {statement_id} is not running (any more)", NOT_FOUND)

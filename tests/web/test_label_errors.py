@@ -118,7 +118,7 @@ def test_a_label_of_the_wrong_type_or_shape_is_400_and_writes_nothing(web_world,
         assert reply.status == 400 and reply.body["sqlstate"] == sqlstate, reply.body
         assert "is not a boolean" in reply.body["error"]
     for body, needle in (
-        ({"request_id": "one", "value": True}, "request_id must be an integer"),
+        ({"request_id": "one", "value": True}, 'request_id must be an integer, not "one"'),
         ({"value": True}, "lacks request_id"),
     ):
         reply = call(web_world.base, "POST", "/api/label", queue.token, body)

@@ -121,3 +121,7 @@ def test_the_cancel_api_refuses_another_roles_statement(web_world, sleepers):
     assert sleepers["bob"].error is not None and sleepers["bob"].error.sqlstate == "57014"
     gone = call(base, "POST", "/api/status/cancel", bob, {"id": bobs})
     assert gone.status == 404
+    bad = call(base, "POST", "/api/status/cancel", bob, {"id": str(bobs)})
+    assert (
+        bad.status == 400 and bad.body["sqlstate"] == "22P02" and "id must be an integer" in bad.body["error"]
+    )
