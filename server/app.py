@@ -136,9 +136,10 @@ class SieveServer:
         self.peers = Peers(self.db, self._advertise_address())
         await self.peers.start()
         await self._listener.start_serving()
-        if self.config.http_port is not None:
-            self.web = WebFace(self)
+        self.web = WebFace(self) if self.config.http_port is not None else None
+        if self.web is not None:
             await self.web.start()
+        self.http_port = self.web.port if self.web is not None else None  # the bound port (0 picks)
         port = self.bound_port
         log.info(
             "SieveDB listening on %s:%d (backing Postgres %s, tls=%s)",

@@ -59,7 +59,16 @@ class WebFace:
         self._runner = web.AppRunner(build_app(self._server), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.http_host, config.http_port, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            from server.app import ConfigError  # server.app imports this module
+
+            raise ConfigError(
+                f"cannot serve the web face on {config.http_host}:{config.http_port}: {exc.strerror or exc} "
+                "(pick another --http-port, or 0 for any free one)"
+            ) from None
         self.port = self._runner.addresses[0][1]
         self.url = base_url(config.http_host, self.port, ssl_context is not None)
         self._server.planners.set_http_base_url(self.url)

@@ -3,6 +3,7 @@ and refuses to open beyond loopback in clear text."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
@@ -26,6 +27,24 @@ def test_a_non_loopback_web_face_without_tls_is_refused_and_says_why(tmp_path):
     assert "refusing to serve the web face on 0.0.0.0 without TLS" in done.stderr
     assert "--tls-cert" in done.stderr and "--allow-trust-remote" in done.stderr
     assert not (tmp_path / "d").exists()  # refused before the embedded Postgres was created
+
+
+def test_a_web_port_in_use_is_refused_and_says_why(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "server", "serve", "--port", "0", "--data-dir", str(tmp_path / "d")]
+        done = subprocess.run(
+            [*cmd, "--http-port", str(port), "--inference-workers", "1"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert done.returncode == 2
+    assert f"cannot serve the web face on 127.0.0.1:{port}" in done.stderr
+    assert "address already in use" in done.stderr.lower()
 
 
 def test_the_web_face_serves_https_with_the_servers_certificate(tmp_path):
