@@ -117,6 +117,11 @@ async def mark_used(db: asyncpg.Pool, model_id: int, digests: list[bytes]) -> li
     """Answered labels a statement now reads: each counts once, as that statement's model call."""
     if not digests:
         return []
+    # most reads find nothing newly answered: one probe of the partial index, not a big ANY()
+    if not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM sieve.label_queue WHERE model_id = $1 AND state = 'answered')", model_id
+    ):
+        return []
     rows = await db.fetch(
         "UPDATE sieve.label_queue SET state = 'used' WHERE model_id = $1 AND state = 'answered' "
         "AND digest = ANY($2::bytea[]) RETURNING digest",

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS sieve.label_queue (
 );
 CREATE INDEX IF NOT EXISTS label_queue_pending ON sieve.label_queue (model_id, request_id)
     WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS label_queue_answered ON sieve.label_queue (model_id)
+    WHERE state = 'answered';
 CREATE INDEX IF NOT EXISTS label_queue_source ON sieve.label_queue (model_id, table_oid, key);
 
 -- Every label given, changed or taken back: who, when, the value, the function's version then.

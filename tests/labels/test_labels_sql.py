@@ -335,3 +335,34 @@ def test_an_approximate_query_with_a_labels_oracle_queues_its_sample_then_meets_
             "SELECT mode, model_calls, rows_labelled FROM sieve.query_log ORDER BY query_id DESC LIMIT 1"
         ).fetchone()
         assert mode == "recall" and calls["is_seven"] == labelled == len(keys)
+
+
+def test_an_approximate_query_under_label_wait_completes_once_its_sample_is_labelled(world):
+    truth = {i for i, y in enumerate(world.digits.y) if y == 7}
+    with world.connect() as conn:
+        conn.execute("CREATE FUNCTION seven_wait(pixels real[]) RETURNS boolean LANGUAGE labels AS 'A 7?'")
+        conn.execute("SET sieve.seed = 11")
+        conn.execute("SET sieve.label_wait = '5min'")
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+
+        done = threading.Event()
+
+        def label_all() -> None:  # a labeller answering whatever is pending, while the query waits
+            with world.connect() as other:
+                while not done.is_set():
+                    for key in pending_keys(other, "seven_wait"):
+                        value = str(int(key) in truth).lower()
+                        other.execute(f"SELECT sieve.label('seven_wait', 'digits', {key}, {value})")
+                    time.sleep(0.1)
+
+        thread = threading.Thread(target=label_all)
+        thread.start()
+        try:
+            rows = {r[0] for r in conn.execute(RECALL.format(f="seven_wait"))}
+        finally:
+            done.set()
+            thread.join()
+        assert any(n.startswith("waiting for") and "labels of seven_wait" in n for n in notices)
+        assert len(rows & truth) / len(truth) >= 0.9
+        assert pending_keys(conn, "seven_wait") == []
