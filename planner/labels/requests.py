@@ -86,6 +86,14 @@ def current_sql() -> str:
     return _current().sql
 
 
+def labels_pending() -> bool:
+    """Whether the statement running is an approximate query that found inputs unlabelled: its
+    answer is provisional (it ends in SV001, or runs again once they are labelled), so it should
+    not be logged or reported as an answer."""
+    found = _statement.get()
+    return found is not None and found.collect and bool(found.pending)
+
+
 def _current() -> StatementLabels:
     found = _statement.get()
     if found is None:
