@@ -215,7 +215,12 @@ def test_the_placeholders_describe_over_the_extended_protocol(world):
             await conn.execute(
                 "CREATE FUNCTION bird_f(image bytea) RETURNS boolean LANGUAGE labels AS 'Bird?'"
             )
-            return await conn.fetchval("SELECT sieve.label('bird_f', 'photos', 6, true)")
+            said = await conn.fetchval("SELECT sieve.label('bird_f', 'photos', 6, true)")
+            bound = await conn.fetchval(
+                "SELECT sieve.label($1, $2, $3::int, $4::boolean)", "bird_f", "photos", 7, False
+            )
+            assert bound == "labelled photos 7: false (version 1)"
+            return said
         finally:
             await conn.close()
 
