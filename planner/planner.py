@@ -23,7 +23,8 @@ from planner.explain_run import ExplainRun
 from planner.install import quote_ident
 from planner.labels.calls import LabelCalls
 from planner.labels.desk import LabelDesk
-from planner.labels.requests import begin_statement, run_collecting
+from planner.labels.statement import begin_statement
+from planner.labels.waiting import run_collecting
 from planner.lifecycle import ModelLifecycle
 from planner.limit import FIRST_BLOCKS, FIRST_ROWS, LimitPlan, LimitRun, plan_limit
 from planner.materialize import Databases, Materialized, materialize_site

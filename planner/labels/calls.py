@@ -19,7 +19,8 @@ from planner.install import quote_ident, quote_literal
 from planner.labels import giving, store
 from planner.labels.definition import choice_text
 from planner.labels.errors import LabelError
-from planner.labels.requests import SOURCE_SQL, current_sql
+from planner.labels.requests import SOURCE_SQL
+from planner.labels.statement import current_sql
 from planner.model_spec import ModelSpec
 from planner.outcome import Forward, Outcome, PlanError, SessionPort
 from planner.privileges import require_execute

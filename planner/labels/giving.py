@@ -17,7 +17,7 @@ import asyncpg
 from planner.labels import store, versions
 from planner.labels.definition import choice_text
 from planner.labels.errors import BAD_REQUEST, CONFLICT, NOT_FOUND, LabelError
-from planner.labels.requests import poke
+from planner.labels.waiting import poke
 from planner.model_spec import ModelSpec
 from planner.sqlstate import INVALID_PARAMETER, INVALID_TEXT_REPRESENTATION
 
