@@ -68,7 +68,7 @@ async def status_for(server: Any, role: str, database: str) -> dict:
     running = [s.as_dict() for s in server.activity.running(None if superuser else role)]
     specs = sorted(planner.catalog.models.values(), key=lambda s: s.name)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute(f"SET LOCAL SESSION AUTHORIZATION {quote_ident(role)}")
+        await _become(conn, role)
         recent = [_recent_row(r) for r in await conn.fetch(RECENT_QUERIES)]
         models = await conn.fetch(MODELS, [signature_sql(s, False) for s in specs], [s.name for s in specs])
         assertions = await conn.fetch(ASSERTIONS)
@@ -86,6 +86,25 @@ async def status_for(server: Any, role: str, database: str) -> dict:
         "assertions": [_plain(dict(r)) for r in assertions],
         "labels": [_plain(dict(r)) for r in labels],
     }
+
+
+class StatusRefused(Exception):
+    """The status cannot be read as this role (no such role, or SieveDB may not act as it)."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+async def _become(conn: asyncpg.Connection, role: str) -> None:
+    try:
+        await conn.execute(f"SET LOCAL SESSION AUTHORIZATION {quote_ident(role)}")
+    except asyncpg.PostgresError as exc:
+        raise StatusRefused(
+            exc.sqlstate,
+            f'cannot read the status as role "{role}": {exc} '
+            "(SieveDB reads it as that role: its backing role must be a superuser)",
+        ) from None
 
 
 async def _optional(conn: asyncpg.Connection, sql: str, relation: str) -> list:

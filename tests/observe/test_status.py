@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from server.status_data import status_for
+import pytest
+
+from server.status_data import StatusRefused, status_for
 from tests.observe.test_activity import Background, wait_listed
 
 RECALL = (
@@ -105,3 +107,10 @@ def test_an_aggregate_trace_counts_the_units_it_labelled(observed):
     assert sum(trace["histogram"]["counts"]) == 1797
     assert trace["sampled_rows"] == labelled == len(trace["sampled"]) and 0 < labelled <= 250
     assert trace["target"] == target == 0.25
+
+
+def test_the_status_of_a_role_that_does_not_exist_is_refused_with_its_sqlstate(observed):
+    with pytest.raises(StatusRefused, match="no_such_role") as refused:
+        status(observed, "no_such_role")
+    assert refused.value.sqlstate == "22023"
+    assert status(observed, "alice")["role"] == "alice"  # the pool's connection is fine after it
