@@ -64,6 +64,7 @@ bench: install test-deps
 	@if [ -f bench/bench_sampling.py ]; then $(BIN)/python bench/bench_sampling.py; fi
 	$(BIN)/python bench/bench_planner.py
 	$(BIN)/python bench/bench_approx.py
+	$(BIN)/python bench/bench_scale.py
 
 lint: install
 	$(BIN)/ruff check .
