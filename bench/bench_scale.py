@@ -1,6 +1,6 @@
 """Per-component costs of SieveDB past one machine, measured here, and the scale simulation fed by them.
 
-    .venv/bin/python bench/bench_scale.py [--quick] [--rows 20000] [--json FILE]
+    .venv/bin/python bench/bench_scale.py [--quick] [--rows 40000] [--json FILE] [--keep]
 
 As root it re-runs itself inside a network namespace with only ``lo`` up (``unshare -n``), so that Ray
 (which advertises the machine's address) and everything else stays on 127.0.0.1. Sections:
@@ -12,22 +12,25 @@ As root it re-runs itself inside a network namespace with only ``lo`` up (``unsh
    (``digest bytea, ordinal int, score real``, primary key), one batch per transaction, as the
    materializer writes, with 1 and 2 writers.
 3. **Front-ends** (two ``sievedb serve --postgres-dsn`` over one Postgres, one inference worker
-   each): front-end CPU per statement (the server process's user+system time) for a forwarded
+   each): front-end CPU per statement (the server process's schedstat, all threads) for a forwarded
    ``SELECT 1`` and a planned statement over cached rows (their difference is the planner's work);
-   front-end CPU per materialized row; rows/s of a cold scan through 1 front-end and through 2 (each
-   scanning half), light and heavy; and the duplicate-work factor when both run the same cold query
-   at once (model calls from ``sieve.query_log`` / distinct inputs).
+   a cold scan through 1 front-end with its rows/s and the CPU per row of the front-end, its
+   inference worker and all of Postgres; rows/s through 2 front-ends (each scanning half); how
+   often a batch waits for a digest claim (``pg_locks`` sampled); the duplicate-work factor when
+   both run the same cold query at once (model calls from ``sieve.query_log`` / distinct inputs);
+   and a cold heavy scan through a front-end on the 2-node Ray cluster.
 4. **Backends**: rows/s of the local pool (1 and 2 worker processes) and of Ray with 1 and 2 nodes
    (``ray.cluster_utils.Cluster``, 1 CPU per node, one replica per node), light and heavy, as ratios
    to the local pool with 1 worker in the same run; Ray's overhead per batch (a no-op actor call, a
    real batch, and the bare batch). ``inference.ray_pool.RayInferencePool`` serves the Ray rows when
    it exists, else a minimal actor pool in this file (the report says which).
 5. **Simulation** (``bench/scale_sim.py``) fed by those costs: predicted vs measured for each
-   configuration this machine runs, then the plan for N front-ends x M GPUs and where the
-   bottleneck moves.
+   configuration this machine runs (the scans' non-CPU wait fitted on the 1-front-end scan), then
+   the plan for N front-ends x M GPUs and where the bottleneck moves, and the issue's 20 ms/frame
+   detector over 10^8 frames.
 
-``--quick`` uses fewer rows and shorter runs (under ~3 minutes). Small shared hosts make figures
-noisy; compare only ratios from the same run.
+The full run takes about 2 minutes; ``--quick`` (16,000 rows, shorter runs) about 1. Small
+shared hosts make figures noisy; compare only ratios from the same run.
 """
 
 from __future__ import annotations
