@@ -252,6 +252,8 @@ class FrontendFigures:
     pg_cpu_s_per_row: dict[str, float] = field(default_factory=dict)  # every Postgres process
     claim_wait_1fe: dict[str, float] = field(default_factory=dict)  # share of samples with a claim waiting
     claim_wait_2fe: dict[str, float] = field(default_factory=dict)
+    rows_per_s_2fe_two_models: float = 0.0  # light on one front-end, light_twin on the other
+    claim_wait_2fe_two_models: float = 0.0
     duplicate_factor: float = 0.0
     duplicate_calls: int = 0
     duplicate_inputs: int = 0
@@ -302,11 +304,13 @@ def load_blobs(dsn: str, x: np.ndarray) -> None:
 
 
 def create_models(conn) -> None:
-    for name in ("light", "heavy"):
+    # light_twin: the light model's file under another name, so a model of its own (own claims,
+    # own cache): the control for two front-ends sharing one model's claim lanes.
+    for name, file in (("light", "light"), ("heavy", "heavy"), ("light_twin", "light")):
         _simple(
             conn,
             f"CREATE FUNCTION {name}_score(pixels real[]) RETURNS real LANGUAGE onnx "
-            f"AS '{name}.onnx', '{{\"output\": \"score\"}}'",
+            f"AS '{file}.onnx', '{{\"output\": \"score\"}}'",
         )
         _simple(conn, f"CREATE VIEW {name}_view AS SELECT b.id, {name}_score(b.pixels) AS score FROM blobs b")
 
@@ -434,8 +438,14 @@ def measure_frontends(
                 wall = timed_scans([(a, scan_sql(model, 0, half)), (b, scan_sql(model, half, 2 * half))])
             fig.claim_wait_2fe[model] = waits.share
             fig.rows_per_s_2fe[model] = 2 * half / wall
+        # The control: the same two halves, but each front-end on a model of its own.
+        n, half = rows["light"], rows["light"] // 2
+        _simple(conn, "SELECT sieve.clear_cache('light_score')")
+        with ClaimWaits(pg[1]) as waits:
+            wall = timed_scans([(a, scan_sql("light", 0, half)), (b, scan_sql("light_twin", half, 2 * half))])
+        fig.claim_wait_2fe_two_models = waits.share
+        fig.rows_per_s_2fe_two_models = 2 * half / wall
         # Both front-ends on the same cold inputs at once: do they split the work?
-        n = rows["light"]
         _simple(conn, "SELECT sieve.clear_cache('light_score')")
         first = last_query_id(conn)
         timed_scans([(a, scan_sql("light", 0, n)), (b, scan_sql("light", 0, n))])
@@ -918,6 +928,10 @@ def cost_rows(m: dict) -> list[list[str]]:
             f"{fe.claim_wait_1fe['light']:.2f} / {fe.claim_wait_2fe['light']:.2f}",
         ],
         [
+            "share of time a batch waited for a claim, light and its twin on 2 front-ends",
+            f"{fe.claim_wait_2fe_two_models:.2f}",
+        ],
+        [
             "share of time a batch waited for a claim, heavy: 1 / 2 front-ends",
             f"{fe.claim_wait_1fe['heavy']:.2f} / {fe.claim_wait_2fe['heavy']:.2f}",
         ],
@@ -940,6 +954,8 @@ def rate_rows(m: dict) -> list[list[str]]:
             ("SieveDB cold scan, 1 front-end", fe.rows_per_s_1fe[model]),
             ("SieveDB cold scan, 2 front-ends", fe.rows_per_s_2fe[model]),
         ]
+        if model == "light":
+            named.append(("SieveDB cold scan, 2 front-ends, a model each", fe.rows_per_s_2fe_two_models))
         if model == "heavy" and "ray_frontend" in m:
             named.append(("SieveDB cold scan, 1 front-end on Ray, 2 nodes", m["ray_frontend"]))
         rows += [[model, name, f"{rate:,.0f}", f"{rate / base:.2f}"] for name, rate in named]
