@@ -366,6 +366,7 @@ class ClientSession(asyncio.Protocol):
         # One scan of the whole chunk decides whether any statement in it needs a closer look.
         inspect = self.server.classifier.may_plan(view) or bool(self.planned_statements)
         pos, size, last = 0, len(view), -1
+        parse = None  # (start, end) of the last Parse forwarded in this chunk: its text names a Sync
         small, types, unpack = self.small_frame_limit, messages.FRONTEND_TYPES, _LEN.unpack_from
         try:
             while size - pos >= 5:
@@ -393,12 +394,16 @@ class ClientSession(asyncio.Protocol):
                         self.pending_resets = ()
                         return self._hold(view, pos, job, last)
                     self.syncs_sent += 1
+                    self._note_forwarded_sync(view, parse)
                 elif inspect and (kind == messages.PARSE or kind == messages.BIND):
                     job = self._route(kind, view, pos, end)
                     if isinstance(job, bytes):
                         return self._replace(view, pos, end, job)
                     if job is not None:
                         return self._hold(view, pos, job, last)
+                    parse = (pos, end) if kind == messages.PARSE else parse
+                elif kind == messages.PARSE:
+                    parse = (pos, end)
                 elif inspect and kind == messages.CLOSE and self.planned_statements:
                     # A closed statement is planned no more (a Close Postgres cannot read closes nothing).
                     if view[pos + 5] == ord("S") and frames.malformed(view, pos, end) is None:
@@ -418,6 +423,18 @@ class ClientSession(asyncio.Protocol):
         server.activity; its text is decoded only when listed) and counted."""
         text = view[pos + 5 : min(end - 1, pos + 5 + TEXT_LIMIT)]
         self.forwarded = (next_id(), text, now(), self.syncs_sent, "forwarded")
+        self.server.metrics.statements["forwarded"] += 1
+
+    def _note_forwarded_sync(self, view: bytes | bytearray, parse: tuple[int, int] | None) -> None:
+        """An extended batch (or FunctionCall) forwarded as it is: listed as running until
+        Postgres answers its Sync, named by the batch's last Parse when the chunk holds one."""
+        text = b""
+        if parse is not None:
+            start, end = parse
+            name_end = view.find(0, start + 5, end)
+            stop = view.find(0, name_end + 1, end) if name_end >= 0 else -1
+            text = view[name_end + 1 : min(stop, name_end + 1 + TEXT_LIMIT)] if stop >= 0 else b""
+        self.forwarded = (next_id(), text or b"(a prepared statement)", now(), self.syncs_sent, "forwarded")
         self.server.metrics.statements["forwarded"] += 1
 
     def _note_forwarded(self, kind: int) -> None:

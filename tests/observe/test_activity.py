@@ -16,17 +16,19 @@ from tests.observe.conftest import WIDE_ROWS, Observed
 class Background:
     """A statement running on a connection of its own, in a thread."""
 
-    def __init__(self, observed: Observed, sql: str, user: str = "postgres") -> None:
+    def __init__(
+        self, observed: Observed, sql: str, user: str = "postgres", params: tuple | None = None
+    ) -> None:
         self.result: object = None
         self.error: BaseException | None = None
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(observed, sql, user), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(observed, sql, user, params), daemon=True)
         self._thread.start()
 
-    def _run(self, observed: Observed, sql: str, user: str) -> None:
+    def _run(self, observed: Observed, sql: str, user: str, params: tuple | None) -> None:
         try:
             with observed.connect(user) as conn:
-                self.result = conn.execute(sql).fetchall()
+                self.result = conn.execute(sql, params).fetchall()
         except BaseException as exc:  # handed to the test
             self.error = exc
         finally:
@@ -100,3 +102,15 @@ def test_a_superuser_may_cancel_another_roles_forwarded_statement(observed):
     while [r for r in running(observed) if "forwarded-marker" in r["text"]] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not [r for r in running(observed) if "forwarded-marker" in r["text"]]
+
+
+def test_a_statement_forwarded_over_the_extended_protocol_is_listed_until_it_ends(observed):
+    job = Background(observed, "select pg_sleep(%s), 'extended-marker'", user="alice", params=(30,))
+    row = wait_listed(observed, "extended-marker", job)
+    assert (row["kind"], row["role"]) == ("forwarded", "alice")
+    assert row["text"] == "select pg_sleep($1), 'extended-marker'"
+    activity = observed.live.server.activity
+    assert observed.live.on_loop(lambda: activity.cancel(row["id"], "alice")) is True
+    job.join(20)
+    assert isinstance(job.error, psycopg.errors.QueryCanceled)
+    assert not [r for r in running(observed) if "extended-marker" in r["text"]]
