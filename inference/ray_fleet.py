@@ -7,7 +7,7 @@ none of them by itself: the pool decides what to retry and when to start a repla
 How many: one to begin with; one more while the model's oldest queued request has waited longer
 than ``grow_after_s`` with every ready replica full, up to ``max_replicas``, never two starting at
 once; a ready replica idle for ``idle_release_s`` is retired while others remain, and the last
-one too when another model's new replica waits for room on the cluster.
+one too, after a shorter idle, when another model's new replica waits for room on the cluster.
 """
 
 from __future__ import annotations
@@ -126,11 +126,11 @@ class ModelFleet:
             r.state == "starting" and now - r.created_at >= after_s for r in self.replicas
         )
 
-    def release_last(self, now: float, idle_release_s: float) -> bool:
-        """Retire this model's only replica when it has idled ``idle_release_s`` (another model
-        needs the room); whether it did."""
+    def release_last(self, now: float, idle_s: float) -> bool:
+        """Retire this model's only replica when it has idled ``idle_s`` (another model needs the
+        room); whether it did."""
         ready = [r for r in self.replicas if r.state == "ready"]
-        if self.busy() or len(ready) != 1 or ready[0].in_flight or now - ready[0].idle_since < idle_release_s:
+        if self.busy() or len(ready) != 1 or ready[0].in_flight or now - ready[0].idle_since < idle_s:
             return False
         self.retire(ready[0])
         return True

@@ -93,8 +93,8 @@ class RayInferencePool:
     grow_after_s: how long the oldest queued request waits, every replica full, before a replica
         is added. idle_release_s: how long a replica idles before it is retired (one stays).
     replica_wait_s: how long work may wait with no replica ready before it fails.
-    place_wait_s: how long a new replica may wait for Ray to place it before another model's
-        idle last replica (idle ``idle_release_s``) is retired to make room.
+    place_wait_s: how long a new replica may wait for Ray to place it before the last replica of
+        a model with no work (idle as long) is retired to make room.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class RayInferencePool:
         grow_after_s: float = 0.2,
         idle_release_s: float = 60.0,
         replica_wait_s: float = 120.0,
-        place_wait_s: float = 5.0,
+        place_wait_s: float = 2.0,
         stats_window: int = 1024,
         tick_s: float = 0.05,
     ) -> None:
@@ -460,7 +460,7 @@ class RayInferencePool:
         ):
             return
         for fleet in sorted(fleets, key=lambda f: f.last_used):
-            if fleet.release_last(now, self.idle_release_s):
+            if fleet.release_last(now, self.place_wait_s):
                 self._made_room_at = now
                 return
 

@@ -80,6 +80,7 @@ async def killed_mid_batch(pool: RayInferencePool, slow: Path, x: np.ndarray) ->
         "crashes": stats.crashes,
         "victim": victim.worker_id,
         "ready_serials": [w.worker_id for w in ready],
+        "model_replicas": ready_replicas(pool, ref.key),
     }
 
 
