@@ -166,6 +166,7 @@ def select_recall_target(
     confidence: float = 0.95,
     bound: str = "betting",
     mix: float | None = None,
+    spare: bool = True,
 ) -> SelectionResult:
     """Rows whose recall is >= ``target`` with probability >= ``confidence`` (SUPG IS-RT).
 
@@ -211,10 +212,10 @@ def select_recall_target(
         tail_keep = positions_at_least(rp, tau) - head
     stop = head + max(tail_keep, 0)
     # Budget left by repeated draws: label the lowest-proxy accepted rows (most likely negatives).
-    spare = bo.remaining
-    if spare and stop > head:
-        lo_pos = max(head, stop - 4 * spare)
-        label_positions_in_order(bo, rp, lo_pos, stop, spare)
+    left = bo.remaining if spare else 0
+    if left and stop > head:
+        lo_pos = max(head, stop - 4 * left)
+        label_positions_in_order(bo, rp, lo_pos, stop, left)
     indices = assemble(bo, rp, head, stop)
 
     est = _estimates(a, y, w, design, pos_head, head, stop, rp, indices)

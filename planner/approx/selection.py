@@ -80,6 +80,11 @@ def forward_rows(run: ApproxRun, keys: list[str]) -> Forward:
     return Forward(sql=render(stmt), settings={"sieve.lenient": "on"})
 
 
+def _asks_people(run: ApproxRun) -> bool:
+    spec = run.planner.catalog.get(run.plan.model)
+    return spec is not None and spec.is_labels
+
+
 async def _select(run: ApproxRun):
     """(candidate keys, selected keys, SelectionResult or None when no row needed sampling,
     the automatic proxy or None, (cached rows, positives) or None)."""
@@ -128,6 +133,8 @@ async def _select(run: ApproxRun):
         kw = {"recall_target": clause.recall_target, "precision_target": clause.precision_target}
     elif clause.recall_target is not None:
         fn, kw = select_recall_target, {"target": clause.recall_target}
+        if _asks_people(run):  # the sample is asked for in one round: no label-dependent extras
+            kw["spare"] = False
     else:
         fn, kw = select_precision_target, {"target": clause.precision_target}
     result = await bridge.run(fn, scores, oracle, **kw, **common)
