@@ -21,7 +21,7 @@ from inference.model import ModelRef
 from inference.ray_fleet import actor_name
 from inference.ray_pool import RayInferencePool
 from tests.inference import models
-from tests.ray.cluster import add_worker, local_cluster
+from tests.ray.cluster import STORE_BYTES, add_worker, local_cluster
 from tests.support.model_files import direct_run
 
 
@@ -131,6 +131,29 @@ async def attempts_run_out(address: str, slow: Path, x: np.ndarray) -> dict:
         await pool.close()
 
 
+async def gpu_placement(cluster, mlp: Path, x: np.ndarray) -> dict:
+    """A node that declares a GPU joins: a model's replica asks for it (and, the GPU being only
+    declared, its ONNX Runtime falls back to CPU); a model pinned to the CPU asks for a CPU only."""
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=STORE_BYTES)
+    await until(lambda: ray.cluster_resources().get("GPU", 0) == 1, timeout=30)
+    pool = RayInferencePool(cluster.address)
+    await pool.start()
+    try:
+        gpu_ref = ModelRef("mlp@gpu", str(mlp))
+        cpu_ref = ModelRef("mlp@cpu", str(mlp), session_options={"device": "cpu"})
+        outs = [await pool.infer(ref, {"X": x[:20]}) for ref in (gpu_ref, cpu_ref)]
+        return {
+            "gpus": pool.cluster.gpus,
+            "gpu_node": gpu_node.node_id[:8],
+            "gpu_model_nodes": [n.split("/")[1] for n in pool.replicas(gpu_ref.key)],
+            "cpu_model_nodes": [n.split("/")[1] for n in pool.replicas(cpu_ref.key)],
+            "devices": sorted({w.device for w in pool.workers()}),
+            "labels_equal": all(np.array_equal(o["label"], outs[0]["label"]) for o in outs),
+        }
+    finally:
+        await pool.close()
+
+
 async def main() -> dict:
     out = Path(tempfile.mkdtemp(prefix="ray-pool-"))
     digits = models.load_digits_data()
@@ -156,6 +179,7 @@ async def main() -> dict:
     finally:
         await pool.close()
     found["attempts"] = await attempts_run_out(cluster.address, slow, x)
+    found["gpu"] = await gpu_placement(cluster, mlp, digits.x)
     found["connected_after_close"] = ray.is_initialized()  # the pool did not join: it must not leave
     ray.shutdown()
     cluster.shutdown()

@@ -53,5 +53,14 @@ def test_a_batch_whose_replicas_keep_dying_fails_naming_the_model_and_the_next_r
     assert a["queued"] == 0
 
 
+def test_replicas_ask_for_a_gpu_where_the_cluster_has_one_unless_the_model_is_pinned_to_cpu(found):
+    g = found["gpu"]
+    assert g["gpus"] == 1
+    assert g["gpu_model_nodes"] == [g["gpu_node"]]
+    assert g["cpu_model_nodes"] and g["cpu_model_nodes"] != [g["gpu_node"]]
+    assert g["devices"] == ["ray:127.0.0.1:cpu"]  # the GPU is only declared: ORT falls back to CPU
+    assert g["labels_equal"]
+
+
 def test_a_pool_that_did_not_join_the_cluster_does_not_leave_it(found):
     assert found["connected_after_close"] is True
