@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from inference.model import ModelRef
 from inference.ray_fleet import actor_name
 from inference.ray_pool import RayInferencePool
 from tests.inference import models
-from tests.ray.cluster import STORE_BYTES, add_worker, local_cluster
+from tests.ray.cluster import add_worker, local_cluster
 from tests.support.model_files import direct_run
 
 
@@ -134,7 +135,7 @@ async def attempts_run_out(address: str, slow: Path, x: np.ndarray) -> dict:
 async def gpu_placement(cluster, mlp: Path, x: np.ndarray) -> dict:
     """A node that declares a GPU joins: a model's replica asks for it (and, the GPU being only
     declared, its ONNX Runtime falls back to CPU); a model pinned to the CPU asks for a CPU only."""
-    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=STORE_BYTES)
+    gpu_node = add_worker(cluster, cpus=1, gpus=1)
     await until(lambda: ray.cluster_resources().get("GPU", 0) == 1, timeout=30)
     pool = RayInferencePool(cluster.address)
     await pool.start()
@@ -154,13 +155,11 @@ async def gpu_placement(cluster, mlp: Path, x: np.ndarray) -> dict:
         await pool.close()
 
 
-async def main() -> dict:
-    out = Path(tempfile.mkdtemp(prefix="ray-pool-"))
+async def on_cluster(cluster, out: Path) -> dict:
     digits = models.load_digits_data()
     _, mlp = models.digits_mlp(digits, out)
     slow = models.wide_mlp(out, width=4096)  # about 1 s for 4096 rows on one core
     x = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
-    cluster = local_cluster()
     add_worker(cluster, cpus=2)
     ray.init(address=cluster.address, log_to_driver=False)  # the pool shares this connection
     pool = RayInferencePool(cluster.address, max_replicas=2, max_wait_ms=50)
@@ -182,10 +181,18 @@ async def main() -> dict:
     found["gpu"] = await gpu_placement(cluster, mlp, digits.x)
     found["connected_after_close"] = ray.is_initialized()  # the pool did not join: it must not leave
     ray.shutdown()
-    cluster.shutdown()
     return found
+
+
+def main() -> dict:
+    out = Path(tempfile.mkdtemp(prefix="ray-pool-"))
+    try:
+        with local_cluster() as cluster:
+            return asyncio.run(on_cluster(cluster, out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(asyncio.run(main())), flush=True)
+    print(json.dumps(main()), flush=True)

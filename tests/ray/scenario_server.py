@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -141,27 +142,34 @@ def kill_mid_query(server: SieveProcess, cluster, first_node, expected: np.ndarr
 def main() -> dict:
     root = Path(tempfile.mkdtemp(prefix="ray-server-"))
     os.chmod(root, 0o755)  # the embedded Postgres runs as another user under root
+    try:
+        return on_disk(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def on_disk(root: Path) -> dict:
     models_dir = root / "models"
     models_dir.mkdir()
     mlp_file(models_dir / "cls.onnx", [16], seed=1)
     mlp_file(models_dir / "heavy.onnx", [1024, 1024], seed=2)
-    cluster = local_cluster()
-    first = add_worker(cluster, cpus=1)
     found: dict = {}
     data = root / "data"
     common = ["--models-dir", str(models_dir)]
-    server = SieveProcess(data, extra_args=[*common, "--ray-address", cluster.address]).start()
-    try:
-        with psycopg.connect(server.dsn(), autocommit=True) as conn:
-            setup(conn)
-            x = np.array([r[0] for r in conn.execute("SELECT x FROM pts ORDER BY id")], dtype=np.float32)
-            (ray_labels, ray_log), found["ray_seconds"] = timed(answer, conn, "cls")
-            found["ray"] = {"log": ray_log, "replicas": replicas(conn, "cls")}
-        heavy = direct_run(models_dir / "heavy.onnx", {"x": x})["label"]
-        found["kill"], found["kill_seconds"] = timed(kill_mid_query, server, cluster, first, heavy)
-    finally:
-        found["ray_server_exit"] = server.stop()
-        found["replica_loss_logged"] = "lost: " in server.log()
+    with local_cluster() as cluster:
+        first = add_worker(cluster, cpus=1)
+        server = SieveProcess(data, extra_args=[*common, "--ray-address", cluster.address]).start()
+        try:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                setup(conn)
+                x = np.array([r[0] for r in conn.execute("SELECT x FROM pts ORDER BY id")], dtype=np.float32)
+                (ray_labels, ray_log), found["ray_seconds"] = timed(answer, conn, "cls")
+                found["ray"] = {"log": ray_log, "replicas": replicas(conn, "cls")}
+            heavy = direct_run(models_dir / "heavy.onnx", {"x": x})["label"]
+            found["kill"], found["kill_seconds"] = timed(kill_mid_query, server, cluster, first, heavy)
+        finally:
+            found["ray_server_exit"] = server.stop()
+            found["replica_loss_logged"] = "lost: " in server.log()
     server = SieveProcess(data, extra_args=common, env={"RAY_ADDRESS": ""}).start()
     try:
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
@@ -170,12 +178,10 @@ def main() -> dict:
             found["local"] = {"log": local_log, "replicas": replicas(conn, "cls")}
     finally:
         server.stop()
-        cluster.shutdown()
     found["rows"] = len(ray_labels)
     found["ray_equals_local"] = ray_labels == local_labels
-    found["ray_equals_onnxruntime"] = bool(
-        np.array_equal(ray_labels, direct_run(models_dir / "cls.onnx", {"x": x})["label"])
-    )
+    expected = direct_run(models_dir / "cls.onnx", {"x": x})["label"]
+    found["ray_equals_onnxruntime"] = bool(np.array_equal(ray_labels, expected))
     found["label_counts"] = np.bincount(np.asarray(ray_labels), minlength=3).tolist()
     return found
 
