@@ -353,7 +353,8 @@ class RayInferencePool:
         except REPLICA_LOST as exc:
             self._lost(fleet, replica, job, exc)
             return
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the pool is closing under the batch
+            self._fail(batch, PoolClosedError("inference pool is closed"))
             raise
         except Exception as exc:  # a Ray task error or a failed put: the batch fails, not the replica
             self._recorder(batch.model.key).errors += 1
@@ -447,12 +448,17 @@ class RayInferencePool:
         """Size every model's replicas to its load, and give up on work no replica can take."""
         while self._state in ("running", "closing"):
             await asyncio.sleep(self.tick_s)
-            now = time.monotonic()
-            for fleet in self._fleets.values():
-                fleet.resize(now, self.grow_after_s, self.idle_release_s)
-                self._give_up_waiting(fleet, now)
-            self._make_room(now)
-            self._schedule()
+            try:
+                self._housekeep(time.monotonic())
+            except Exception:  # a bug here must not stop the housekeeping for good
+                log.exception("Ray inference pool: housekeeping failed")
+
+    def _housekeep(self, now: float) -> None:
+        for fleet in self._fleets.values():
+            fleet.resize(now, self.grow_after_s, self.idle_release_s)
+            self._give_up_waiting(fleet, now)
+        self._make_room(now)
+        self._schedule()
 
     def _make_room(self, now: float) -> None:
         """When a model's first replica cannot be placed, retire an idle model's last one."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from inference.errors import WorkerCrashedError
+from inference.errors import PoolClosedError, WorkerCrashedError
 from inference.model import ModelRef
 from inference.ray_fleet import actor_name
 from inference.ray_pool import RayInferencePool
@@ -127,7 +127,17 @@ async def attempts_run_out(address: str, slow: Path, x: np.ndarray) -> dict:
             error = str(exc)
         after = await pool.infer(ref, {"X": x[:16]})
         again = bool(np.array_equal(after["label"], direct_run(slow, {"X": x[:16]})["label"]))
-        return {"error": error, "next_request_ok": again, "queued": pool.queued_requests}
+        queued = pool.queued_requests
+        # Closing without draining fails the batch in flight rather than leaving its caller waiting.
+        task = asyncio.ensure_future(pool.infer(ref, {"X": x}))
+        await until(lambda: busy_replica(pool) is not None)
+        await asyncio.wait_for(pool.close(drain=False), 30)
+        try:
+            await asyncio.wait_for(task, 10)
+            closed = None
+        except PoolClosedError as exc:
+            closed = str(exc)
+        return {"error": error, "next_request_ok": again, "queued": queued, "closed_in_flight": closed}
     finally:
         await pool.close()
 

@@ -53,6 +53,10 @@ def test_a_batch_whose_replicas_keep_dying_fails_naming_the_model_and_the_next_r
     assert a["queued"] == 0
 
 
+def test_closing_without_draining_fails_the_batch_in_flight_instead_of_hanging(found):
+    assert found["attempts"]["closed_in_flight"] == "inference pool is closed"
+
+
 def test_replicas_ask_for_a_gpu_where_the_cluster_has_one_unless_the_model_is_pinned_to_cpu(found):
     g = found["gpu"]
     assert g["gpus"] == 1
