@@ -153,6 +153,8 @@ class RayInferencePool:
         self._ticker: asyncio.Task | None = None
         self._idle: asyncio.Event | None = None
         self._made_room_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._state = "new"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -185,6 +187,8 @@ class RayInferencePool:
         closed = PoolClosedError("inference pool is closed")
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         for task in list(self._jobs):
             task.cancel()
         for fleet in self._fleets.values():
@@ -317,6 +321,23 @@ class RayInferencePool:
         for fleet in self._fleets.values():
             self._dispatch_fleet(fleet, now)
         self._check_idle()
+        self._wake_at_deadline(now)
+
+    def _wake_at_deadline(self, now: float) -> None:
+        """A request left waiting for others to join its batch leaves at its deadline (not at
+        the next housekeeping tick); one timer, for the earliest."""
+        deadlines = [f.queue.deadline(self.max_wait_s) for f in self._fleets.values() if f.queue.pending]
+        wake = min((d for d in deadlines if d > now), default=None)
+        if wake is None or wake >= self._timer_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = self._loop.call_later(wake - now, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._schedule()
 
     def _dispatch_fleet(self, fleet: ModelFleet, now: float) -> None:
         for request in fleet.queue.drop_cancelled():
