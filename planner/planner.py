@@ -121,7 +121,7 @@ class Planner:
 
             # the labels its sample needs are asked for at once (planner/labels)
             approximate = await run_collecting(
-                lambda: run_approximate(self, sql, port, rewritable, params), self.dbs, port
+                lambda held: run_approximate(self, sql, held, rewritable, params), self.dbs, port
             )
             if isinstance(approximate, ExactInstead):
                 sql = approximate.sql  # the clause cannot apply: the exact path answers (a NOTICE said why)

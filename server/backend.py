@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _HEADER = struct.Struct("!BI")
 _LEN = struct.Struct("!I")
 _READY = ord("Z")
+_ERROR = ord("E")
 _IDLE = ord("I")
 
 
@@ -63,8 +64,22 @@ class BackendLink(asyncio.Protocol):
                 self.status = data[pos + 5]
                 if self._idle_waiter is not None:
                     self._wake_idle_waiter()
+            elif data[pos] == _ERROR:
+                self._count_error(data, pos, size)
             pos += 1 + unpack(data, pos + 1)[0]
         self._skip = pos - size
+
+    def _count_error(self, data: bytes, pos: int, size: int) -> None:
+        """errors{sqlstate} counts Postgres's errors on the forwarded path too (a message cut
+        before its code by the chunk boundary counts as XX000)."""
+        metrics = getattr(self.session.server, "metrics", None)
+        if metrics is None:
+            return
+        end = min(size, pos + 1 + _LEN.unpack_from(data, pos + 1)[0])
+        try:
+            metrics.error_message(bytes(data[pos:end]))
+        except Exception:  # a truncated body: still an error
+            metrics.error("XX000")
 
     @property
     def in_transaction(self) -> bool:

@@ -18,6 +18,7 @@ from planner.approx.clause import ApproxClause
 from planner.approx.explain import bound_words
 from planner.approx.plan import ApproxPlan
 from planner.approx.settings import BUDGET_TOO_SMALL, SessionSettings
+from planner.labels.statement import labels_pending
 from planner.materialize import Materialized
 from planner.outcome import PlanError
 
@@ -38,6 +39,8 @@ class Reporter:
         return sum(self.done.model_calls.get(m, 0) for m in self.plan.models)
 
     async def log(self, mode: str, **columns) -> None:
+        if labels_pending():  # a run on provisional labels: the run once they are given logs
+            return
         for model in self.plan.models:
             self.done.model_calls.setdefault(model, 0)
         row = {

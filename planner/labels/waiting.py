@@ -36,7 +36,30 @@ def poke(model_id: int) -> None:
         event.set()
 
 
-async def run_collecting(run: Callable[[], Awaitable[T]], dbs, port: SessionPort) -> T:
+class HeldNotices:
+    """The client's port, with NOTICEs held back: a run on provisional labels (inputs still
+    unlabelled) must not tell the client about an answer it will not get."""
+
+    def __init__(self, port: SessionPort) -> None:
+        object.__setattr__(self, "_port", port)
+        object.__setattr__(self, "held", [])
+
+    def notice(self, message: str) -> None:
+        self.held.append(message)
+
+    def release(self) -> None:
+        for message in self.held:
+            self._port.notice(message)
+        self.held.clear()
+
+    def __getattr__(self, name: str):
+        return getattr(self._port, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._port, name, value)
+
+
+async def run_collecting(run: Callable[[SessionPort], Awaitable[T]], dbs, port: SessionPort) -> T:
     """Run an approximate query collecting the labels it needs: an input with no label reads
     as unlabelled (the query's lenient reads), so every unit it samples is asked for at once
     (only draws that depend on labels can ask for more later). Then SV001 with all of them, or,
@@ -48,13 +71,16 @@ async def run_collecting(run: Callable[[], Awaitable[T]], dbs, port: SessionPort
     try:
         while True:
             statement.pending = {}
+            held = HeldNotices(port)
             try:
-                outcome = await run()
+                outcome = await run(held)
             except PlanError:
                 if not statement.pending:
+                    held.release()
                     raise
                 outcome = None  # a strict read of an unlabelled input: the labels come first
             if not statement.pending:
+                held.release()
                 return outcome
             wanted = {m: (spec, list(d)) for m, (spec, d) in statement.pending.items()}
             wait_s = await wait_setting(port)

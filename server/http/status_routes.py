@@ -20,7 +20,7 @@ from server.http.access import Access, from_header, from_page
 from server.http.body import integer, json_body
 from server.http.errors import INSUFFICIENT_PRIVILEGE, NOT_FOUND, HttpError
 from server.http.status_html import status_body
-from server.status_data import status_for
+from server.status_data import StatusRefused, status_for
 
 log = logging.getLogger("sievedb.http.status")
 
@@ -28,7 +28,10 @@ VIEW = ("status", "label")
 
 
 async def status_of(request: web.Request, access: Access) -> dict:
-    return await status_for(request.app["server"], access.grant.role, access.grant.database)
+    try:
+        return await status_for(request.app["server"], access.grant.role, access.grant.database)
+    except StatusRefused as exc:  # SieveDB cannot read as that role (no superuser backing role)
+        raise HttpError(403, str(exc), exc.sqlstate) from exc
 
 
 def as_json(value: Any) -> web.Response:

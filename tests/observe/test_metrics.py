@@ -71,6 +71,8 @@ def test_connections_and_labels_pending_are_gauges_read_at_scrape_time(observed)
     [
         ("select id from digits where digit_oracle(pixels) = 7 recall target 90% using proxy id", "22023"),
         ("select digit_oracle(pixels) from no_such_table", "42P01"),
+        ("select 1 / 0", "22012"),  # no model: forwarded as raw frames, counted from Postgres's answer
+        ("select * from no_such_table_either", "42P01"),
     ],
 )
 def test_an_error_sent_to_the_client_is_counted_by_its_sqlstate(observed, sql, sqlstate):

@@ -43,7 +43,9 @@ def test_metrics_counters_match_the_query_log(web_world):
         hits = conn.execute("select coalesce(sum(cache_hits), 0) from sieve.query_log").fetchone()[0]
     found = families(web_world.base)
     assert totals(found["sievedb_planned_queries"], "mode") == modes
-    assert totals(found["sievedb_model_calls"], "model") == {k: float(v) for k, v in calls.items() if v}
+    # a model a query read without running it (a proxy over cached inputs) may have a child at 0
+    counted = {k: v for k, v in totals(found["sievedb_model_calls"], "model").items() if v}
+    assert counted == {k: float(v) for k, v in calls.items() if v}
     assert calls["digit_guess"] >= 60
     assert totals(found["sievedb_cache_hits"])[None] == float(hits) and hits >= 40
     for name in ("sievedb_connections", "sievedb_statements", "sievedb_errors", "sievedb_inference_seconds"):
