@@ -327,14 +327,20 @@ def test_an_approximate_query_with_a_labels_oracle_queues_its_sample_then_meets_
             "CREATE FUNCTION is_seven(pixels real[]) RETURNS boolean LANGUAGE labels AS 'Is it a 7?'"
         )
         conn.execute("SET sieve.seed = 7")
+        logged = conn.execute("SELECT count(*) FROM sieve.query_log").fetchone()[0]
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         err = error_of(conn, RECALL.format(f="is_seven"))
         assert err.sqlstate == "SV001"
+        # the run on unlabelled inputs answered nothing: no NOTICE of an answer, no query_log row
+        assert notices == [] and conn.execute("SELECT count(*) FROM sieve.query_log").fetchone()[0] == logged
         keys = [int(k) for k in pending_keys(conn, "is_seven")]
         assert 0 < len(keys) <= 300  # the budget caps what people are asked
         for key in keys:  # the "human" answers: the true label column
             conn.execute(f"SELECT sieve.label('is_seven', 'digits', {key}, {str(key in truth).lower()})")
-        rows = {r[0] for r in conn.execute(RECALL.format(f="is_seven"))}
+        rows = {r[0] for r in conn.execute(RECALL.format(f="is_seven"))}  # one round: no SV001 again
         assert pending_keys(conn, "is_seven") == []
+        assert any("recall" in n for n in notices)  # the answer's NOTICE, from the run that answered
         assert len(rows & truth) / len(truth) >= 0.9
         mode, calls, labelled = conn.execute(
             "SELECT mode, model_calls, rows_labelled FROM sieve.query_log ORDER BY query_id DESC LIMIT 1"
