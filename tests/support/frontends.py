@@ -67,7 +67,9 @@ class FrontEnds:
 class RoundRobinProxy:
     """A TCP load balancer in front of several front-ends: each new connection goes to the next
     address in turn. libpq sends a cancel over a new connection to the address it connected
-    to, so a client's cancel lands on another front-end than its session."""
+    to, so a client's cancel lands on another front-end than its session. It runs on threads
+    of the test's process: cancel with psycopg's ``cancel_safe()`` (libpq's old blocking
+    ``PQcancel``, behind ``cancel()``, holds the GIL while it waits for the proxy)."""
 
     def __init__(self, targets: list[tuple[str, int]]) -> None:
         self._targets = targets
