@@ -24,7 +24,7 @@ def load_digits_table(conn: psycopg.Connection) -> None:
 def scale_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models_dir = tmp_path_factory.mktemp("scale-models")
     digits_mlp(load_digits_data(), models_dir)
-    wide_mlp(models_dir, width=256)
+    wide_mlp(models_dir, width=1024)
     return models_dir
 
 
