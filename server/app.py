@@ -25,7 +25,7 @@ from server.backend import send_cancel
 from server.http import WebFace
 from server.http import check_config as check_web_config
 from server.metrics import Metrics
-from server.peers import Peers, as_issued, issue_key
+from server.peers import Peers, as_issued, issue_key, split_address
 from server.session import ClientSession
 from storage.embedded import EmbeddedPostgres, EmbeddedSettings
 from storage.migrations import migrate
@@ -119,6 +119,7 @@ class SieveServer:
     async def start(self) -> None:
         self._check_limits()
         self._check_open_door()
+        self._check_advertise_address()
         check_web_config(self.config, self.ssl_context is not None)
         self.backend_target = await asyncio.to_thread(self._start_storage)
         await self._check_backend()
@@ -256,6 +257,13 @@ class SieveServer:
                 f"--max-connections {config.max_connections} needs {wanted} file descriptors, "
                 f"the limit is {soft} (raise ulimit -n or lower --max-connections)"
             )
+
+    def _check_advertise_address(self) -> None:
+        if self.config.advertise_address is not None:
+            try:
+                split_address(self.config.advertise_address)
+            except ValueError as exc:
+                raise ConfigError(f"--advertise-address: {exc}") from None
 
     def _check_open_door(self) -> None:
         """Before anything starts: the embedded cluster without a password trusts every role."""

@@ -115,3 +115,28 @@ def test_stale_registrations_are_ignored_and_cleaned(frontends):
             "cleanup",
         )
         assert len(_registrations(pg)) == 2
+
+
+def test_a_bad_advertise_address_is_refused_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--advertise-address",
+            "nowhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--advertise-address: advertise address 'nowhere' is not host:port" in done.stderr
+    assert not data_dir.exists()  # no embedded Postgres was made

@@ -158,3 +158,63 @@ def _pixels(frontends, rows: int):
     with _connect(frontends, 0) as conn:
         got = conn.execute("select pixels from digits where id < %s order by id", (rows,)).fetchall()
     return np.asarray([r[0] for r in got], dtype=np.float32)
+
+
+def test_a_role_that_is_no_superuser_creates_through_one_and_reads_through_the_other(frontends):
+    password = "alice-pw-1"
+    with psycopg.connect(frontends.backing_dsn(), autocommit=True) as pg:
+        pg.execute(f"create role prop_alice login password '{password}'")
+        pg.execute("grant sieve_model_admin to prop_alice")
+        pg.execute("grant create on schema public to prop_alice")
+        pg.execute("grant select on digits to prop_alice")
+    a = psycopg.connect(frontends.dsn(0, user="prop_alice", password=password), autocommit=True)
+    b = psycopg.connect(frontends.dsn(1, user="prop_alice", password=password), autocommit=True)
+    with a, b:
+        a.execute(
+            "create function alice_digit(pixels real[]) returns int language onnx "
+            """as 'digits_mlp.onnx', '{"output": "label"}'"""
+        )
+        a.execute("create view alice_digits as select id, alice_digit(pixels) as digit from digits")
+        truth = a.execute("select count(*) from alice_digits where id < 100 and digit = 1").fetchone()
+        b.execute("select sieve.clear_cache('alice_digit')")  # the owner may; B runs the model itself
+
+        def b_plans_it() -> None:
+            assert (
+                b.execute("select count(*) from alice_digits where id < 100 and digit = 1").fetchone()
+                == truth
+            )
+
+        _until(b_plans_it, "non-superuser's view, through B")
+
+
+def test_without_the_event_trigger_the_forwarding_frontend_tells_the_others(frontends):
+    """Under a backing role that may not create event triggers, the front-end that forwarded
+    the view's DDL sends the notification."""
+    with psycopg.connect(frontends.backing_dsn(), autocommit=True) as pg:
+        pg.execute("drop event trigger sieve_catalog_ddl")
+        try:
+            with _connect(frontends, 0) as a, _connect(frontends, 1) as b:
+                a.execute(
+                    "create function plain_digit(pixels real[]) returns int language onnx "
+                    """as 'digits_mlp.onnx', '{"output": "label"}'"""
+                )
+                _until(
+                    lambda: b.execute("select plain_digit(pixels) from digits where id = 0").fetchone(), "fn"
+                )
+                a.execute("create view plain_digits as select id, plain_digit(pixels) as digit from digits")
+                truth = a.execute("select count(*) from plain_digits where id < 50 and digit = 2").fetchone()
+                b.execute("select sieve.clear_cache('plain_digit')")
+
+                def b_plans_it() -> None:
+                    assert (
+                        b.execute("select count(*) from plain_digits where id < 50 and digit = 2").fetchone()
+                        == truth
+                    )
+
+                _until(b_plans_it, "view without the event trigger, through B")
+        finally:
+            pg.execute(
+                "create event trigger sieve_catalog_ddl on ddl_command_end when tag in "
+                "('CREATE VIEW', 'ALTER VIEW', 'DROP VIEW', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', "
+                "'ALTER SCHEMA', 'DROP FUNCTION', 'ALTER FUNCTION') execute function sieve.notify_ddl()"
+            )
