@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -36,12 +37,25 @@ def connect(address: str) -> tuple[ClusterInfo, bool]:
     joined = False
     try:
         if not ray.is_initialized():
+            _probe(address)
             # The workers' stdout would otherwise interleave with the server's log.
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             joined = True
         return describe(address), joined
     except Exception as exc:
         raise RayClusterError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when a ``host:port`` address does not answer: ``ray.init`` waits for such a
+    head for minutes (measured: still waiting after 120 s)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayClusterError(f"nothing answers there ({exc})") from exc
 
 
 def describe(address: str) -> ClusterInfo:

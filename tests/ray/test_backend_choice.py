@@ -3,12 +3,16 @@ clear error when Ray is not installed. Needs no Ray cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+from inference.errors import InferenceLayerError
+from inference.model import ModelRef
 from planner.lazy_pool import BackendUnavailable, LazyInferencePool
 from tests.support.servers import REPO, free_port
 
@@ -74,3 +78,19 @@ def test_the_server_refuses_to_start_with_a_ray_address_but_no_ray(tmp_path):
 def test_a_replica_bound_below_one_is_refused():
     with pytest.raises(BackendUnavailable, match="at least 1"):
         LazyInferencePool(ray_address="10.0.0.1:6379", ray_max_replicas=0)
+
+
+def test_a_ray_address_where_nothing_listens_fails_the_model_call_at_once_naming_it():
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'sievedb[ray]'")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: ray.init would wait for minutes
+
+    async def call() -> None:
+        lazy = LazyInferencePool(ray_address=address)
+        for _ in range(2):  # the next call tries again
+            with pytest.raises(
+                InferenceLayerError, match=f"cannot join the Ray cluster at '{address}'.*refused"
+            ):
+                await asyncio.wait_for(lazy.infer(ModelRef("m@1", "m.onnx"), {"X": np.zeros((1, 2))}), 30)
+        assert lazy.pool is None
+
+    asyncio.run(call())
