@@ -73,7 +73,7 @@ class CatalogEvents:
         while not self._closed:
             try:
                 conn = await self._connect()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("catalog listener database=%s cannot connect: %s", self._database, exc)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
@@ -83,6 +83,8 @@ class CatalogEvents:
                 await self._listen(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("catalog listener database=%s lost its connection: %s", self._database, exc)
+            except Exception:  # a listener that dies leaves this front-end's catalog stale for good
+                log.exception("catalog listener database=%s failed; reconnecting", self._database)
             finally:
                 self.listening.clear()
                 conn.terminate()
@@ -123,7 +125,7 @@ class CatalogEvents:
             try:
                 await self._reload()
                 self.reloads += 1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("catalog reload database=%s failed, retrying: %s", self._database, exc)
+            except Exception:  # whatever it was, a later try may succeed; a stale catalog would stay
+                log.exception("catalog reload database=%s failed, retrying", self._database)
                 self._dirty = True
                 await asyncio.sleep(RETRY_MAX_S)
