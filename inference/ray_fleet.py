@@ -63,10 +63,11 @@ class Replica:
 
 @dataclass(eq=False)
 class Job:
-    """A batch on its way through Ray; its inputs are put in the object store once, for every try."""
+    """A batch on its way through Ray; its inputs are packed (and, when large, put in the object
+    store) once, for every try."""
 
     batch: Batch
-    payload: Any = None  # ObjectRef of the packed inputs, once put
+    payload: Any = None  # the packed inputs: an array sent inside the call, or the ObjectRef of one
     headers: list[dict[str, Any]] | None = None
     attempts: int = 0
     waiting_since: float = field(default_factory=time.monotonic)
