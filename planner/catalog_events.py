@@ -34,8 +34,12 @@ Reload = Callable[[], Awaitable[None]]
 
 
 async def notify(pool: asyncpg.Pool, what: str) -> None:
-    """Tell every front-end (this one included) that ``what`` changed in this database."""
-    await pool.execute(NOTIFY, what)
+    """Tell every front-end (this one included) that ``what`` changed in this database. The
+    client's DDL is done whatever happens here: a failure is logged, not the client's error."""
+    try:
+        await pool.execute(NOTIFY, what)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("could not tell the other front-ends that %s changed: %s", what, exc)
 
 
 class CatalogEvents:
