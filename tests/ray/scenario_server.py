@@ -7,6 +7,8 @@ namespace: ``python -m tests.ray.scenario_server``.
 2. A heavier model over the same rows; once its first batch is cached, the worker node is killed
    (its replica with it) and another joins: the query must still answer right, with each input
    run and cached once, and the model's replica back, on the new node.
+3. The heavy query again, on the replacement, as roles that are no superuser: without SELECT on
+   the table it is refused (42501) before any model runs; with it, the same answer.
 """
 
 from __future__ import annotations
@@ -129,13 +131,24 @@ def kill_mid_query(server: SieveProcess, cluster, first_node, expected: np.ndarr
             "cache_distinct": distinct,
             "replicas": replicas(watch, "heavy"),
         }
-    # A second query runs on the replacement (its replica is on the node that joined).
+    # Again, on the replacement, as roles that are no superuser: one lacking SELECT on the table
+    # is refused before any model runs; one granted it gets the same answer.
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute("SELECT sieve.clear_cache('heavy')")
+        conn.execute("CREATE ROLE analyst LOGIN; CREATE ROLE outsider LOGIN; GRANT SELECT ON pts TO analyst")
+        conn.execute("GRANT EXECUTE ON FUNCTION heavy(real[]) TO analyst, outsider")
+    with psycopg.connect(server.dsn(user="outsider"), autocommit=True) as conn:
+        try:
+            conn.execute("SELECT heavy(x) FROM pts ORDER BY id")
+            denied = None
+        except psycopg.Error as exc:
+            denied = exc.sqlstate
+    with psycopg.connect(server.dsn(user="analyst"), autocommit=True) as conn:
         (labels, log), after_s = timed(answer, conn, "heavy")
         found["after_seconds"] = after_s
         found["after"] = {"labels_equal": bool(np.array_equal(labels, expected)), "log": log}
         found["after"]["replicas"] = replicas(conn, "heavy")
+    found["after"]["outsider_sqlstate"] = denied
     return found
 
 

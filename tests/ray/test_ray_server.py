@@ -52,5 +52,11 @@ def test_the_models_replica_comes_back_on_the_node_that_joined(found):
     assert alive == [n for n, f in nodes.items() if f["replicas"]]
 
 
+def test_privileges_hold_on_ray_a_role_without_select_is_refused_one_with_it_gets_the_answer(found):
+    after = found["kill"]["after"]
+    assert after["outsider_sqlstate"] == "42501"
+    assert after["labels_equal"] and after["log"] == {"model_calls": {"heavy": ROWS}, "cache_hits": 0}
+
+
 def test_the_ray_backed_server_still_stops_cleanly_on_sigterm(found):
     assert found["ray_server_exit"] == 0
