@@ -31,9 +31,10 @@ def _until(check, what: str) -> float:
 
 
 def _listeners(conn: psycopg.Connection) -> list[int]:
+    """The catalog listeners' backends on the front-ends' database."""
     rows = conn.execute(
         "select pid from pg_stat_activity where application_name = 'sievedb catalog listener' "
-        "and datname = current_database()"
+        "and datname = 'postgres'"
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -218,3 +219,40 @@ def test_without_the_event_trigger_the_forwarding_frontend_tells_the_others(fron
                 "('CREATE VIEW', 'ALTER VIEW', 'DROP VIEW', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', "
                 "'ALTER SCHEMA', 'DROP FUNCTION', 'ALTER FUNCTION') execute function sieve.notify_ddl()"
             )
+
+
+def test_a_change_made_while_the_listeners_were_down_is_loaded_when_they_reconnect(frontends, scale_models):
+    """NOTIFY is not queued for a listener that is gone: the reload after reconnecting must
+    catch what was missed."""
+    expected = direct_run(scale_models / "digits_mlp.onnx", {"X": _pixels(frontends, 5)})["label"].tolist()
+    other_database = frontends.backing_dsn().rsplit("/", 1)[0] + "/template1"  # may lock out postgres
+    with (
+        psycopg.connect(other_database, autocommit=True) as pg,
+        _connect(frontends, 0) as a,
+        _connect(frontends, 1) as b,
+    ):
+        before = _listeners(pg)
+        pg.execute(
+            "alter database postgres allow_connections false"
+        )  # no one reconnects, superusers included
+        try:
+            pg.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) as pid", (before,))
+            _until(lambda: _no_listeners(pg), "listeners gone")
+            a.execute(
+                "create function missed_digit(pixels real[]) returns int language onnx "
+                """as 'digits_mlp.onnx', '{"output": "label"}'"""
+            )  # its NOTIFY reaches no one
+            with pytest.raises(psycopg.Error):
+                b.execute("select missed_digit(pixels) from digits where id < 5 order by id")
+        finally:
+            pg.execute("alter database postgres allow_connections true")
+
+        def b_runs_it() -> None:
+            got = b.execute("select missed_digit(pixels) from digits where id < 5 order by id").fetchall()
+            assert [r[0] for r in got] == expected
+
+        _until(b_runs_it, "model created while nobody listened, run through B after the reconnect")
+
+
+def _no_listeners(pg: psycopg.Connection) -> None:
+    assert _listeners(pg) == []
