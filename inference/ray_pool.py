@@ -18,16 +18,23 @@ or from Python (a benchmark, a test; inside a running asyncio loop)::
     out = await pool.infer(ModelRef("digits@1", "digits.onnx"), {"X": pixels})
     await pool.close()
 
-SieveDB's process becomes a Ray driver (``ray.init`` runs in a thread, never on the event loop);
+SieveDB's process becomes a Ray driver (``ray.init`` runs in a thread, never on the event loop),
+so it runs on a node of the cluster (``docker/ray-frontend.sh`` joins one offering no CPUs);
 the model files must be readable at the same path on every node (a shared volume, or the same
-image), and every node needs ``sievedb`` importable by Ray's Python.
+image), and every node needs ``sievedb`` importable by Ray's Python. Each front-end (driver) has
+replicas of its own: ``max_replicas`` bounds one front-end's replicas of one model. Tests and
+benchmarks on one machine: ``tests/ray/cluster.py`` (a head and worker nodes, loopback only
+inside ``unshare -n``); ``tests/ray/scenario_overhead.py`` measures a batch's cost on Ray.
 
 What happens to a request: it waits in its model's queue (``inference.batcher``), so requests of
 concurrent queries gather into one batch, exactly as in the local pool. A batch is packed into
-one array (``inference.ipc``'s layout), put in Ray's object store once, and sent to the least
-loaded replica (``inference.ray_fleet``) with room (two batches each, so an actor never waits for
-the next one). When a replica or its node dies, each batch it held goes back to the head of its
-model's line and runs on another replica (the same inputs: outputs are deterministic, so nothing
+one array (``inference.ipc``'s layout), sent inside the actor call when small or put in Ray's
+object store once when large, and sent to the least loaded replica (``inference.ray_fleet``)
+with room (two batches each, so an actor never waits for the next one); the replica reads its
+inputs in place from the object store.
+
+When a replica or its node dies, each batch it held goes back to the head of its model's line
+and runs on another replica (the same inputs: outputs are deterministic, so nothing
 is lost or repeated); after ``max_attempts`` tries it fails with ``WorkerCrashedError`` naming
 the model. The dead replica is replaced, and ``grow_after_s`` / ``idle_release_s`` size the
 replicas to the load between 1 and ``max_replicas``.
