@@ -3,11 +3,10 @@ answers, no deadlock (40P01), and the model runs about once per distinct input."
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import psycopg
 
+from tests.support.frontends import run_at_once
 from tests.support.model_files import direct_run
 
 ROUNDS = 3
@@ -17,30 +16,13 @@ RANGES = [(0, 0, 1000), (1, 500, 1500), (0, 900, 1797), (1, 0, 700)]
 
 
 def _round(frontends, tag: str) -> tuple[list, list]:
-    sessions = [psycopg.connect(frontends.dsn(which), autocommit=True) for which, _, _ in RANGES]
-    barrier = threading.Barrier(len(sessions))
-    answers: list = [None] * len(sessions)
-    errors: list = []
-
-    def run(k: int) -> None:
-        _, lo, hi = RANGES[k]
-        try:
-            barrier.wait(timeout=30)
-            sql = (
-                f"/* {tag} s{k} */ select id, digit from shared_v where id >= {lo} and id < {hi} order by id"
-            )
-            answers[k] = [d for _, d in sessions[k].execute(sql).fetchall()]
-        except psycopg.Error as exc:
-            errors.append((k, exc.sqlstate, str(exc)))
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(sessions))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    for conn in sessions:
-        conn.close()
-    return answers, errors
+    dsns = [frontends.dsn(which) for which, _, _ in RANGES]
+    statements = [
+        f"/* {tag} s{k} */ select id, digit from shared_v where id >= {lo} and id < {hi} order by id"
+        for k, (_, lo, hi) in enumerate(RANGES)
+    ]
+    answers, errors = run_at_once(dsns, statements)
+    return [None if rows is None else [d for _, d in rows] for rows in answers], errors
 
 
 def test_two_frontends_share_overlapping_materialization(frontends, scale_models):

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from tests.support.servers import PlainPostgres, SieveProcess
 
 
@@ -106,3 +108,29 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def run_at_once(dsns: list[str], statements: list[str], timeout: float = 120) -> tuple[list, list]:
+    """Each statement on its own connection (``dsns[k]``), all released together by a barrier;
+    (each one's rows, or None where it failed; [(k, sqlstate, message)] of the failures).
+    bench/bench_scale.py and tests/scale measure shared materialization with it."""
+    sessions = [psycopg.connect(dsn, autocommit=True) for dsn in dsns]
+    barrier = threading.Barrier(len(sessions))
+    answers: list = [None] * len(sessions)
+    errors: list = []
+
+    def run(k: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            answers[k] = sessions[k].execute(statements[k]).fetchall()
+        except psycopg.Error as exc:
+            errors.append((k, exc.sqlstate, str(exc)))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(sessions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    for conn in sessions:
+        conn.close()
+    return answers, errors
