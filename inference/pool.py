@@ -199,8 +199,8 @@ class InferencePool:
         """
         if self._state != "running":
             raise PoolClosedError("inference pool is not running")
-        arrays = {name: _as_array(v) for name, v in inputs.items()}
-        rows = _row_count(model, arrays)
+        arrays = {name: as_array(v) for name, v in inputs.items()}
+        rows = row_count(model, arrays)
         if rows <= self.max_batch_rows:
             return await self._infer_one(model, arrays, rows)
         step = self.max_batch_rows
@@ -432,7 +432,7 @@ class InferencePool:
             self._idle.set()
 
 
-def _as_array(value: Any) -> np.ndarray:
+def as_array(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     arr = np.asarray(value)
@@ -444,7 +444,7 @@ def _as_array(value: Any) -> np.ndarray:
     return arr
 
 
-def _row_count(model: ModelRef, arrays: dict[str, np.ndarray]) -> int:
+def row_count(model: ModelRef, arrays: dict[str, np.ndarray]) -> int:
     if not arrays:
         raise ValueError(f"model {model.key!r}: no inputs given")
     if any(a.ndim == 0 for a in arrays.values()):

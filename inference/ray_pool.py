@@ -63,7 +63,7 @@ from inference.errors import (
 )
 from inference.handle import WorkerInfo
 from inference.model import ModelRef
-from inference.pool import _as_array, _row_count
+from inference.pool import as_array, row_count
 from inference.ray_cluster import ClusterInfo, connect, disconnect
 from inference.ray_fleet import Job, ModelFleet, Replica
 from inference.stats import ModelStats, StatsRecorder
@@ -226,8 +226,8 @@ class RayInferencePool:
         """
         if self._state != "running":
             raise PoolClosedError("inference pool is not running")
-        arrays = {name: _as_array(v) for name, v in inputs.items()}
-        rows = _row_count(model, arrays)
+        arrays = {name: as_array(v) for name, v in inputs.items()}
+        rows = row_count(model, arrays)
         if rows <= self.max_batch_rows:
             return await self._infer_one(model, arrays, rows)
         step = self.max_batch_rows

@@ -12,7 +12,6 @@ than as pickled rows. The outputs go back the same way.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -20,21 +19,6 @@ import ray
 
 from inference import ipc
 from inference.worker import BatchError, Worker
-
-
-class _ArrayWorker(Worker):
-    """The worker process's session cache, preprocessing and postprocessing, on arrays in memory."""
-
-    def run_arrays(
-        self, ident: str, model: dict[str, Any], inputs: dict[str, Any]
-    ) -> tuple[dict, float, float]:
-        entry = self.session(ident, model)
-        t0 = time.perf_counter()
-        feeds = self._feeds(inputs, model, entry)
-        t1 = time.perf_counter()
-        outputs = self._run(entry, feeds, model["key"])
-        t2 = time.perf_counter()
-        return self._post(outputs, model, entry.output_names), t2 - t1, t1 - t0
 
 
 class ModelReplica:
@@ -46,7 +30,7 @@ class ModelReplica:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU it granted, so that GPU is always index 0 here.
         choice = choose_device(device if gpu else "cpu", 0, probe_model_bytes() if gpu else None)
         threads = 4 if choice.device.startswith("cuda") else _granted_cpus()
-        self._worker = _ArrayWorker(0, choice.providers, choice.device, threads)
+        self._worker = Worker(0, choice.providers, choice.device, threads)
         self._ident, self._model = ident, model
         self._info = {
             "pid": os.getpid(),

@@ -152,19 +152,28 @@ class Worker:
         if "model" in msg:
             self.models[msg["ident"]] = msg["model"]
         model = self.models[msg["ident"]]
-        entry = self.session(msg["ident"], model)
         in_buf, out_seg = self.buffers(msg["slot"], msg["in"], msg["out"])
+        inputs = ipc.read_tensors(in_buf, msg["inputs"], copy=False)
+        outputs, run_s, pre_s = self.run_arrays(msg["ident"], model, inputs)
+        del inputs  # drop views of the input segment before it can be replaced
+        headers, payload = self._write(outputs, out_seg)
+        reply = {"type": "result", "seq": msg["seq"], "outputs": headers, "inline": payload is not None}
+        reply.update(run_s=run_s, pre_s=pre_s, device=self.device)
+        return reply, payload
+
+    def run_arrays(
+        self, ident: str, model: dict[str, Any], inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any], float, float]:
+        """One batch on arrays in memory (the worker's shared memory, or a Ray replica's object
+        store): its outputs post-processed, seconds in the session, seconds preprocessing."""
+        entry = self.session(ident, model)
         t0 = time.perf_counter()
-        feeds = self._feeds(ipc.read_tensors(in_buf, msg["inputs"], copy=False), model, entry)
+        feeds = self._feeds(inputs, model, entry)
         t1 = time.perf_counter()
         outputs = self._run(entry, feeds, model["key"])
         t2 = time.perf_counter()
-        del feeds  # drop views of the input segment before it can be replaced
-        outputs = self._post(outputs, model, entry.output_names)
-        headers, payload = self._write(outputs, out_seg)
-        reply = {"type": "result", "seq": msg["seq"], "outputs": headers, "inline": payload is not None}
-        reply.update(run_s=t2 - t1, pre_s=t1 - t0, device=self.device)
-        return reply, payload
+        del feeds
+        return self._post(outputs, model, entry.output_names), t2 - t1, t1 - t0
 
     def _feeds(self, inputs: dict[str, Any], model: dict[str, Any], entry: _Session) -> dict[str, Any]:
         feeds = {}
