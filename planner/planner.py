@@ -88,6 +88,7 @@ class Planner:
         self._plans.clear()
         await self.catalog.reload()
         self.classifier.set_models(self.catalog.names, set(self.catalog.views))
+        self.assertions.catalog_changed()
 
     async def _views_changed(self) -> None:
         """After forwarded DDL that may change model views: reload, and tell the other

@@ -39,8 +39,9 @@ log = logging.getLogger("sievedb.server")
 PLANNER_POOL_SIZE = 16
 WRITER_POOL_SIZE = 4
 # Backends beyond the pools and the clients: Postgres's superuser_reserved_connections (3 by
-# default, unusable by other roles) and SieveDB's own short connections (migration, checks).
-BACKEND_HEADROOM = 3 + 1
+# default, unusable by other roles), SieveDB's own short connections (migration, checks) and the
+# catalog listener (planner/catalog_events.py).
+BACKEND_HEADROOM = 3 + 1 + 1
 
 
 class PlannerConnection(asyncpg.Connection):

@@ -96,6 +96,11 @@ class Assertions:
         port.notice(f'assertion "{parsed.name}" created over {", ".join(models) or "no model"}')
         return Done("CREATE ASSERTION")
 
+    def catalog_changed(self) -> None:
+        """The catalog changed (here or, by LISTEN/NOTIFY, on another front-end): an assertion
+        may exist now, so the next monitoring pass reads sieve.assertions again."""
+        self._none_until = 0.0
+
     async def _drop(self, parsed: Drop, port: SessionPort) -> Outcome:
         row = await store.get(self.planner.db, parsed.name)
         if row is None:

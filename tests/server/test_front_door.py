@@ -345,11 +345,12 @@ def test_a_full_house_never_starves_the_planner(digits_models, tmp_path):
     from storage.embedded import EmbeddedPostgres, EmbeddedSettings
     from tests.server.conftest import install_digits
 
-    # 3 clients + the planner's 20 + 4 reserved: the smallest backing Postgres SieveDB accepts.
+    # 3 clients + the planner's 20 + 5 reserved (the catalog listener's included): the smallest
+    # backing Postgres SieveDB accepts.
     server = SieveProcess(
         data_dir=tmp_path / "data",
         extra_args=["--models-dir", str(digits_models), "--inference-workers", "1"]
-        + ["--max-connections", "3", "--max-backend-connections", "27"],
+        + ["--max-connections", "3", "--max-backend-connections", "28"],
     ).start()
     socket_dir = EmbeddedPostgres(EmbeddedSettings(data_dir=tmp_path / "data")).socket_dir
     direct: list[psycopg.Connection] = []
