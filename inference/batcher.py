@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,3 +194,50 @@ def merge_chunks(
             ]
         merged[name] = np.concatenate(values)
     return merged
+
+
+async def infer_in_chunks(
+    model: ModelRef,
+    inputs: dict[str, Any],
+    max_rows: int,
+    infer_one: Callable[[ModelRef, dict[str, np.ndarray], int], Awaitable[dict[str, np.ndarray]]],
+) -> dict[str, np.ndarray]:
+    """A request as the pools take it: arrays checked for one row count, and cut into chunks of
+    ``max_rows`` that run like separate requests (on several workers or replicas when free) and
+    are put back together."""
+    arrays = {name: as_array(v) for name, v in inputs.items()}
+    rows = row_count(model, arrays)
+    if rows <= max_rows:
+        return await infer_one(model, arrays, rows)
+    starts = list(range(0, rows, max_rows))
+    parts = await asyncio.gather(
+        *(
+            infer_one(model, {n: a[s : s + max_rows] for n, a in arrays.items()}, min(max_rows, rows - s))
+            for s in starts
+        )
+    )
+    return merge_chunks(model, parts, starts, rows)
+
+
+def as_array(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    arr = np.asarray(value)
+    if arr.dtype.kind in "SU":
+        # NumPy's fixed-width bytes/str types drop trailing NULs: keep the objects themselves.
+        obj = np.empty(arr.shape, dtype=object)
+        obj[...] = value
+        return obj
+    return arr
+
+
+def row_count(model: ModelRef, arrays: dict[str, np.ndarray]) -> int:
+    if not arrays:
+        raise ValueError(f"model {model.key!r}: no inputs given")
+    if any(a.ndim == 0 for a in arrays.values()):
+        raise ValueError(f"model {model.key!r}: inputs need a leading row dimension")
+    rows = {len(a) for a in arrays.values()}
+    if len(rows) != 1:
+        sizes = {name: len(a) for name, a in arrays.items()}
+        raise ValueError(f"model {model.key!r}: inputs disagree on the number of rows: {sizes}")
+    return rows.pop()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.batcher import Batch, ModelQueue, Request, merge_chunks, split_outputs
+from inference.batcher import Batch, ModelQueue, Request, infer_in_chunks, split_outputs
 from inference.devices import default_intra_op_threads, default_worker_count, gpu_count, probe_model_bytes
 from inference.errors import (
     InferenceError,
@@ -199,19 +199,7 @@ class InferencePool:
         """
         if self._state != "running":
             raise PoolClosedError("inference pool is not running")
-        arrays = {name: as_array(v) for name, v in inputs.items()}
-        rows = row_count(model, arrays)
-        if rows <= self.max_batch_rows:
-            return await self._infer_one(model, arrays, rows)
-        step = self.max_batch_rows
-        starts = list(range(0, rows, step))
-        parts = await asyncio.gather(
-            *(
-                self._infer_one(model, {n: a[s : s + step] for n, a in arrays.items()}, min(step, rows - s))
-                for s in starts
-            )
-        )
-        return merge_chunks(model, parts, starts, rows)
+        return await infer_in_chunks(model, inputs, self.max_batch_rows, self._infer_one)
 
     async def _infer_one(
         self, model: ModelRef, arrays: dict[str, np.ndarray], rows: int
@@ -430,27 +418,3 @@ class InferencePool:
             return
         if not any(q.pending or q.running for q in self._queues.values()):
             self._idle.set()
-
-
-def as_array(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    arr = np.asarray(value)
-    if arr.dtype.kind in "SU":
-        # NumPy's fixed-width bytes/str types drop trailing NULs: keep the objects themselves.
-        obj = np.empty(arr.shape, dtype=object)
-        obj[...] = value
-        return obj
-    return arr
-
-
-def row_count(model: ModelRef, arrays: dict[str, np.ndarray]) -> int:
-    if not arrays:
-        raise ValueError(f"model {model.key!r}: no inputs given")
-    if any(a.ndim == 0 for a in arrays.values()):
-        raise ValueError(f"model {model.key!r}: inputs need a leading row dimension")
-    rows = {len(a) for a in arrays.values()}
-    if len(rows) != 1:
-        sizes = {name: len(a) for name, a in arrays.items()}
-        raise ValueError(f"model {model.key!r}: inputs disagree on the number of rows: {sizes}")
-    return rows.pop()

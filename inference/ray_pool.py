@@ -52,7 +52,7 @@ import ray
 import ray.exceptions as rex
 
 from inference import ipc
-from inference.batcher import Batch, Request, merge_chunks, split_outputs
+from inference.batcher import Batch, Request, infer_in_chunks, split_outputs
 from inference.errors import (
     InferenceError,
     InferenceLayerError,
@@ -63,7 +63,6 @@ from inference.errors import (
 )
 from inference.handle import WorkerInfo
 from inference.model import ModelRef
-from inference.pool import as_array, row_count
 from inference.ray_cluster import ClusterInfo, connect, disconnect
 from inference.ray_fleet import Job, ModelFleet, Replica
 from inference.stats import ModelStats, StatsRecorder
@@ -226,19 +225,7 @@ class RayInferencePool:
         """
         if self._state != "running":
             raise PoolClosedError("inference pool is not running")
-        arrays = {name: as_array(v) for name, v in inputs.items()}
-        rows = row_count(model, arrays)
-        if rows <= self.max_batch_rows:
-            return await self._infer_one(model, arrays, rows)
-        step = self.max_batch_rows
-        starts = list(range(0, rows, step))
-        parts = await asyncio.gather(
-            *(
-                self._infer_one(model, {n: a[s : s + step] for n, a in arrays.items()}, min(step, rows - s))
-                for s in starts
-            )
-        )
-        return merge_chunks(model, parts, starts, rows)
+        return await infer_in_chunks(model, inputs, self.max_batch_rows, self._infer_one)
 
     async def _infer_one(
         self, model: ModelRef, arrays: dict[str, np.ndarray], rows: int
