@@ -54,6 +54,22 @@ _CLAIM = (
 )
 
 
+# Without waiting: a large batch takes, of its buckets, those no other batch holds (in
+# ascending order; the WHERE runs row by row over the ordered subquery) and leaves the inputs of
+# the others for later. A try never waits, so it closes no cycle of waits; a batch that holds
+# tried buckets waits for nothing else before its commit.
+_TRY_CLAIM = (
+    "SELECT coalesce(array_agg(k), '{}') FROM (SELECT k FROM unnest($2::int4[]) AS k ORDER BY k OFFSET 0) "
+    "AS claims WHERE pg_try_advisory_xact_lock($1::int4, k)"
+)
+
+
+async def _try_claim(writer: asyncpg.Connection, model_id: int, digests: list[bytes]) -> set[int]:
+    """The buckets of a large batch that it could claim without waiting."""
+    buckets = sorted({d[0] for d in digests})
+    return set(await writer.fetchval(_TRY_CLAIM, model_id, buckets))
+
+
 async def _claim(writer: asyncpg.Connection, model_id: int, digests: list[bytes]) -> None:
     buckets = sorted({d[0] for d in digests})
     if len(digests) > SMALL_CLAIM:
@@ -118,17 +134,29 @@ class BatchResult:
     runs: int  # inputs the model ran on
     found: int  # inputs another batch had cached meanwhile
     values: dict[bytes, object]  # digest -> output of the inputs run (one-value models)
+    deferred: InputRows | None = None  # inputs left alone: another batch held their buckets
 
 
 async def run_batch(
-    spec: ModelSpec, rows: InputRows, db: asyncpg.Pool, pool, also: Callable | None = None
+    spec: ModelSpec,
+    rows: InputRows,
+    db: asyncpg.Pool,
+    pool,
+    also: Callable | None = None,
+    wait: bool = True,
 ) -> BatchResult:
     """Run the model over the batch's inputs that no one cached yet and cache the outputs;
-    ``also(connection, values)``, when given, runs in the same transaction once they are in."""
+    ``also(connection, values)``, when given, runs in the same transaction once they are in.
+    With ``wait`` false, a large batch does not wait for buckets another batch holds: their
+    inputs come back as ``deferred`` (to run later, when the other batch has mostly cached them)."""
     rows = _unique_sorted(rows)
+    deferred = None
     async with db.acquire() as writer, writer.transaction():
         await writer.execute(ASYNC_COMMIT)
-        await _claim(writer, int(spec.id), rows.digests)
+        if wait or len(rows) <= SMALL_CLAIM:
+            await _claim(writer, int(spec.id), rows.digests)
+        else:
+            rows, deferred = _split_claimed(rows, await _try_claim(writer, int(spec.id), rows.digests))
         done = await writer.fetch(
             f"SELECT DISTINCT digest FROM {spec.cache_table} WHERE digest = ANY($1::bytea[])", rows.digests
         )
@@ -139,7 +167,7 @@ async def run_batch(
         if not len(rows):
             if also is not None:
                 await also(writer, {})
-            return BatchResult(0, found, {})
+            return BatchResult(0, found, {}, deferred)
         _check_images(spec, rows, full=False)  # headers only: cheap, and names a bad input
         inputs = {
             info["name"]: _tensor(rows.values[i], spec, i, info)
@@ -156,7 +184,16 @@ async def run_batch(
         values = {r[0]: r[2] for r in cache_rows} if one_value(spec) else {}
         if also is not None:
             await also(writer, values)
-    return BatchResult(len(rows), found, values)
+    return BatchResult(len(rows), found, values, deferred)
+
+
+def _split_claimed(rows: InputRows, claimed: set[int]) -> tuple[InputRows, InputRows | None]:
+    """(the inputs in claimed buckets, the others or None)."""
+    mine = [i for i, d in enumerate(rows.digests) if d[0] in claimed]
+    if len(mine) == len(rows):
+        return rows, None
+    mine_set = set(mine)
+    return rows.take(mine), rows.take([i for i in range(len(rows)) if i not in mine_set])
 
 
 def one_value(spec: ModelSpec) -> bool:

@@ -24,7 +24,13 @@ from planner.row_maps import MapTarget
 BATCH_ROWS = 4096  # inputs per model run and per COPY
 MAP_FLUSH_ROWS = 16384  # map entries that are written even when no input of theirs needs the model
 IN_FLIGHT = 2  # batches running while the next chunks are read
-LANES = 2  # see lane_of
+LANES = 4  # see lane_of
+# A batch does not wait for claim buckets that a batch of another session (or front-end) holds:
+# their inputs are set aside and join the lane's next batch, when the other batch has mostly
+# cached them. Once a lane has set aside this many, its next batch waits (bounded memory); the
+# pass's last inputs set aside wait too (planner.batches: the blocking claim, ascending order).
+# SET_ASIDE_ROWS = 0 turns setting aside off (the comparison in the split-work measurement).
+SET_ASIDE_ROWS = BATCH_ROWS
 NOTICE_EVERY_S = 3.0
 
 
@@ -79,6 +85,12 @@ class _Lane:
     runs: int = 0
     mapped: int = 0
     last: asyncio.Task | None = None
+    set_aside: list[_Chunk] = field(default_factory=list)  # inputs whose claims another batch held
+
+    def take_set_aside(self) -> tuple[list[_Chunk], bool]:
+        """The inputs set aside, and whether the batch they join must wait for its claims."""
+        parts, self.set_aside = self.set_aside, []
+        return parts, sum(len(p.run) for p in parts) >= SET_ASIDE_ROWS
 
 
 def _decode(spec: ModelSpec, sends: list, digests: list[bytes], new: list[int], label_of=None) -> InputRows:
@@ -252,11 +264,12 @@ class SitePass:
         lane.mapped += len(chunk.mapped) if chunk.mapped is not None else 0
 
     async def _submit(self, lane: _Lane) -> None:
-        parts, lane.pending = lane.pending, []
+        aside, wait = lane.take_set_aside()
+        parts, lane.pending = lane.pending + aside, []
         lane.runs = lane.mapped = 0
-        lane.last = await self._start(parts, [lane.last]) or lane.last
+        lane.last = await self._start(parts, [lane.last], wait) or lane.last
 
-    async def _start(self, parts: list[_Chunk], previous: list) -> asyncio.Task | None:
+    async def _start(self, parts: list[_Chunk], previous: list, wait: bool = False) -> asyncio.Task | None:
         """Start a batch of these parts once fewer than IN_FLIGHT are running."""
         run = InputRows.concat([p.run for p in parts]) if parts else None
         mapped = MapRows.concat([p.mapped for p in parts]) if self.target is not None and parts else None
@@ -269,14 +282,17 @@ class SitePass:
             else:  # a long batch: say how far the work is meanwhile
                 await self._report()
         await self.arm()
-        task = asyncio.ensure_future(self._batch(run, mapped, [t for t in previous if t is not None]))
+        wait = wait or SET_ASIDE_ROWS <= 0  # 0: no batch sets inputs aside (each waits, as before)
+        task = asyncio.ensure_future(self._batch(run, mapped, [t for t in previous if t is not None], wait))
         self.tasks.append(task)
         return task
 
-    async def _batch(self, run: InputRows, mapped: MapRows | None, previous: list) -> tuple[int, int, int]:
+    async def _batch(
+        self, run: InputRows, mapped: MapRows | None, previous: list, wait: bool
+    ) -> tuple[int, int, int, _Chunk | None]:
         """Run a batch; enter its rows in the map: those whose outputs it computed in its own
         transaction, the others (cached before, or computed by earlier batches) after the
-        batches before it are done."""
+        batches before it are done. Inputs it set aside come back with their map rows."""
         rest = mapped
         rowmap = self.target.rowmap if self.target is not None else None
 
@@ -287,31 +303,49 @@ class SitePass:
 
         if mapped:
             self.unentered += len(mapped)
+        if previous and not wait:  # its own lane's batch holds the claims: wait for it, not set aside
+            await asyncio.wait(previous)
         known = enter_known if mapped else None
-        done = await run_batch(self.spec, run, self.writer, self.pool, known) if len(run) else None
+        done = await run_batch(self.spec, run, self.writer, self.pool, known, wait) if len(run) else None
+        aside = None
+        if done is not None and done.deferred is not None:
+            aside, rest = _set_aside(done.deferred, rest)
+            self.unentered -= len(aside.mapped) if aside.mapped is not None else 0  # counted again later
         if rest:
             if previous:  # its lane's outputs, which some of these rows read, come first
                 await asyncio.wait(previous)
             async with self.writer.acquire() as conn, conn.transaction():
                 await conn.execute(ASYNC_COMMIT)
                 self.unentered -= await map_pass.write_cached(conn, self.spec, rowmap, self.filenode, rest)
-        return (done.runs, done.found, len(mapped) if mapped else 0) if done else (0, 0, len(mapped or ()))
+        entered = len(mapped or ()) - (len(aside.mapped) if aside and aside.mapped is not None else 0)
+        return (done.runs, done.found, entered, aside) if done else (0, 0, entered, None)
 
     async def _collect(self, task: asyncio.Task) -> None:
-        runs, found, mapped = await task
+        runs, found, mapped, aside = await task
         self.runs += runs
         self.hits += found if self.target is not None else 0
         self.mapped += mapped
+        if aside is not None:  # back to their lanes, for a later batch
+            for lane, part in zip(self.lanes, _by_lane(aside), strict=True):
+                if len(part.run):
+                    lane.set_aside.append(part)
         self._note_progress()
 
     async def finish(self) -> None:
         # what the lanes still hold goes as one batch (a small pass makes one batch, not one a lane)
         parts = [part for lane in self.lanes for part in lane.pending]
         await self._start(parts, [lane.last for lane in self.lanes])
-        while self.tasks:
-            await self._collect(self.tasks.popleft())
+        await self._drain()
+        # the last inputs set aside: their claims are waited for now (mostly cached by then)
+        parts = [part for lane in self.lanes for part in lane.take_set_aside()[0]]
+        await self._start(parts, [lane.last for lane in self.lanes], wait=True)
+        await self._drain()
         if self.survey is not None:  # rows the map held already: served without the model
             self.hits += max(0, self.survey.reaching - self.read)
+
+    async def _drain(self) -> None:
+        while self.tasks:
+            await self._collect(self.tasks.popleft())
 
     def completes_map(self, site: CallSite) -> bool:
         """Did this pass enter every row of the table (see planner.map_pass)?"""
@@ -344,6 +378,19 @@ class SitePass:
                 self.total = self.runs + (await self.port.fetch(self.total_sql))[0][0]
         self._note_progress()
         self.port.notice(_progress(self.spec, self.runs, self.total, now - self.started))
+
+
+def _set_aside(run: InputRows, rest: MapRows | None) -> tuple[_Chunk, MapRows | None]:
+    """Inputs a batch set aside, with the map rows that read their outputs (the batch enters
+    the others)."""
+    aside = _Chunk(run, np.zeros(len(run), dtype=np.int64))
+    if rest is None:
+        return aside, None
+    held = set(run.digests)
+    index = [j for j, d in enumerate(rest.digests) if d in held]
+    aside.mapped = rest.take(index)
+    others = set(index)
+    return aside, rest.take([j for j in range(len(rest)) if j not in others])
 
 
 def _progress(spec: ModelSpec, done: int, total: int, elapsed: float) -> str:
