@@ -42,20 +42,24 @@ def _cached_by_parity(conn: psycopg.Connection, table: str) -> tuple[int, int]:
 
 
 def test_batch_runs_the_inputs_whose_claims_are_free_while_others_are_held(frontends, scale_models):
-    """Another session holds the claims of every even bucket: the query computes and commits
-    the odd buckets' inputs without waiting, then waits for the even ones only; once they are
-    released it completes with the right answer, each input run once."""
+    """Another session holds the claims of every even bucket: the query (of a role that is no
+    superuser) computes and commits the odd buckets' inputs without waiting, then waits for the
+    even ones only; once they are released it completes with the right answer, each input run
+    once."""
     with psycopg.connect(frontends.dsn(0), autocommit=True) as a:
         model_id, table = _create(a, "split_held")
         expected = _expected(a, scale_models)
         distinct = a.execute("select count(distinct pixels) from digits").fetchone()[0]
+        a.execute("create role split_bob login password 'bob-pw-7'")
+        a.execute("grant select on digits, split_held_v to split_bob")
+    bob = frontends.dsn(1, user="split_bob", password="bob-pw-7")
     holder = psycopg.connect(frontends.backing_dsn(), autocommit=True)
     watcher = psycopg.connect(frontends.backing_dsn(), autocommit=True)
     try:
         evens = "select count(pg_advisory_lock(%s::int4, k)) from generate_series(0, 254, 2) k"
         holder.execute(evens, (model_id,))
         answer: dict = {}
-        query = threading.Thread(target=_run_query, args=(frontends.dsn(1), answer), daemon=True)
+        query = threading.Thread(target=_run_query, args=(bob, answer), daemon=True)
         query.start()
         # the odd buckets' outputs arrive while the even claims are still held
         even, odd = _wait_for_odd(watcher, table, query)
