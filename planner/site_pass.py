@@ -24,13 +24,16 @@ from planner.row_maps import MapTarget
 BATCH_ROWS = 4096  # inputs per model run and per COPY
 MAP_FLUSH_ROWS = 16384  # map entries that are written even when no input of theirs needs the model
 IN_FLIGHT = 2  # batches running while the next chunks are read
-LANES = 4  # see lane_of
+LANES = 2  # see lane_of (more lanes: more batches of one model at once, each smaller)
+# A lane submits a batch when it holds LANE_ROWS new inputs: the lanes together hold about as many
+# inputs as two full batches, so the first batch starts as early as with two lanes.
+LANE_ROWS = BATCH_ROWS * 2 // LANES
 # A batch does not wait for claim buckets that a batch of another session (or front-end) holds:
 # their inputs are set aside and join the lane's next batch, when the other batch has mostly
 # cached them. Once a lane has set aside this many, its next batch waits (bounded memory); the
 # pass's last inputs set aside wait too (planner.batches: the blocking claim, ascending order).
 # SET_ASIDE_ROWS = 0 turns setting aside off (the comparison in the split-work measurement).
-SET_ASIDE_ROWS = BATCH_ROWS
+SET_ASIDE_ROWS = LANE_ROWS
 NOTICE_EVERY_S = 3.0
 
 
@@ -205,10 +208,10 @@ class SitePass:
 
     async def _gather(self, chunk: _Chunk) -> None:
         """Hold a chunk's new inputs in their lanes; a lane submits a batch whenever it holds
-        BATCH_ROWS of them."""
+        LANE_ROWS of them."""
         for lane, part in zip(self.lanes, _by_lane(chunk), strict=True):
-            while lane.runs + len(part.run) >= BATCH_ROWS:
-                head, part = part.split(BATCH_ROWS - lane.runs)
+            while lane.runs + len(part.run) >= LANE_ROWS:
+                head, part = part.split(LANE_ROWS - lane.runs)
                 self._hold(lane, head)
                 await self._submit(lane)
             self._hold(lane, part)

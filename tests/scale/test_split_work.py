@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import psycopg
+import pytest
 
 from tests.support.frontends import run_at_once
 from tests.support.model_files import direct_run
@@ -41,25 +42,36 @@ def _cached_by_parity(conn: psycopg.Connection, table: str) -> tuple[int, int]:
     ).fetchone()
 
 
-def test_batch_runs_the_inputs_whose_claims_are_free_while_others_are_held(frontends, scale_models):
+# Through the view, the statement reads the outputs by row identity (the row-map path); over an
+# expression of the column, by digest (the digest path).
+STATEMENTS = {
+    "map": "select id, digit from {name}_v order by id",
+    "digest": "select id, {name}(pixels || '{{}}'::real[]) from digits order by id",
+}
+
+
+@pytest.mark.parametrize("path", sorted(STATEMENTS))
+def test_batch_runs_the_inputs_whose_claims_are_free_while_others_are_held(frontends, scale_models, path):
     """Another session holds the claims of every even bucket: the query (of a role that is no
     superuser) computes and commits the odd buckets' inputs without waiting, then waits for the
     even ones only; once they are released it completes with the right answer, each input run
     once."""
     with psycopg.connect(frontends.dsn(0), autocommit=True) as a:
-        model_id, table = _create(a, "split_held")
+        name = f"split_held_{path}"
+        model_id, table = _create(a, name)
         expected = _expected(a, scale_models)
         distinct = a.execute("select count(distinct pixels) from digits").fetchone()[0]
-        a.execute("create role split_bob login password 'bob-pw-7'")
-        a.execute("grant select on digits, split_held_v to split_bob")
-    bob = frontends.dsn(1, user="split_bob", password="bob-pw-7")
+        a.execute(f"create role {name}_bob login password 'bob-pw-7'")
+        a.execute(f"grant select on digits, {name}_v to {name}_bob")
+    bob = frontends.dsn(1, user=f"{name}_bob", password="bob-pw-7")
+    statement = f"/* {name} */ " + STATEMENTS[path].format(name=name)
     holder = psycopg.connect(frontends.backing_dsn(), autocommit=True)
     watcher = psycopg.connect(frontends.backing_dsn(), autocommit=True)
     try:
         evens = "select count(pg_advisory_lock(%s::int4, k)) from generate_series(0, 254, 2) k"
         holder.execute(evens, (model_id,))
         answer: dict = {}
-        query = threading.Thread(target=_run_query, args=(bob, answer), daemon=True)
+        query = threading.Thread(target=_run_query, args=(bob, statement, answer), daemon=True)
         query.start()
         # the odd buckets' outputs arrive while the even claims are still held
         even, odd = _wait_for_odd(watcher, table, query)
@@ -75,16 +87,16 @@ def test_batch_runs_the_inputs_whose_claims_are_free_while_others_are_held(front
     even, odd = _cached_by_parity(watcher, table)
     assert even + odd == distinct
     calls = watcher.execute(
-        "select (model_calls->>'split_held')::int from sieve.query_log where query like '/* split held */%'"
+        "select (model_calls->>%s)::int from sieve.query_log where query like %s", (name, f"/* {name} */%")
     ).fetchall()
     watcher.close()
     assert [c for (c,) in calls] == [distinct]  # each input run once, none twice
 
 
-def _run_query(dsn: str, answer: dict) -> None:
+def _run_query(dsn: str, statement: str, answer: dict) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            rows = conn.execute("/* split held */ select id, digit from split_held_v order by id").fetchall()
+            rows = conn.execute(statement).fetchall()
             answer["rows"] = [d for _, d in rows]
     except psycopg.Error as exc:
         answer["error"] = (exc.sqlstate, str(exc))
