@@ -6,6 +6,9 @@ in one order (so no two batches wait on each other in a cycle), runs the model o
 inputs no other batch cached meanwhile, writes, and commits, which frees the claims: a second
 session waits for the first one's outputs instead of computing them again. Since no other
 writer can hold a claimed digest, the outputs go straight into the cache table by binary COPY.
+A large batch may instead claim without waiting (``wait=False``): it runs the inputs whose
+claims were free and hands the others back, for its pass to run after its other work
+(planner.site_pass), so two front-ends on one model split the work instead of queueing.
 """
 
 from __future__ import annotations
