@@ -25,9 +25,7 @@ import multiprocessing
 import time
 from typing import Any
 
-import numpy as np
-
-from inference.batcher import Batch, ModelQueue, Request, infer_in_chunks, split_outputs
+from inference.batcher import Batch, ModelQueue, split_outputs
 from inference.devices import default_intra_op_threads, default_worker_count, gpu_count, probe_model_bytes
 from inference.errors import (
     InferenceError,
@@ -36,10 +34,10 @@ from inference.errors import (
     PoolClosedError,
     WorkerCrashedError,
 )
+from inference.front import RequestFront
 from inference.handle import WorkerHandle, WorkerInfo
-from inference.ipc import encode_tensor
 from inference.model import ModelRef
-from inference.stats import ModelStats, StatsRecorder
+from inference.stats import StatsRecorder
 
 log = logging.getLogger("sievedb.inference.pool")
 
@@ -50,7 +48,7 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
-class InferencePool:
+class InferencePool(RequestFront):
     """A pool of ONNX Runtime worker processes with dynamic batching across concurrent callers.
 
     workers: worker processes (default ``default_worker_count()``).
@@ -76,36 +74,27 @@ class InferencePool:
         start_timeout_s: float = 120.0,
         mp_context: str = "spawn",
     ) -> None:
-        if device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-        if max_batch_rows < 1 or queue_limit < 1 or pipeline_depth < 1:
-            raise ValueError("max_batch_rows, queue_limit and pipeline_depth must be at least 1")
+        super().__init__(
+            max_batch_rows=max_batch_rows,
+            max_wait_ms=max_wait_ms,
+            queue_limit=queue_limit,
+            pipeline_depth=pipeline_depth,
+            device=device,
+            stats_window=stats_window,
+        )
         self.worker_count = workers if workers is not None else default_worker_count()
         if self.worker_count < 1:
             raise ValueError("workers must be at least 1")
-        self.max_batch_rows = max_batch_rows
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.queue_limit = queue_limit
-        self.pipeline_depth = pipeline_depth
-        self.device = device
         self.intra_op_threads = intra_op_threads
-        self.stats_window = stats_window
         self.start_timeout_s = start_timeout_s
         self._ctx = multiprocessing.get_context(mp_context)
         self._handles: list[WorkerHandle] = []
         self._queues: dict[str, ModelQueue] = {}
-        self._stats: dict[str, StatsRecorder] = {}
         self._out_bytes_per_row: dict[str, float] = {}
-        self._slots: asyncio.Semaphore | None = None
-        self._queued = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._schedule_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._restarts: set[asyncio.Task] = set()
-        self._idle: asyncio.Event | None = None
         self._rotation = 0
-        self._state = "new"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -113,10 +102,7 @@ class InferencePool:
         """Spawn the workers and wait until every one has chosen its device."""
         if self._state != "new":
             raise RuntimeError("InferencePool.start() may be called once")
-        self._loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self.queue_limit)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._open()
         config = self._worker_config()
         gpus = max(1, gpu_count()) if config["probe"] is not None else 1
         for i in range(self.worker_count):
@@ -179,59 +165,11 @@ class InferencePool:
             handle.in_flight.clear()
         self._state = "closed"
 
-    async def __aenter__(self) -> InferencePool:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # -- the public call ------------------------------------------------------------------------
-
-    async def infer(self, model: ModelRef, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Run ``model`` on ``inputs`` (name -> array, rows first); returns name -> array.
-
-        Awaits while ``queue_limit`` requests are already waiting. A request larger than
-        ``max_batch_rows`` is cut into chunks that run like separate requests (on several workers
-        when they are free) and are put back together. Raises InferenceError (the model rejected
-        the batch), ModelLoadError / ModelNotFoundError, WorkerCrashedError (the worker died holding
-        the request) or PoolClosedError.
-        """
-        if self._state != "running":
-            raise PoolClosedError("inference pool is not running")
-        return await infer_in_chunks(model, inputs, self.max_batch_rows, self._infer_one)
-
-    async def _infer_one(
-        self, model: ModelRef, arrays: dict[str, np.ndarray], rows: int
-    ) -> dict[str, np.ndarray]:
-        encoded = {name: encode_tensor(a) for name, a in arrays.items()}
-        assert self._slots is not None and self._loop is not None
-        await self._slots.acquire()
-        if self._state != "running":
-            self._slots.release()
-            raise PoolClosedError("inference pool is closed")
-        request = Request(model, encoded, rows, self._loop.create_future())
+    def _queue_of(self, model: ModelRef) -> ModelQueue:
         queue = self._queues.get(model.ident)
         if queue is None:
             queue = self._queues[model.ident] = ModelQueue(model)
-        queue.push(request)
-        self._queued += 1
-        self._busy()
-        self._schedule_soon()
-        try:
-            return await request.future
-        finally:
-            self._release(request)  # cancelled while queued: give back its place in the queue
-
-    @property
-    def queued_requests(self) -> int:
-        """Requests accepted but not yet dispatched to a worker (at most ``queue_limit``)."""
-        return self._queued
-
-    def stats(self, model_key: str) -> ModelStats:
-        """Execution statistics of one model (by ``ModelRef.key``)."""
-        recorder = self._stats.get(model_key)
-        return recorder.snapshot() if recorder is not None else ModelStats(model_key=model_key)
+        return queue
 
     def workers(self) -> list[WorkerInfo]:
         """Pid, state and device of every worker."""
@@ -246,13 +184,6 @@ class InferencePool:
         return {"local": {"replicas": ready, "rows": stats.rows, "batches": stats.batches, "ms_per_row": ms}}
 
     # -- scheduling -----------------------------------------------------------------------------
-
-    def _schedule_soon(self) -> None:
-        # Deferred to the next loop iteration so that callers submitting in the same tick share
-        # a batch; repeated calls collapse into one.
-        if not self._schedule_pending and self._loop is not None:
-            self._schedule_pending = True
-            self._loop.call_soon(self._schedule)
 
     def _schedule(self) -> None:
         self._schedule_pending = False
@@ -317,13 +248,6 @@ class InferencePool:
             return
         queue.running += 1
         batch.dispatched_at = time.perf_counter()
-
-    def _release(self, request: Request) -> None:
-        if request.holds_slot:
-            request.holds_slot = False
-            self._queued -= 1
-            assert self._slots is not None
-            self._slots.release()
 
     # -- completions ----------------------------------------------------------------------------
 
@@ -397,21 +321,6 @@ class InferencePool:
             except Exception as exc:
                 attempt += 1
                 log.error("inference worker %d failed to restart: %s", handle.worker_id, exc)
-
-    def _fail(self, batch: Batch, exc: Exception) -> None:
-        for request in batch.requests:
-            if not request.future.done():
-                request.future.set_exception(exc)
-
-    def _recorder(self, key: str) -> StatsRecorder:
-        recorder = self._stats.get(key)
-        if recorder is None:
-            recorder = self._stats[key] = StatsRecorder(key, self.stats_window)
-        return recorder
-
-    def _busy(self) -> None:
-        assert self._idle is not None
-        self._idle.clear()
 
     def _check_idle(self) -> None:
         if self._idle is None:

@@ -52,7 +52,7 @@ import ray
 import ray.exceptions as rex
 
 from inference import ipc
-from inference.batcher import Batch, Request, infer_in_chunks, split_outputs
+from inference.batcher import Batch, ModelQueue, split_outputs
 from inference.errors import (
     InferenceError,
     InferenceLayerError,
@@ -61,11 +61,11 @@ from inference.errors import (
     PoolClosedError,
     WorkerCrashedError,
 )
+from inference.front import RequestFront
 from inference.handle import WorkerInfo
 from inference.model import ModelRef
 from inference.ray_cluster import ClusterInfo, connect, disconnect
 from inference.ray_fleet import Job, ModelFleet, Replica
-from inference.stats import ModelStats, StatsRecorder
 
 log = logging.getLogger("sievedb.inference.ray")
 
@@ -89,7 +89,7 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
-class RayInferencePool:
+class RayInferencePool(RequestFront):
     """ONNX models run by Ray actors, with the local pool's batching and interface.
 
     address: the Ray cluster (``host:port`` of the head, ``auto``, or ``ray://`` for Ray Client).
@@ -124,44 +124,35 @@ class RayInferencePool:
         stats_window: int = 1024,
         tick_s: float = 0.05,
     ) -> None:
-        if device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-        if max_batch_rows < 1 or queue_limit < 1 or pipeline_depth < 1 or max_attempts < 1:
-            raise ValueError(
-                "max_batch_rows, queue_limit, pipeline_depth and max_attempts must be at least 1"
-            )
+        super().__init__(
+            max_batch_rows=max_batch_rows,
+            max_wait_ms=max_wait_ms,
+            queue_limit=queue_limit,
+            pipeline_depth=pipeline_depth,
+            device=device,
+            stats_window=stats_window,
+        )
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         if max_replicas is not None and max_replicas < 1:
             raise ValueError("max_replicas must be at least 1")
         self.address = address
         self.max_replicas = max_replicas
-        self.max_batch_rows = max_batch_rows
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.queue_limit = queue_limit
-        self.pipeline_depth = pipeline_depth
-        self.device = device
         self.max_attempts = max_attempts
         self.grow_after_s = grow_after_s
         self.idle_release_s = idle_release_s
         self.replica_wait_s = replica_wait_s
         self.place_wait_s = place_wait_s
-        self.stats_window = stats_window
         self.tick_s = tick_s
         self.cluster: ClusterInfo | None = None
         self._joined = False
         self._fleets: dict[str, ModelFleet] = {}
-        self._stats: dict[str, StatsRecorder] = {}
         self._nodes: dict[str, dict[str, list[float]]] = {}  # model key -> node -> [rows, run_s, batches]
         self._jobs: set[asyncio.Task] = set()
-        self._slots: asyncio.Semaphore | None = None
-        self._queued = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._schedule_pending = False
         self._ticker: asyncio.Task | None = None
-        self._idle: asyncio.Event | None = None
         self._made_room_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._state = "new"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -169,10 +160,7 @@ class RayInferencePool:
         """Join the cluster (in a thread: ``ray.init`` blocks) and start the housekeeping."""
         if self._state != "new":
             raise RuntimeError("RayInferencePool.start() may be called once")
-        self._loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self.queue_limit)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._open()
         self.cluster, self._joined = await asyncio.to_thread(connect, self.address)
         self._state = "running"
         self._ticker = asyncio.ensure_future(self._tick())
@@ -207,55 +195,6 @@ class RayInferencePool:
         if self._joined:
             await asyncio.to_thread(disconnect)
 
-    async def __aenter__(self) -> RayInferencePool:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # -- the public call ------------------------------------------------------------------------
-
-    async def infer(self, model: ModelRef, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Run ``model`` on ``inputs`` (name -> array, rows first); returns name -> array.
-
-        As ``InferencePool.infer``; a request whose replicas kept dying fails with
-        WorkerCrashedError, and one no replica could take within ``replica_wait_s`` with
-        InferenceLayerError, both naming the model.
-        """
-        if self._state != "running":
-            raise PoolClosedError("inference pool is not running")
-        return await infer_in_chunks(model, inputs, self.max_batch_rows, self._infer_one)
-
-    async def _infer_one(
-        self, model: ModelRef, arrays: dict[str, np.ndarray], rows: int
-    ) -> dict[str, np.ndarray]:
-        encoded = {name: ipc.encode_tensor(a) for name, a in arrays.items()}
-        assert self._slots is not None and self._loop is not None and self._idle is not None
-        await self._slots.acquire()
-        if self._state != "running":
-            self._slots.release()
-            raise PoolClosedError("inference pool is closed")
-        request = Request(model, encoded, rows, self._loop.create_future())
-        self._fleet(model).queue.push(request)
-        self._queued += 1
-        self._idle.clear()
-        self._schedule_soon()
-        try:
-            return await request.future
-        finally:
-            self._release(request)  # cancelled while queued: give back its place in the queue
-
-    @property
-    def queued_requests(self) -> int:
-        """Requests accepted but not yet dispatched to a replica (at most ``queue_limit``)."""
-        return self._queued
-
-    def stats(self, model_key: str) -> ModelStats:
-        """Execution statistics of one model (by ``ModelRef.key``); devices read ``ray:<ip>:cpu``."""
-        recorder = self._stats.get(model_key)
-        return recorder.snapshot() if recorder is not None else ModelStats(model_key=model_key)
-
     def workers(self) -> list[WorkerInfo]:
         """Every replica of every model, as the local pool describes its workers."""
         return [
@@ -284,6 +223,9 @@ class RayInferencePool:
 
     # -- scheduling -----------------------------------------------------------------------------
 
+    def _queue_of(self, model: ModelRef) -> ModelQueue:
+        return self._fleet(model).queue
+
     def _fleet(self, model: ModelRef) -> ModelFleet:
         fleet = self._fleets.get(model.ident)
         if fleet is None:
@@ -300,12 +242,6 @@ class RayInferencePool:
         assert self.cluster is not None
         pinned_cpu = (model.session_options or {}).get("device") == "cpu"
         return self.device != "cpu" and not pinned_cpu and self.cluster.gpus >= 1
-
-    def _schedule_soon(self) -> None:
-        # Deferred to the next loop iteration so that callers submitting in the same tick share a batch.
-        if not self._schedule_pending and self._loop is not None and self._state != "closed":
-            self._schedule_pending = True
-            self._loop.call_soon(self._schedule)
 
     def _schedule(self) -> None:
         self._schedule_pending = False
@@ -433,25 +369,6 @@ class RayInferencePool:
         fleet.retry.append(job)
         if fleet.live_count() == 0:
             fleet.start_one()
-
-    def _release(self, request: Request) -> None:
-        if request.holds_slot:
-            request.holds_slot = False
-            self._queued -= 1
-            assert self._slots is not None
-            self._slots.release()
-
-    def _fail(self, batch: Batch, exc: Exception) -> None:
-        for request in batch.requests:
-            self._release(request)
-            if not request.future.done():
-                request.future.set_exception(exc)
-
-    def _recorder(self, key: str) -> StatsRecorder:
-        recorder = self._stats.get(key)
-        if recorder is None:
-            recorder = self._stats[key] = StatsRecorder(key, self.stats_window)
-        return recorder
 
     def _check_idle(self) -> None:
         if self._idle is not None and not any(f.busy() for f in self._fleets.values()):
