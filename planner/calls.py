@@ -50,26 +50,44 @@ class CallSite:
     lateral_rank: int = field(default=0, compare=False, hash=False)  # reads model functions' rows
     with_sql: str = ""  # the WITH clauses in scope: the input query names their CTEs too
 
-    def input_query(self, digest_sql: str, arg_types: list[SqlType], cache_table: str) -> str:
-        """Rows (digest, cached?, send forms of the arguments when not cached) reaching this call."""
+    def input_query(
+        self,
+        digest_sql: str,
+        arg_types: list[SqlType],
+        cache_table: str,
+        *,
+        shown: bool = False,
+        key_sql: str | None = None,
+    ) -> str:
+        """Rows (digest, cached?, send forms of the arguments when not cached) reaching this call.
+        For people labelling (planner/labels): ``shown`` adds each argument's text form when not
+        cached (NULL for bytea, shown from its send form), ``key_sql`` the source row's key."""
         pairs = list(zip(self.args, arg_types, strict=True))
         args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(pairs))
-        inner = f"{self.with_sql} SELECT {digest_sql} AS sieve_digest, {args}".lstrip()
+        key = f", {key_sql} AS sieve_key" if key_sql is not None else ""
+        inner = f"{self.with_sql} SELECT {digest_sql} AS sieve_digest, {args}{key}".lstrip()
         if self.from_sql:
             inner += f" FROM {self.from_sql}"
         if self.where_sql:
             inner += f" WHERE {self.where_sql}"
         cached = "c.digest IS NOT NULL"
-        outer_args = ", ".join(
+        outer = [
             f"CASE WHEN {cached} THEN NULL ELSE {send_sql(t, f'i.a{i}')} END"
             for i, (_, t) in enumerate(pairs)
-        )
+        ]
+        if shown:
+            outer += [
+                f"CASE WHEN {cached} THEN NULL ELSE (i.a{i})::text END" if t.base != "bytea" else "NULL::text"
+                for i, (_, t) in enumerate(pairs)
+            ]
+        if key_sql is not None:
+            outer.append("i.sieve_key")
         # OFFSET 0 keeps the digest a computed column (not re-evaluated per reference). A join,
         # not a per-row subquery: Postgres hashes a big cache once or probes its index for a
         # few inputs, and never rescans a cache that grows while this query streams.
         # ordinal <= 0 is one row per digest (0, or -1 for an input with no output rows).
         return (
-            f"SELECT i.sieve_digest, {cached} AS hit, {outer_args} "
+            f"SELECT i.sieve_digest, {cached} AS hit, {', '.join(outer)} "
             f"FROM ({inner} OFFSET 0) AS i "
             f"LEFT JOIN {cache_table} c ON c.digest = i.sieve_digest AND c.ordinal <= 0 "
             f"WHERE i.sieve_digest IS NOT NULL"

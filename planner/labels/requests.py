@@ -21,7 +21,7 @@ from planner.labels.waiting import pending_error, wait_for_labels, wait_setting
 from planner.model_spec import ModelSpec
 from planner.outcome import SessionPort
 from planner.row_maps import site_key
-from planner.send_forms import digests_of, send_sql
+from planner.send_forms import digests_of
 
 log = logging.getLogger("sievedb.planner.labels")
 
@@ -85,25 +85,10 @@ async def _source(site: CallSite, port: SessionPort) -> tuple[int, str, str, str
 def _input_query(site: CallSite, spec: ModelSpec, source) -> str:
     """Rows (digest, labelled?, then for unlabelled inputs each argument's send form and shown
     form, and the source row's key)."""
-    types = [t for _, t in spec.args]
-    args = ", ".join(f"({a})::{t.sql} AS a{i}" for i, (a, t) in enumerate(zip(site.args, types, strict=True)))
     key = f"({quote_ident(source[3])}.{quote_ident(source[2])})::text" if source else "NULL::text"
-    digest = digest_sql(spec, list(site.args))
-    inner = f"{site.with_sql} SELECT {digest} AS sieve_digest, {args}, {key} AS sieve_key".lstrip()
-    if site.from_sql:
-        inner += f" FROM {site.from_sql}"
-    if site.where_sql:
-        inner += f" WHERE {site.where_sql}"
-    cached = "c.digest IS NOT NULL"
-    sends = [f"CASE WHEN {cached} THEN NULL ELSE {send_sql(t, f'i.a{i}')} END" for i, t in enumerate(types)]
-    shown = [
-        f"CASE WHEN {cached} THEN NULL ELSE (i.a{i})::text END" if t.base != "bytea" else "NULL::text"
-        for i, t in enumerate(types)
-    ]
-    return (
-        f"SELECT i.sieve_digest, {cached}, {', '.join([*sends, *shown])}, i.sieve_key "
-        f"FROM ({inner} OFFSET 0) AS i LEFT JOIN {spec.cache_table} c ON c.digest = i.sieve_digest "
-        "AND c.ordinal = 0 WHERE i.sieve_digest IS NOT NULL"
+    types = [t for _, t in spec.args]
+    return site.input_query(
+        digest_sql(spec, list(site.args)), types, spec.cache_table, shown=True, key_sql=key
     )
 
 
