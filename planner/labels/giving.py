@@ -56,6 +56,17 @@ async def cast_value(db: asyncpg.Pool | asyncpg.Connection, spec: ModelSpec, tex
     return value
 
 
+async def _locked_request(conn: asyncpg.Connection, model_id: int, request_id: int):
+    """The function's current version and the request, with the function's labels locked for
+    this transaction (labels, relabels and undos of one function go one at a time)."""
+    await store.lock_function(conn, model_id)
+    spec = await versions.current_spec(conn, model_id)
+    request = await store.request_by_id(conn, request_id)
+    if spec is None or request is None or request.model_id != model_id:
+        raise LabelError(NOT_FOUND, f"label request {request_id} does not exist")
+    return spec, request
+
+
 async def give(
     writer: asyncpg.Pool, model_id: int, request_id: int, value_text: str, role: str, relabel: bool
 ) -> tuple[Given, ModelSpec | None]:
@@ -63,11 +74,7 @@ async def give(
     different value for an input already labelled is a relabel only when ``relabel`` says so
     (else 409, nothing written)."""
     async with writer.acquire() as conn, conn.transaction():
-        await store.lock_function(conn, model_id)
-        spec = await versions.current_spec(conn, model_id)
-        request = await store.request_by_id(conn, request_id)
-        if spec is None or request is None or request.model_id != model_id:
-            raise LabelError(NOT_FOUND, f"label request {request_id} does not exist")
+        spec, request = await _locked_request(conn, model_id, request_id)
         value = await cast_value(conn, spec, value_text)
         labelled, previous = await store.cached_label(conn, model_id, spec.version, request.digest)
         if labelled and previous == value:
@@ -101,11 +108,7 @@ async def take_back(writer: asyncpg.Pool, model_id: int, request_id: int, role: 
     """Undo ``role``'s last label of a request: a first label goes (the request is pending
     again); a relabel goes back to the value before it (a new version). The new version, if any."""
     async with writer.acquire() as conn, conn.transaction():
-        await store.lock_function(conn, model_id)
-        spec = await versions.current_spec(conn, model_id)
-        request = await store.request_by_id(conn, request_id)
-        if spec is None or request is None or request.model_id != model_id:
-            raise LabelError(NOT_FOUND, f"label request {request_id} does not exist")
+        spec, request = await _locked_request(conn, model_id, request_id)
         last = await store.last_entry(conn, model_id, request.digest)
         if last is None or last["action"] == "undo" or request.state == "pending":
             raise LabelError(CONFLICT, f"request {request_id} has no label to take back")

@@ -226,11 +226,9 @@ async def _table_sql(db: asyncpg.Pool, table_oid: int) -> str:
 # -- labels ---------------------------------------------------------------------------------------
 
 
-async def lock_function(conn: asyncpg.Connection, model_id: int) -> tuple[str, int]:
-    """Take the function's label lock (in the caller's transaction); its name and version now."""
+async def lock_function(conn: asyncpg.Connection, model_id: int) -> None:
+    """Take the function's label lock (in the caller's transaction)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1::int4, $2::int4)", LABEL_LOCK, model_id)
-    row = await conn.fetchrow("SELECT name, version FROM sieve.models WHERE id = $1", model_id)
-    return row["name"], int(row["version"])
 
 
 async def cached_label(
