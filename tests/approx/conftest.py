@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.inference.models import Digits, digits_logreg, digits_mlp, load_digits_data
+from tests.support.model_files import DIGIT_ORACLE_DDL, DIGIT_PROXY_P7_DDL
 from tests.support.servers import SieveProcess
 
 
@@ -39,14 +40,7 @@ def approx_world(tmp_path_factory: pytest.TempPathFactory):
         with conn.cursor().copy("copy digits (id, pixels, label, score) from stdin") as copy:
             for i, (row, label) in enumerate(zip(digits.x, digits.y, strict=True)):
                 copy.write_row((i, row.tolist(), int(label), float(row.mean())))
-        conn.execute(
-            "create function digit_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create function digit_proxy_p7(pixels real[]) returns real language onnx "
-            "as 'digits_logreg.onnx', "
-            '\'{"output": {"output": "probabilities", "post": {"op": "index", "index": 7}}}\''
-        )
+        conn.execute(DIGIT_ORACLE_DDL)
+        conn.execute(DIGIT_PROXY_P7_DDL)
     yield world
     server.stop()

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.inference.models import Digits, digits_logreg, load_digits_data
+from tests.support.model_files import DIGIT_PROXY_P7_DDL
 from tests.support.servers import SieveProcess, free_port
 
 PHOTOS = 12
@@ -54,11 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         with conn.cursor().copy("copy digits (id, pixels, label) from stdin") as copy:
             for i, (row, label) in enumerate(zip(digits.x, digits.y, strict=True)):
                 copy.write_row((i, row.tolist(), int(label)))
-        conn.execute(
-            "create function digit_proxy_p7(pixels real[]) returns real language onnx "
-            "as 'digits_logreg.onnx', "
-            '\'{"output": {"output": "probabilities", "post": {"op": "index", "index": 7}}}\''
-        )
+        conn.execute(DIGIT_PROXY_P7_DDL)
         conn.execute("create table photos (id int primary key, image bytea, caption text)")
         conn.execute(
             "insert into photos select g, decode(lpad(to_hex(g), 8, '0'), 'hex'), 'photo ' || g "

@@ -12,6 +12,7 @@ import pytest
 
 from tests.inference.models import digits_logreg, digits_mlp, load_digits_data, wide_mlp
 from tests.observe.live import LiveServer
+from tests.support.model_files import DIGIT_ORACLE_DDL, DIGIT_PROXY_P7_DDL
 
 WIDE_ROWS = 12288  # three batches of the planner's 4,096 inputs
 WIDE_WIDTH = 768
@@ -56,14 +57,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             for i, row in enumerate(rng.standard_normal((WIDE_ROWS, 64)).astype(np.float32)):
                 copy.write_row((i, row.tolist()))
         conn.execute("grant select on digits, wide_in to alice")
-        conn.execute(
-            "create function digit_oracle(pixels real[]) returns int language onnx "
-            "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
-        )
-        conn.execute(
-            "create function digit_proxy_p7(pixels real[]) returns real language onnx "
-            "as 'digits_logreg.onnx', "
-            '\'{"output": {"output": "probabilities", "post": {"op": "index", "index": 7}}}\''
-        )
+        conn.execute(DIGIT_ORACLE_DDL)
+        conn.execute(DIGIT_PROXY_P7_DDL)
     yield world
     live.stop()

@@ -9,6 +9,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.inference.models import OPSET, save
 
+# The digits models of tests.inference.models as SQL functions (files in the server's models dir)
+DIGIT_ORACLE_DDL = (
+    "create function digit_oracle(pixels real[]) returns int language onnx "
+    "as 'digits_mlp.onnx', '{\"output\": \"label\"}'"
+)
+DIGIT_PROXY_P7_DDL = (
+    "create function digit_proxy_p7(pixels real[]) returns real language onnx "
+    "as 'digits_logreg.onnx', "
+    '\'{"output": {"output": "probabilities", "post": {"op": "index", "index": 7}}}\''
+)
+
 
 def cache_table(conn, model: str) -> str:
     """The cache table of a registered model's current version (``sieve_cache.m<id>_v<n>``)."""

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.inference.models import Digits, digits_logreg, load_digits_data
+from tests.support.model_files import DIGIT_PROXY_P7_DDL
 from tests.support.servers import SieveProcess
 from tests.web.support import chromium, missing_browser, web_url
 
@@ -46,11 +47,7 @@ def _load(world: WebWorld) -> None:
         with conn.cursor().copy("copy digits (id, pixels, image, label) from stdin") as copy:
             for i, (row, png) in enumerate(zip(world.digits.x, world.digits.png, strict=True)):
                 copy.write_row((i, row.tolist(), png, world.truth(i)))
-        conn.execute(
-            "create function digit_proxy_p7(pixels real[]) returns real language onnx "
-            "as 'digits_logreg.onnx', "
-            '\'{"output": {"output": "probabilities", "post": {"op": "index", "index": 7}}}\''
-        )
+        conn.execute(DIGIT_PROXY_P7_DDL)
         conn.execute(
             "create function digit_guess(pixels real[]) returns int language onnx as 'digits_logreg.onnx', "
             '\'{"output": "label"}\''
