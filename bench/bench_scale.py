@@ -72,21 +72,11 @@ WARM_ROWS = 2 * BATCH  # rows past every timed scan: models load and replicas st
 
 def _dense_model(path: Path, dims: list[int], seed: int, final: str) -> None:
     """An MLP over ``dims`` (ReLU between layers) ending in ``final`` (Sigmoid), output ``score`` [N, 1]."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(seed)
-    inits, nodes, prev = [], [], "X"
-    for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False)):
-        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
-        ]
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"]))
-        prev = f"g{i}"
-        if i < len(dims) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
-            prev = f"r{i}"
+    from tests.inference.models import relu_layers
+
+    inits, nodes, prev = relu_layers(dims, np.random.default_rng(seed))
     nodes.append(helper.make_node(final, [prev], ["score"]))
     graph = helper.make_graph(
         nodes,

@@ -109,20 +109,29 @@ def image_mlp(clf, out_dir: Path) -> Path:
     )
 
 
-def wide_mlp(out_dir: Path, width: int = 2048, seed: int = 0) -> Path:
-    """64 -> width -> width -> 10 with random weights: slow enough to be caught in flight."""
-    rng = np.random.default_rng(seed)
-    shapes = [(64, width), (width, width), (width, 10)]
-    inits, nodes, prev = [], [], "X"
-    for i, (a, b) in enumerate(shapes):
+def relu_layers(
+    dims: list[int], rng: np.random.Generator, first: str = "X", bias_scale: float = 0.0
+) -> tuple[list, list, str]:
+    """Dense layers dims[0] -> ... -> dims[-1] (Gemm, ReLU between them) with random weights
+    scaled by 1/sqrt(fan-in): (initializers, nodes, the last Gemm's output name)."""
+    inits, nodes, prev = [], [], first
+    for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False)):
         inits.append(
             numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}")
         )
-        inits.append(numpy_helper.from_array(np.zeros(b, dtype=np.float32), f"b{i}"))
+        bias = rng.standard_normal(b) * bias_scale if bias_scale else np.zeros(b)
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), f"b{i}"))
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"]))
-        if i < len(shapes) - 1:
-            nodes.append(helper.make_node("Relu", [f"g{i}"], [f"r{i}"]))
+        prev = f"g{i}"
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
             prev = f"r{i}"
+    return inits, nodes, prev
+
+
+def wide_mlp(out_dir: Path, width: int = 2048, seed: int = 0) -> Path:
+    """64 -> width -> width -> 10 with random weights: slow enough to be caught in flight."""
+    inits, nodes, _ = relu_layers([64, width, width, 10], np.random.default_rng(seed))
     nodes.append(helper.make_node("ArgMax", ["g2"], ["label"], axis=1, keepdims=0))
     graph = helper.make_graph(
         nodes,

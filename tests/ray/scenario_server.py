@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from tests.inference.models import OPSET, save
+from tests.inference.models import OPSET, relu_layers, save
 from tests.ray.cluster import add_worker, local_cluster
 from tests.support.model_files import cache_table, direct_run
 from tests.support.servers import SieveProcess
@@ -37,18 +37,7 @@ ROWS = 100_000
 def mlp_file(path: Path, widths: list[int], seed: int) -> Path:
     """x [N, 4] -> ReLU layers of ``widths`` -> 3 logits -> label (argmax)."""
     rng = np.random.default_rng(seed)
-    dims = [4, *widths, 3]
-    inits, nodes, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        inits.append(
-            numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}")
-        )
-        inits.append(numpy_helper.from_array(rng.standard_normal(b).astype(np.float32) * 0.1, f"b{i}"))
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"]))
-        prev = f"g{i}"
-        if i < len(dims) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
-            prev = f"r{i}"
+    inits, nodes, prev = relu_layers([4, *widths, 3], rng, first="x", bias_scale=0.1)
     nodes.append(helper.make_node("ArgMax", [prev], ["label"], axis=1, keepdims=0))
     graph = helper.make_graph(
         nodes,
