@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pglast import ast
 
 from planner.install import quote_ident, quote_literal
-from planner.labels import giving, store
+from planner.labels import giving, store, versions
 from planner.labels.definition import choice_text
 from planner.labels.errors import LabelError
 from planner.labels.requests import SOURCE_SQL
@@ -90,7 +90,7 @@ class LabelCalls:
         given, bumped = await giving.give(
             self.planner.dbs.write, int(spec.id), request.request_id, value, role, relabel=True
         )
-        await self._after(bumped, port)
+        await versions.follow(self.planner, bumped, port)
         where = f"{table} {key}"
         if not given.changed:
             return (
@@ -108,7 +108,7 @@ class LabelCalls:
         role = await _role(port)
         request = await self._request_of(port, spec, table, key)
         bumped = await giving.take_back(self.planner.dbs.write, int(spec.id), request.request_id, role)
-        await self._after(bumped, port)
+        await versions.follow(self.planner, bumped, port)
         return f"unlabelled {table} {key}" + (f" (version {bumped.version})" if bumped else "")
 
     async def _request_of(self, port: SessionPort, spec: ModelSpec, table, key) -> store.Request:
@@ -171,11 +171,6 @@ class LabelCalls:
             )
         await require_execute(port, [spec])
         return spec
-
-    async def _after(self, bumped: ModelSpec | None, port: SessionPort) -> None:
-        if bumped is not None:
-            await self.planner.refresh()
-            self.planner.assertions.monitor({bumped.name}, port)
 
 
 async def _role(port: SessionPort) -> str:

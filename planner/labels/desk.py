@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from planner.labels import giving, store
+from planner.labels import giving, store, versions
 from planner.labels.errors import FORBIDDEN, GONE, NOT_FOUND, UNAUTHORIZED, LabelError
 from planner.labels.giving import Given
 from planner.labels.tokens import database_of, new_token, token_digest
@@ -198,7 +198,7 @@ class LabelDesk:
         given, bumped = await giving.give(
             self.planner.dbs.write, int(spec.id), request_id, value, grant.role, relabel=relabel
         )
-        await self._after(bumped, grant)
+        await versions.follow(self.planner, bumped, _QuietPort(grant.role, grant.database))
         return given
 
     async def undo(self, grant: Grant, request_id: int) -> None:
@@ -206,7 +206,7 @@ class LabelDesk:
         spec = await self._check(grant)
         await self._request(spec, request_id)
         bumped = await giving.take_back(self.planner.dbs.write, int(spec.id), request_id, grant.role)
-        await self._after(bumped, grant)
+        await versions.follow(self.planner, bumped, _QuietPort(grant.role, grant.database))
 
     # -- checks -------------------------------------------------------------------------------
 
@@ -244,14 +244,6 @@ class LabelDesk:
         if spec is None or not spec.is_labels:
             raise LabelError(NOT_FOUND, f"labels function {function} does not exist")
         return spec
-
-    async def _after(self, bumped: ModelSpec | None, grant: Grant) -> None:
-        """A relabel made a new version: the planner and the assertions over it follow."""
-        if bumped is None:
-            return
-        log.info("relabel made a new version function=%s version=%d", bumped.name, bumped.version)
-        await self.planner.refresh()
-        self.planner.assertions.monitor({bumped.name}, _QuietPort(grant.role, grant.database))
 
 
 def _item(function: str, request: store.Request) -> LabelItem:

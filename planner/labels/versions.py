@@ -7,13 +7,17 @@ old versions of any model do) until the function is dropped."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import asyncpg
 
 from planner.install import grant_sql, install_sql, is_own_comment, signature_sql
 from planner.lifecycle import CATALOG_LOCK
 from planner.model_spec import ModelSpec
+from planner.outcome import SessionPort
 from planner.reconcile import COMMENT
+
+log = logging.getLogger("sievedb.planner.labels")
 
 _SPEC = "SELECT id, name, path, content_hash, version, signature, options FROM sieve.models WHERE id = $1"
 _OWNER = (
@@ -40,3 +44,13 @@ async def new_version(conn: asyncpg.Connection, spec: ModelSpec) -> ModelSpec:
     for step in grant_sql(bumped, owner):
         await conn.execute(step)
     return bumped
+
+
+async def follow(planner, bumped: ModelSpec | None, port: SessionPort) -> None:
+    """After a label: when it made a new version, this front-end's planner reloads (the others
+    follow by NOTIFY, migration 0015) and the assertions over the function are checked again."""
+    if bumped is None:
+        return
+    log.info("relabel made a new version function=%s version=%d", bumped.name, bumped.version)
+    await planner.refresh()
+    planner.assertions.monitor({bumped.name}, port)
