@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 
-from planner.install import quote_ident
 from planner.model_spec import SCALAR_COLUMN, cache_table_name
 
 LABEL_LOCK = 0x5133_7EE0  # advisory lock (with the model id): one label of a function at a time
@@ -192,34 +191,27 @@ async def progress(db: asyncpg.Pool, model_id: int, role: str) -> tuple[int, int
     return int(row[0]), int(row[1]), int(row[2])
 
 
+_SOURCE_KEY = (
+    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.quote_ident(a.attname), "
+    "pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1 "
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
+    "WHERE c.oid = $1::int8::oid"
+)
+
+
 async def source_exists(db: asyncpg.Pool, request: Request) -> bool:
     """Whether the row a request came from is still there (True when it names none)."""
     if request.table_oid is None or request.key is None:
         return True
-    column = await primary_key_column(db, request.table_oid)
-    if column is None:
-        return False  # the table is gone, or no longer has that key
+    found = await db.fetchrow(_SOURCE_KEY, request.table_oid)
+    if found is None:
+        return False  # the table is gone, or no longer has a one-column primary key
+    table, column, key_type = found
+    # the key compared in its own type, so the primary key's index finds the row
     return await db.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM {await _table_sql(db, request.table_oid)} "
-        f"WHERE ({quote_ident(column)})::text = $1)",
-        request.key,
-    )
-
-
-async def primary_key_column(db: asyncpg.Pool, table_oid: int) -> str | None:
-    return await db.fetchval(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
-        "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-        "WHERE i.indrelid = $1::int8::oid AND i.indisprimary AND i.indnatts = 1",
-        table_oid,
-    )
-
-
-async def _table_sql(db: asyncpg.Pool, table_oid: int) -> str:
-    return await db.fetchval(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::int8::oid",
-        table_oid,
+        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {column} = $1::text::{key_type})", request.key
     )
 
 
