@@ -108,6 +108,8 @@ class SieveServer:
         self.backend_target: BackendTarget | None = None
         self._cancel_keys: dict[tuple[int, bytes], ClientSession] = {}
         self.peers: Peers | None = None  # the other front-ends over this Postgres (cancels)
+        self.web: WebFace | None = None  # /label, /status, /metrics (--http-port)
+        self.http_port: int | None = None  # its bound port
         self._listener: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
         # what /status and /metrics show (server.activity, server.metrics)
@@ -138,10 +140,10 @@ class SieveServer:
         self.peers = Peers(self.db, self._advertise_address())
         await self.peers.start()
         await self._listener.start_serving()
-        self.web = WebFace(self) if self.config.http_port is not None else None
-        if self.web is not None:
+        if self.config.http_port is not None:
+            self.web = WebFace(self)
             await self.web.start()
-        self.http_port = self.web.port if self.web is not None else None  # the bound port (0 picks)
+            self.http_port = self.web.port  # the bound port (0 picks one)
         port = self.bound_port
         log.info(
             "SieveDB listening on %s:%d (backing Postgres %s, tls=%s)",
@@ -342,7 +344,7 @@ class SieveServer:
         """Stop accepting, end every session with 57P01, stop the embedded Postgres."""
         if self._listener is not None:
             self._listener.close()
-        if getattr(self, "web", None) is not None:
+        if self.web is not None:
             await self.web.stop()
         for session in list(self.sessions):
             session.shutdown()
