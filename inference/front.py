@@ -7,6 +7,7 @@ when the pool closes. A pool says where a model's queue lives and how batches le
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ from inference.errors import PoolClosedError
 from inference.ipc import encode_tensor
 from inference.model import ModelRef
 from inference.stats import ModelStats, StatsRecorder
+
+log = logging.getLogger("sievedb.inference.pool")
 
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -60,6 +63,22 @@ class RequestFront:
 
     async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         raise NotImplementedError
+
+    async def _closing(self, drain: bool, timeout: float) -> bool:
+        """The start of ``close``: False when there is nothing to close; else requests are
+        refused from now on and, with ``drain``, those accepted may finish (``timeout``)."""
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return False
+        self._state = "closing"
+        if drain and self._idle is not None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "%s: requests still running after %.0f s; failing them", type(self).__name__, timeout
+                )
+        return True
 
     async def __aenter__(self):
         await self.start()

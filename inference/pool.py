@@ -142,15 +142,8 @@ class InferencePool(RequestFront):
 
     async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting requests; with ``drain``, let queued and running ones finish first."""
-        if self._state in ("closed", "new"):
-            self._state = "closed"
+        if not await self._closing(drain, timeout):
             return
-        self._state = "closing"
-        if drain and self._idle is not None:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout)
-            except TimeoutError:
-                log.warning("inference pool: requests still running after %.0f s; failing them", timeout)
         for queue in self._queues.values():
             while queue.pending:
                 self._fail(queue.take(1 << 62), PoolClosedError("inference pool is closed"))

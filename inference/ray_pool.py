@@ -168,15 +168,8 @@ class RayInferencePool(RequestFront):
     async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting requests; with ``drain``, let queued and running ones finish first.
         Retires every replica, and leaves the cluster when ``start`` joined it."""
-        if self._state in ("closed", "new"):
-            self._state = "closed"
+        if not await self._closing(drain, timeout):
             return
-        self._state = "closing"
-        if drain and self._idle is not None:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout)
-            except TimeoutError:
-                log.warning("Ray inference pool: requests still running after %.0f s; failing them", timeout)
         self._state = "closed"
         closed = PoolClosedError("inference pool is closed")
         if self._ticker is not None:
